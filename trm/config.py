@@ -1,0 +1,273 @@
+"""Typed configuration with the paper's values as defaults.
+
+Everything a run needs is one `Config` (model + train + data). It is built from
+YAML and `key=value` overrides, validated once here, and flattened to unique
+leaf names (`n`, `T`, `lr`, ...) for MLflow params and Tune search spaces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range. The message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["attention", "mlp"] = "attention"  # mlp = MLP-mixer over the sequence (paper 4.5)
+    hidden: int = 512
+    heads: int = 8
+    expansion: float = 4.0  # SwiGLU width multiplier
+    layers: int = 2  # blocks in the one tiny network `net`
+    n: int = 6  # latent updates z <- net(x + y + z) per recursion
+    T: int = 3  # recursions per supervision step; T-1 run without gradients
+    N_sup: int = 16  # max deep-supervision steps per sample
+    puzzle_emb_ndim: int = 512  # learned per-puzzle embedding width (0: none)
+    puzzle_emb_len: int = 16  # prefix tokens it occupies (reference value)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    gradient: Literal["full", "one_step"] = "full"  # one_step = HRM's 1-step gradient
+    halting: Literal["bce", "q_learning"] = "bce"  # q_learning = HRM's ACT continue loss
+    separate_nets: bool = False  # HRM-style f_L / f_H split
+    halt_exploration: float = 0.1  # prob. of a random minimum number of steps
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50_000  # optimizer steps (one supervision step each)
+    batch_size: int = 768  # global, split across DDP workers
+    lr: float = 1e-4
+    lr_warmup_steps: int = 2000
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min_ratio: float = 0.0  # cosine floor as a fraction of lr
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 1.0  # 1.0 puzzles, 0.1 ARC
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 1.0
+    ema: float = 0.999  # 0 disables EMA
+    grad_clip: float = 0.0  # 0 disables clipping
+    bf16: bool = False  # autocast on CUDA
+    compile: bool = False  # torch.compile the network
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_samples: int = 2048  # validation samples per evaluation (0 = all)
+    checkpoint_every: int = 1000  # steps
+    checkpoint_minutes: float = 30.0  # also checkpoint after this much wall time
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/sudoku"  # dataset folder built by `trm data ...`
+    # When `path` holds no dataset, build it from this generator (embedded default):
+    generate: Literal["none", "sudoku", "maze"] = "sudoku"
+    num_train: int = 1000
+    num_test: int = 1000
+    augmentations: int = 1000  # augmented copies per training puzzle (paper: 1000)
+    min_givens: int = 17  # generator difficulty knob: fewer givens = harder
+    max_givens: int = 30
+    gen_seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "Config":
+        m, t, d = self.model, self.train, self.data
+        _in("model.arch", m.arch, ("attention", "mlp"))
+        _in("model.gradient", m.gradient, ("full", "one_step"))
+        _in("model.halting", m.halting, ("bce", "q_learning"))
+        for name in ("hidden", "heads", "layers", "n", "T", "N_sup"):
+            _range(f"model.{name}", getattr(m, name), lo=1)
+        _range("model.puzzle_emb_ndim", m.puzzle_emb_ndim, lo=0)
+        _range("model.puzzle_emb_len", m.puzzle_emb_len, lo=0)
+        if m.arch == "attention" and m.hidden % m.heads:
+            raise ConfigError(f"model.hidden={m.hidden}: expected a multiple of model.heads={m.heads}")
+        if m.puzzle_emb_ndim and m.puzzle_emb_len * m.hidden < m.puzzle_emb_ndim:
+            raise ConfigError(
+                f"model.puzzle_emb_len={m.puzzle_emb_len}: expected >= ceil(puzzle_emb_ndim/hidden)"
+                f" = {-(-m.puzzle_emb_ndim // m.hidden)}")
+        _range("model.expansion", m.expansion, lo=0.5)
+        _range("model.halt_exploration", m.halt_exploration, lo=0, hi=1)
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            _range(f"train.{name}", getattr(t, name), lo=1)
+        _range("train.lr", t.lr, lo=0, lo_open=True)
+        _range("train.puzzle_emb_lr", t.puzzle_emb_lr, lo=0)
+        _range("train.lr_warmup_steps", t.lr_warmup_steps, lo=0)
+        _in("train.lr_schedule", t.lr_schedule, ("constant", "cosine"))
+        _range("train.lr_min_ratio", t.lr_min_ratio, lo=0, hi=1)
+        _range("train.beta1", t.beta1, lo=0, hi=1, hi_open=True)
+        _range("train.beta2", t.beta2, lo=0, hi=1, hi_open=True)
+        _range("train.weight_decay", t.weight_decay, lo=0)
+        _range("train.puzzle_emb_weight_decay", t.puzzle_emb_weight_decay, lo=0)
+        _range("train.ema", t.ema, lo=0, hi=1, hi_open=True)
+        _range("train.grad_clip", t.grad_clip, lo=0)
+        _range("train.eval_samples", t.eval_samples, lo=0)
+        _range("train.checkpoint_minutes", t.checkpoint_minutes, lo=0, lo_open=True)
+        _in("train.device", t.device, ("auto", "cpu", "cuda"))
+        _in("data.generate", d.generate, ("none", "sudoku", "maze"))
+        for name in ("num_train", "num_test", "augmentations"):
+            _range(f"data.{name}", getattr(d, name), lo=0 if name == "augmentations" else 1)
+        _range("data.min_givens", d.min_givens, lo=17, hi=81)
+        _range("data.max_givens", d.max_givens, lo=d.min_givens, hi=81)
+        return self
+
+    # ---- flat view: unique leaf names for MLflow params and Tune spaces ----
+    def flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        out["data_path"] = out.pop("path")
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @property
+    def effective_depth(self) -> int:
+        """Layers evaluated per supervision step: layers * (n + 1) * T (paper Table 3)."""
+        return self.model.layers * (self.model.n + 1) * self.model.T
+
+
+SECTIONS = ("model", "train", "data")
+_SECTION_TYPES = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _field_owner() -> dict[str, str]:
+    """Bare leaf name -> section, e.g. 'n' -> 'model'. Leaf names are unique by design."""
+    owner: dict[str, str] = {}
+    for section, cls in _SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in owner, f"duplicate config leaf {f.name}"
+            owner[f.name] = section
+    owner["data_path"] = "data"
+    return owner
+
+
+FIELD_OWNER = _field_owner()
+
+
+def _coerce(key: str, value: Any, cls: type) -> Any:
+    name = key.split(".")[-1]
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        allowed = ", ".join(sorted(hints))
+        raise ConfigError(f"{key}: unknown field; expected one of: {allowed}")
+    hint = hints[name]
+    if isinstance(value, str) and hint is not str:
+        value = yaml.safe_load(value) if value else value  # "4" -> 4, "true" -> True, "1e-4" -> 1e-4
+        if isinstance(value, str) and hint in (int, float):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{key}={value!r}: expected one of {list(typing.get_args(hint))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if hint is str:
+        return str(value)
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set fields from `{'model.n': 4}` or bare `{'n': 4}`; values may be strings from a CLI."""
+    for key, value in overrides.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in _SECTION_TYPES:
+                raise ConfigError(f"{key}: unknown section {section!r}; expected one of {list(SECTIONS)}")
+        else:
+            if key not in FIELD_OWNER:
+                raise ConfigError(f"{key}: unknown field; expected one of: {', '.join(sorted(FIELD_OWNER))}")
+            section, name = FIELD_OWNER[key], key
+        if name == "data_path":
+            name = "path"
+        target = getattr(cfg, section)
+        setattr(target, name, _coerce(f"{section}.{name}", value, type(target)))
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """['model.n=4', 'lr=3e-4'] -> {'model.n': '4', 'lr': '3e-4'}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, then validate."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections {list(SECTIONS)}")
+        flat: dict[str, Any] = {}
+        for section, values in raw.items():
+            if section not in _SECTION_TYPES:
+                raise ConfigError(f"{path}: unknown section {section!r}; expected one of {list(SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping")
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        apply_overrides(cfg, flat)
+    apply_overrides(cfg, overrides or {})
+    return cfg.validate()
+
+
+def config_from_dict(d: dict[str, dict[str, Any]]) -> Config:
+    """Inverse of `Config.to_dict` (used by checkpoints)."""
+    cfg = Config()
+    apply_overrides(cfg, {f"{s}.{k}": v for s, vals in d.items() for k, v in vals.items()})
+    return cfg.validate()
+
+
+def _in(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: expected one of {list(allowed)}")
+
+
+def _range(name: str, value: float, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, hi_open: bool = False) -> None:
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
+          (hi is not None and (value > hi or (hi_open and value == hi)))
+    if bad:
+        lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+        hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+        raise ConfigError(f"{name}={value!r}: expected {lo_s}{name.split('.')[-1]}{hi_s}")

@@ -1,0 +1,42 @@
+"""Build the dataset a config names, once, when it is not on disk yet (embedded defaults)."""
+from __future__ import annotations
+
+import fcntl
+import logging
+from pathlib import Path
+
+from trm.config import DataConfig
+from trm.data.dataset import DatasetError, read_meta
+
+log = logging.getLogger(__name__)
+
+
+def ensure_dataset(d: DataConfig) -> Path:
+    """Return d.path, generating it first if it holds no dataset and d.generate says how.
+
+    A file lock makes concurrent trials on one node build it once."""
+    path = Path(d.path)
+    if (path / "meta.json").is_file():
+        return path
+    if d.generate == "none":
+        raise DatasetError(f"data.path={d.path}: no dataset there (build one with `trm data ...`, "
+                           f"or set data.generate=sudoku|maze)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / "meta.json").is_file():  # built by another process while we waited
+            return path
+        log.info("building %s dataset at %s (%d train puzzles x %d augmentations, %d test)",
+                 d.generate, path, d.num_train, d.augmentations, d.num_test)
+        if d.generate == "sudoku":
+            from trm.data import sudoku
+
+            train = sudoku.generate(d.num_train, d.gen_seed, d.min_givens, d.max_givens)
+            test = sudoku.generate(d.num_test, d.gen_seed + 1_000_003, d.min_givens, d.max_givens)
+            sudoku.build_dataset(path, train[:2], test[:2], d.augmentations, d.gen_seed)
+        else:
+            from trm.data import maze
+
+            maze.build_from_config(d, path)
+    read_meta(path)
+    return path

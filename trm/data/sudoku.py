@@ -1,0 +1,277 @@
+"""Sudoku: solver, offline generator, Sudoku-Extreme CSV loader, and the paper's
+validity-preserving augmentation.
+
+Grids are int8 [9, 9] arrays of digits 1..9, 0 for a blank. Tokens for the
+model are digit + 1 (1 = blank, 2..10 = digits, 0 = pad): vocab 11, seq 81.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trm.data.dataset import DatasetError, DatasetWriter
+
+log = logging.getLogger(__name__)
+VOCAB_SIZE, SEQ_LEN = 11, 81
+_ALL = 0x3FE  # bits 1..9
+
+# peers[c]: the 20 cells sharing a row, column or box with cell c
+_PEERS = [sorted(({c // 9 * 9 + j for j in range(9)} | {i * 9 + c % 9 for i in range(9)}
+                  | {(c // 27) * 27 + (c % 9 // 3) * 3 + i * 9 + j for i in range(3) for j in range(3)}) - {c})
+          for c in range(81)]
+
+
+def is_valid_solution(grid: np.ndarray) -> bool:
+    g = np.asarray(grid).reshape(9, 9)
+    want = set(range(1, 10))
+    return (all(set(g[i]) == want for i in range(9)) and all(set(g[:, j]) == want for j in range(9))
+            and all(set(g[r:r + 3, c:c + 3].ravel()) == want for r in (0, 3, 6) for c in (0, 3, 6)))
+
+
+def givens_consistent(puzzle: np.ndarray) -> bool:
+    """No digit repeats in a row, column or box."""
+    g = np.asarray(puzzle).ravel()
+    return all(g[c] == 0 or all(g[p] != g[c] for p in _PEERS[c]) for c in range(81))
+
+
+def solve(puzzle: np.ndarray, limit: int = 2) -> tuple[list[np.ndarray], int]:
+    """Up to `limit` solutions and the number of search guesses (the difficulty rating).
+
+    Bitmask candidates, naked singles propagated, then branching on the cell
+    with fewest candidates. Guesses = 0 means solvable by singles alone.
+    """
+    g = [int(v) for v in np.asarray(puzzle).ravel()]
+    if not givens_consistent(np.array(g)):
+        return [], 0
+    solutions: list[np.ndarray] = []
+    guesses = 0
+
+    def place(g, cand, c, d):
+        stack = [(c, d)]
+        while stack:
+            c, d = stack.pop()
+            if g[c]:
+                if g[c] != d:
+                    return False
+                continue
+            g[c] = d
+            bit = 1 << d
+            for p in _PEERS[c]:
+                if g[p] == 0 and cand[p] & bit:
+                    cand[p] &= ~bit
+                    if cand[p] == 0:
+                        return False
+                    if cand[p] & (cand[p] - 1) == 0:
+                        stack.append((p, cand[p].bit_length() - 1))
+                elif g[p] == d:
+                    return False
+        return True
+
+    def search(g, cand):
+        nonlocal guesses
+        best, best_n = -1, 10
+        for c in range(81):
+            if g[c] == 0:
+                k = bin(cand[c]).count("1")
+                if k < best_n:
+                    best, best_n = c, k
+                    if k <= 1:
+                        break
+        if best < 0:
+            solutions.append(np.array(g, dtype=np.int8).reshape(9, 9))
+            return
+        if best_n == 0:
+            return
+        bits = cand[best]
+        while bits and len(solutions) < limit:
+            d = (bits & -bits).bit_length() - 1
+            bits &= bits - 1
+            if best_n > 1:
+                guesses += 1
+            g2, c2 = g[:], cand[:]
+            if place(g2, c2, best, d):
+                search(g2, c2)
+
+    # place the givens on an empty grid, propagating singles as we go
+    g0, c0 = [0] * 81, [_ALL] * 81
+    ok = True
+    for c in range(81):
+        if g[c] and not place(g0, c0, c, g[c]):
+            ok = False
+            break
+    if ok:
+        search(g0, c0)
+    return solutions, guesses
+
+
+def random_solution(rng: np.random.Generator) -> np.ndarray:
+    """A random complete grid: the canonical pattern under random symmetries."""
+    base = np.array([[(3 * (r % 3) + r // 3 + c) % 9 + 1 for c in range(9)] for r in range(9)], dtype=np.int8)
+    return augment(base[None], rng)[0][0]
+
+
+def make_puzzle(rng: np.random.Generator, min_givens: int, max_givens: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Remove cells from a random solution while the solution stays unique.
+
+    Returns (puzzle, solution, rating) where rating is the solver's guess count.
+    """
+    solution = random_solution(rng)
+    target = int(rng.integers(min_givens, max_givens + 1))
+    puzzle = solution.copy().ravel()
+    for c in rng.permutation(81):
+        if np.count_nonzero(puzzle) <= target:
+            break
+        d = puzzle[c]
+        puzzle[c] = 0
+        # unique iff no other digit at c still admits a solution
+        alternatives = False
+        for other in range(1, 10):
+            if other != d:
+                puzzle[c] = other
+                sols, _ = solve(puzzle, limit=1)
+                if sols:
+                    alternatives = True
+                    break
+        puzzle[c] = d if alternatives else 0
+    _, rating = solve(puzzle, limit=2)
+    return puzzle.reshape(9, 9).astype(np.int8), solution, rating
+
+
+# ---------------------------------------------------------------- augmentation
+@dataclass
+class SudokuTransform:
+    """digits: new digit of each old digit (index 0 = blank stays 0); rows/cols: source index
+    of each output row/column; transpose applied first."""
+    digits: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    transpose: bool
+
+
+def random_transform(rng: np.random.Generator) -> SudokuTransform:
+    def line_perm():  # shuffle bands (stacks), then lines within each
+        bands = rng.permutation(3)
+        return np.concatenate([b * 3 + rng.permutation(3) for b in bands])
+
+    digits = np.concatenate([[0], rng.permutation(9) + 1]).astype(np.int8)
+    return SudokuTransform(digits, line_perm(), line_perm(), bool(rng.integers(2)))
+
+
+def apply_transform(grid: np.ndarray, t: SudokuTransform) -> np.ndarray:
+    g = grid.T if t.transpose else grid
+    return t.digits[g[t.rows][:, t.cols]]
+
+
+def invert_transform(grid: np.ndarray, t: SudokuTransform) -> np.ndarray:
+    inv_digits = np.argsort(t.digits).astype(np.int8)  # digits is a permutation of 0..9
+    g = inv_digits[grid]
+    out = np.empty_like(g)
+    out[np.ix_(t.rows, t.cols)] = g
+    return out.T if t.transpose else out
+
+
+def augment(grids: np.ndarray, rng: np.random.Generator, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Apply one random transform per sample to grids [N, 9, 9] (and the same one to `others`)."""
+    outs = [np.empty_like(grids)] + [np.empty_like(o) for o in others]
+    for i in range(len(grids)):
+        t = random_transform(rng)
+        for src, dst in zip((grids, *others), outs):
+            dst[i] = apply_transform(src[i], t)
+    return tuple(outs)
+
+
+# ---------------------------------------------------------------- files
+def load_csv(path: str | Path, verify: str = "answer") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read the HRM Sudoku-Extreme CSV (`source,question,answer,rating`; `.` or `0` for blanks).
+
+    verify="answer": the answer is a valid grid that agrees with every given.
+    verify="unique": also solve each question and require exactly one solution (slower).
+    Returns puzzles [N,9,9], solutions [N,9,9], ratings [N]. Raises DatasetError naming the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    puzzles, solutions, ratings = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["source", "question", "answer"]:
+            raise DatasetError(f"{path}: line 1: expected header 'source,question,answer,rating', got {header}")
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}: line {line}"
+            if len(row) < 3:
+                raise DatasetError(f"{where}: expected at least 3 columns (source,question,answer), got {len(row)}")
+            q, a = row[1].strip(), row[2].strip()
+            for name, s in (("question", q), ("answer", a)):
+                if len(s) != 81:
+                    raise DatasetError(f"{where}: {name} has {len(s)} cells, expected 81 (a 9x9 grid)")
+            bad = set(q) - set(".0123456789")
+            if bad:
+                raise DatasetError(f"{where}: question has characters {sorted(bad)}; expected digits 1-9, '.' or '0'")
+            if set(a) - set("123456789"):
+                raise DatasetError(f"{where}: answer must be digits 1-9, got {sorted(set(a) - set('123456789'))}")
+            puzzle = np.array([0 if ch == "." else int(ch) for ch in q], dtype=np.int8).reshape(9, 9)
+            solution = np.array([int(ch) for ch in a], dtype=np.int8).reshape(9, 9)
+            if not is_valid_solution(solution):
+                raise DatasetError(f"{where}: answer is not a valid sudoku solution")
+            givens = puzzle > 0
+            if (puzzle[givens] != solution[givens]).any():
+                raise DatasetError(f"{where}: answer contradicts the question's givens")
+            if verify == "unique":
+                sols, _ = solve(puzzle, limit=2)
+                if len(sols) != 1:
+                    raise DatasetError(f"{where}: question has {'no' if not sols else 'more than one'} solution")
+            try:
+                rating = float(row[3]) if len(row) > 3 and row[3].strip() else 0.0
+            except ValueError:
+                raise DatasetError(f"{where}: rating {row[3]!r} is not a number") from None
+            puzzles.append(puzzle), solutions.append(solution), ratings.append(rating)
+    if not puzzles:
+        raise DatasetError(f"{path}: no puzzles")
+    return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
+
+
+def generate(num: int, seed: int, min_givens: int, max_givens: int, progress_every: float = 5.0):
+    """`num` unique-solution puzzles. Returns puzzles, solutions, ratings (guess counts)."""
+    rng = np.random.default_rng(seed)
+    puzzles, solutions, ratings = [], [], []
+    t0 = last = time.time()
+    for i in range(num):
+        p, s, r = make_puzzle(rng, min_givens, max_givens)
+        puzzles.append(p), solutions.append(s), ratings.append(r)
+        if time.time() - last > progress_every:
+            last = time.time()
+            log.info("sudoku: %d/%d puzzles (%.1f/s)", i + 1, num, (i + 1) / (last - t0))
+    return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
+
+
+def to_tokens(grids: np.ndarray) -> np.ndarray:
+    return (grids.reshape(len(grids), 81) + 1).astype(np.uint8)
+
+
+def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                  augmentations: int, seed: int, overwrite: bool = False, source: str = "generated",
+                  chunk: int = 100_000) -> Path:
+    """Write train (each puzzle + `augmentations` shuffled copies) and test (as is)."""
+    meta = {"name": "sudoku", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
+            "source": source, "augmentations": augmentations, "seed": seed, "blank_token": 1}
+    rng = np.random.default_rng((seed, 1))
+    with DatasetWriter(out, meta, overwrite=overwrite) as w:
+        for split, (p, s) in (("train", train), ("test", test)):
+            copies = augmentations + 1 if split == "train" else 1
+            reps = np.repeat(np.arange(len(p)), copies)
+            for start in range(0, len(reps), chunk):
+                sel = reps[start:start + chunk]
+                pp, ss = p[sel], s[sel]
+                if split == "train":  # copy 0 of each puzzle stays as is, the others are shuffled
+                    shuffled = (start + np.arange(len(sel))) % copies != 0
+                    if shuffled.any():
+                        pp[shuffled], ss[shuffled] = augment(pp[shuffled], rng, ss[shuffled])
+                w.append(split, inputs=to_tokens(pp), labels=to_tokens(ss).astype(np.int16),
+                         puzzle_ids=np.zeros(len(sel), dtype=np.int32))
+    return Path(out)

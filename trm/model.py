@@ -1,0 +1,240 @@
+"""The Tiny Recursive Model (Jolicoeur-Martineau, 2025).
+
+Names follow the paper:
+  x  embedded question (tokens + learned puzzle-embedding prefix)
+  y  embedded current answer; decoded by `lm_head` + argmax
+  z  latent reasoning state
+  n  latent updates per recursion:  z <- net(z, x + y)  n times, then  y <- net(y, z)
+  T  recursions per supervision step; the first T-1 run under no_grad
+  N_sup  supervision steps; (y, z) are detached and carried between them
+
+`net` is `layers` post-norm blocks (RMSNorm without weights, SwiGLU, RoPE, no
+biases) whose token mixer is self-attention or, for small fixed contexts, an
+MLP over the sequence (MLP-mixer, paper 4.5). The input is *added* to the
+state before the blocks, as in the reference implementation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trm.config import ModelConfig
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+def lecun_linear(d_in: int, d_out: int) -> nn.Linear:
+    layer = nn.Linear(d_in, d_out, bias=False)
+    nn.init.trunc_normal_(layer.weight, std=1.0 / math.sqrt(d_in), a=-2 / math.sqrt(d_in), b=2 / math.sqrt(d_in))
+    return layer
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, expansion: float):
+        super().__init__()
+        inner = 256 * math.ceil(expansion * dim * 2 / 3 / 256)  # reference rounding
+        self.gate_up = lecun_linear(dim, 2 * inner)
+        self.down = lecun_linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, seq_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        freqs = torch.outer(torch.arange(seq_len).float(), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.cos.to(q.dtype), self.sin.to(q.dtype)  # [L, head_dim], q: [B, H, L, head_dim]
+
+        def rotate(t):
+            t1, t2 = t.chunk(2, dim=-1)
+            return t * cos + torch.cat((-t2, t1), dim=-1) * sin
+
+        return rotate(q), rotate(k)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, rotary: Rotary):
+        super().__init__()
+        self.heads = heads
+        self.qkv = lecun_linear(dim, 3 * dim)
+        self.out = lecun_linear(dim, dim)
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.rotary(q, k)
+        y = F.scaled_dot_product_attention(q, k, v)  # non-causal: the whole grid sees itself
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Post-norm block: h = norm(h + mix(h)); h = norm(h + mlp(h))."""
+
+    def __init__(self, cfg: ModelConfig, seq_len: int, rotary: Rotary | None):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.arch = cfg.arch
+        if cfg.arch == "attention":
+            self.mix = Attention(cfg.hidden, cfg.heads, rotary)
+        else:  # MLP-mixer: a SwiGLU across positions, one per channel
+            self.mix = SwiGLU(seq_len, cfg.expansion)
+        self.mlp = SwiGLU(cfg.hidden, cfg.expansion)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.arch == "attention":
+            h = rms_norm(h + self.mix(h), self.eps)
+        else:
+            h = rms_norm(h + self.mix(h.transpose(1, 2)).transpose(1, 2), self.eps)
+        return rms_norm(h + self.mlp(h), self.eps)
+
+
+class Net(nn.Module):
+    """The one tiny network: net(state, injection) = blocks(state + injection)."""
+
+    def __init__(self, cfg: ModelConfig, seq_len: int, rotary: Rotary | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg, seq_len, rotary) for _ in range(cfg.layers))
+
+    def forward(self, state: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        h = state + injection
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+class PuzzleEmbedding(nn.Module):
+    """One learned vector per puzzle id (per (task, augmentation) on ARC).
+
+    The table is a buffer, not a Parameter: it can hold a million rows, so it is
+    kept out of AdamW, DDP's all-reduce and the EMA. In training, the rows a
+    batch touches are gathered into a leaf tensor whose gradient the sparse
+    sign-SGD step (`trm.train.optim.PuzzleEmbeddingSGD`) applies to the table.
+    """
+
+    def __init__(self, num_ids: int, ndim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(num_ids, ndim))  # zero init, as the reference
+        self.last_ids: torch.Tensor | None = None
+        self.last_rows: torch.Tensor | None = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.weight[ids]
+        if torch.is_grad_enabled() and self.training:
+            rows = rows.detach().requires_grad_(True)
+            self.last_ids, self.last_rows = ids, rows
+        return rows
+
+
+@dataclass
+class Carry:
+    """Per-sample state carried across supervision steps (detached)."""
+    y: torch.Tensor  # [B, L', D]
+    z: torch.Tensor  # [B, L', D]
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # [B, L, vocab]
+    q_halt: torch.Tensor  # [B] halting logit: "the answer is already right"
+    q_continue: torch.Tensor | None  # [B] only with halting=q_learning
+
+
+class TRM(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.prefix = cfg.puzzle_emb_len if cfg.puzzle_emb_ndim > 0 else 0
+        total_len = seq_len + self.prefix
+        D = cfg.hidden
+        self.embed_scale = math.sqrt(D)
+        self.embed = nn.Embedding(vocab_size, D)
+        nn.init.trunc_normal_(self.embed.weight, std=1 / self.embed_scale)
+        self.puzzle_emb = PuzzleEmbedding(num_puzzle_ids, cfg.puzzle_emb_ndim) if self.prefix else None
+        rotary = Rotary(D // cfg.heads, total_len, cfg.rope_theta) if cfg.arch == "attention" else None
+        self.net = Net(cfg, total_len, rotary)
+        self.net_y = Net(cfg, total_len, rotary) if cfg.separate_nets else self.net  # f_H when split
+        self.lm_head = lecun_linear(D, vocab_size)
+        self.q_head = nn.Linear(D, 2)  # [halt, continue] logits, read at position 0
+        nn.init.zeros_(self.q_head.weight)
+        nn.init.constant_(self.q_head.bias, -5.0)  # start by never halting
+        self.register_buffer("y_init", torch.nn.init.trunc_normal_(torch.empty(D), std=1.0))
+        self.register_buffer("z_init", torch.nn.init.trunc_normal_(torch.empty(D), std=1.0))
+
+    # ---- pieces ----
+    def embed_input(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        if self.prefix:
+            p = self.puzzle_emb(puzzle_ids)  # [B, ndim]
+            p = F.pad(p, (0, self.prefix * self.cfg.hidden - p.shape[-1])).view(-1, self.prefix, self.cfg.hidden)
+            x = torch.cat((p.to(x.dtype), x), dim=1)
+        return self.embed_scale * x
+
+    def initial_carry(self, batch_size: int, device: torch.device | None = None) -> Carry:
+        shape = (batch_size, self.seq_len + self.prefix, self.cfg.hidden)
+        device = device or self.y_init.device
+        return Carry(self.y_init.to(device).expand(shape).clone(), self.z_init.to(device).expand(shape).clone())
+
+    def reset_carry(self, carry: Carry, reset: torch.Tensor) -> Carry:
+        """Slots where `reset` is True start again from (y_init, z_init)."""
+        m = reset.view(-1, 1, 1)
+        return Carry(torch.where(m, self.y_init.to(carry.y.dtype), carry.y),
+                     torch.where(m, self.z_init.to(carry.z.dtype), carry.z))
+
+    def latent_recursion(self, x, y, z):
+        for _ in range(self.cfg.n):
+            z = self.net(z, x + y)
+        y = self.net_y(y, z)
+        return y, z
+
+    def deep_recursion(self, x, y, z):
+        """T-1 recursions without gradients, then one with them (or, with
+        gradient=one_step, HRM's approximation: only the last z and y updates)."""
+        with torch.no_grad():
+            for _ in range(self.cfg.T - 1):
+                y, z = self.latent_recursion(x, y, z)
+            if self.cfg.gradient == "one_step":
+                for _ in range(self.cfg.n - 1):
+                    z = self.net(z, x + y)
+        if self.cfg.gradient == "one_step":
+            z = self.net(z, x + y)
+            y = self.net_y(y, z)
+        else:
+            y, z = self.latent_recursion(x, y, z)
+        return y, z
+
+    def heads(self, y: torch.Tensor) -> StepOutput:
+        logits = self.lm_head(y[:, self.prefix:])
+        q = self.q_head(y[:, 0]).float()
+        return StepOutput(logits, q[:, 0], q[:, 1] if self.cfg.halting == "q_learning" else None)
+
+    def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> tuple[Carry, StepOutput]:
+        """One supervision step. Returns the detached carry to feed the next step."""
+        x = self.embed_input(tokens, puzzle_ids)
+        y, z = self.deep_recursion(x, carry.y, carry.z)
+        return Carry(y.detach(), z.detach()), self.heads(y)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters plus the puzzle-embedding table (a buffer, but learned)."""
+    n = sum(p.numel() for p in model.parameters())
+    if getattr(model, "puzzle_emb", None) is not None:
+        n += model.puzzle_emb.weight.numel()
+    return n

@@ -1,0 +1,1 @@
+"""The per-worker training loop: deep supervision, ACT halting, EMA, checkpoints."""

@@ -1,0 +1,116 @@
+"""Checkpoints for an exact resume.
+
+A checkpoint is a folder:
+    state.pt        rank 0: config, model, EMA, optimizer, scheduler, step, tracking ids, history
+    rank<r>.pt      each DDP rank: its carried (y, z) and slots, data-stream position, RNG
+    *.sha256        digest of each file, written after it; verified on load
+
+Under Ray Train every rank writes into a folder of the same name and Ray merges
+them in storage. Locally, `save_local` writes into a temporary folder and
+renames it into place only when complete, so a crash mid-write never becomes
+the latest checkpoint; `latest_local` skips folders that fail verification.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+# fields that change the shape or meaning of the weights; a resume must agree on them
+ARCH_FIELDS = ("arch", "hidden", "heads", "expansion", "layers", "puzzle_emb_ndim", "puzzle_emb_len",
+               "separate_nets", "halting")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_file(folder: Path, name: str, obj: Any) -> None:
+    """torch.save then its digest; the digest is written last, so its presence means complete."""
+    path = folder / name
+    tmp = folder / f".{name}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    (folder / f"{name}.sha256").write_text(_digest(path))
+
+
+def read_file(folder: Path, name: str) -> Any:
+    path = folder / name
+    digest = folder / f"{name}.sha256"
+    if not path.is_file() or not digest.is_file():
+        raise CheckpointError(f"{folder}: {name} is missing or incomplete")
+    if _digest(path) != digest.read_text().strip():
+        raise CheckpointError(f"{folder}: {name} is corrupt (checksum mismatch)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means unusable
+        raise CheckpointError(f"{folder}: {name} cannot be read: {e}") from e
+
+
+def check_compatible(saved_model_cfg: dict, model_cfg: dict, where: str, data_meta: dict | None = None,
+                     saved_meta: dict | None = None) -> None:
+    diffs = [f"model.{k}: checkpoint {saved_model_cfg.get(k)!r} vs config {model_cfg.get(k)!r}"
+             for k in ARCH_FIELDS if saved_model_cfg.get(k) != model_cfg.get(k)]
+    if data_meta and saved_meta:
+        diffs += [f"data {k}: checkpoint {saved_meta.get(k)!r} vs dataset {data_meta.get(k)!r}"
+                  for k in ("vocab_size", "seq_len", "num_puzzle_ids") if saved_meta.get(k) != data_meta.get(k)]
+    if diffs:
+        raise CheckpointError(f"{where}: incompatible with this run's config:\n  " + "\n  ".join(diffs))
+
+
+def verify(folder: Path) -> None:
+    read_file(folder, "state.pt")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def save_local(root: Path, step: int, write: callable, keep: int) -> Path:
+    """Call write(tmp_folder), then publish it as root/step_N atomically; keep the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        verify(tmp)
+        final = root / step_dir_name(step)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_local(root: Path) -> Path | None:
+    """Newest checkpoint under root that verifies; corrupt ones are reported and skipped."""
+    if not root.is_dir():
+        return None
+    for folder in sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True):
+        try:
+            verify(folder)
+            return folder
+        except CheckpointError as e:
+            log.warning("skipping checkpoint: %s", e)
+    return None

@@ -1,0 +1,334 @@
+"""The training loop: deep supervision over a carried batch.
+
+Each of the `batch` slots holds one sample and its carried (y, z). Every
+optimizer step runs one supervision step on all slots; a slot whose sample
+halts (the halting head says its answer is right, or N_sup steps are spent)
+takes the next sample from the stream and restarts from (y_init, z_init).
+This is the reference implementation's scheme, except that no sample of the
+stream is skipped.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from trm.config import Config, config_from_dict
+from trm.data.dataset import PuzzleDataset, SampleStream
+from trm.evaluate import evaluate
+from trm.model import TRM, Carry
+from trm.train import checkpoint as ckpt
+from trm.train.losses import supervision_losses
+from trm.train.optim import PuzzleEmbeddingSGD, build_optimizer
+from trm.train.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda: no CUDA device is visible")
+    if name == "cuda" and dist.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+@dataclass
+class Slots:
+    """The carried batch on this rank."""
+    carry: Carry
+    tokens: torch.Tensor  # [B, L]
+    labels: torch.Tensor  # [B, L]
+    puzzle_ids: torch.Tensor  # [B]
+    steps: torch.Tensor  # [B] supervision steps spent on the current sample
+    halted: torch.Tensor  # [B] True: refill before the next step
+
+    def state_dict(self) -> dict:
+        return {"y": self.carry.y, "z": self.carry.z, "tokens": self.tokens, "labels": self.labels,
+                "puzzle_ids": self.puzzle_ids, "steps": self.steps, "halted": self.halted}
+
+    @classmethod
+    def from_state(cls, s: dict, device: torch.device) -> "Slots":
+        s = {k: v.to(device) for k, v in s.items()}
+        return cls(Carry(s["y"], s["z"]), s["tokens"], s["labels"], s["puzzle_ids"], s["steps"], s["halted"])
+
+
+class Trainer:
+    """Owns the model, its EMA, optimizers, data stream and carried slots on one rank."""
+
+    def __init__(self, cfg: Config, session: Session):
+        self.cfg, self.session = cfg, session
+        t = cfg.train
+        if t.batch_size % session.world_size:
+            raise ValueError(f"train.batch_size={t.batch_size}: expected a multiple of the "
+                             f"number of workers ({session.world_size})")
+        self.local_batch = t.batch_size // session.world_size
+        self.device = pick_device(t.device)
+        self.autocast = t.bf16 and self.device.type == "cuda"
+        self.train_ds = PuzzleDataset(cfg.data.path, "train")
+        self.val_ds = PuzzleDataset(cfg.data.path, "test")
+        meta = self.train_ds.meta
+        self.meta = {k: meta[k] for k in ("vocab_size", "seq_len", "num_puzzle_ids")}
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = TRM(cfg.model, **self.meta).to(self.device)
+        self.ema = self._build_ema() if t.ema > 0 else None
+        if t.compile:
+            for block in self.model.net.blocks:
+                block.compile()
+        self.ddp = self._wrap_ddp(self.model)
+        self.opt, self.sched = build_optimizer(self.model, t)
+        self.emb_opt = (PuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
+                        if self.model.puzzle_emb is not None else None)
+        self.stream = SampleStream(len(self.train_ds), t.seed, session.rank, session.world_size)
+        self.explore = torch.Generator().manual_seed(t.seed * 1000 + session.rank)
+        self.slots = self._empty_slots()
+        self.step = 0
+        self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, ...
+        self.best: dict = {}
+
+    # ---------------------------------------------------------------- setup
+    def _build_ema(self) -> AveragedModel:
+        # The puzzle-embedding table is trained by sign-SGD, not averaged: share it
+        # instead of deep-copying what may be a million rows.
+        emb, self.model.puzzle_emb = self.model.puzzle_emb, None
+        ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema))
+        self.model.puzzle_emb = ema.module.puzzle_emb = emb
+        return ema
+
+    def _wrap_ddp(self, model: TRM):
+        if self.session.world_size == 1 or not dist.is_initialized():
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # y_init / z_init / the puzzle table are identical or updated identically on all ranks
+        return DDP(model, device_ids=ids, broadcast_buffers=False)
+
+    def _empty_slots(self) -> Slots:
+        B, L, dev = self.local_batch, self.meta["seq_len"], self.device
+        return Slots(self.model.initial_carry(B, dev), torch.zeros(B, L, dtype=torch.long, device=dev),
+                     torch.zeros(B, L, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev),
+                     torch.zeros(B, dtype=torch.long, device=dev), torch.ones(B, dtype=torch.bool, device=dev))
+
+    @property
+    def eval_model(self) -> TRM:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ---------------------------------------------------------------- one step
+    def _refill(self) -> None:
+        s = self.slots
+        free = s.halted.nonzero().squeeze(-1)
+        if len(free) == 0:
+            return
+        batch = self.train_ds.batch(self.stream.take(len(free)))
+        s.tokens[free] = torch.as_tensor(batch["inputs"], device=self.device).long()
+        s.labels[free] = torch.as_tensor(batch["labels"], device=self.device).long()
+        s.puzzle_ids[free] = torch.as_tensor(batch["puzzle_ids"], device=self.device).long()
+        s.steps[free] = 0
+        s.carry = self.model.reset_carry(s.carry, s.halted)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        cfg, s = self.cfg, self.slots
+        self._refill()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            carry, out = self.ddp(s.carry, s.tokens, s.puzzle_ids)
+        s.steps += 1
+        last = s.steps >= cfg.model.N_sup
+        target_q = None
+        if out.q_continue is not None:  # HRM's ACT: bootstrap from one more (gradient-free) step
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                _, nxt = self.model(carry, s.tokens, s.puzzle_ids)
+            target_q = torch.sigmoid(torch.where(last, nxt.q_halt, torch.maximum(nxt.q_halt, nxt.q_continue)))
+        loss, parts, is_correct, token_correct = supervision_losses(
+            out.logits, s.labels, out.q_halt, out.q_continue, target_q)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        lr_scale = self.sched.get_last_lr()[0] / cfg.train.lr
+        self.opt.step()
+        if self.emb_opt is not None:
+            self.emb_opt.step(lr_scale)
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+
+        with torch.no_grad():  # halting decision for the next step
+            halted = last.clone()
+            if cfg.model.N_sup > 1:
+                stop = out.q_halt > 0 if out.q_continue is None else out.q_halt > out.q_continue
+                explore = torch.rand(len(stop), generator=self.explore) < cfg.model.halt_exploration
+                min_steps = torch.randint(2, cfg.model.N_sup + 1, (len(stop),), generator=self.explore)
+                min_steps = torch.where(explore, min_steps, 0).to(self.device)
+                halted |= stop & (s.steps >= min_steps)
+            done = halted.float()
+            mask_counts = (s.labels != -100).sum(-1).clamp_min(1)
+            stats = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
+                     "halted": done.sum(), "exact": (is_correct.float() * done).sum(),
+                     "cells": ((token_correct.sum(-1) / mask_counts) * done).sum(),
+                     "halt_steps": (s.steps.float() * done).sum()}
+        s.carry, s.halted = carry, halted
+        return stats
+
+    # ---------------------------------------------------------------- checkpoints
+    def write_checkpoint(self, folder: Path) -> None:
+        r = self.session.rank
+        if r == 0:
+            state = {"config": self.cfg.to_dict(), "meta": self.meta, "step": self.step,
+                     "world_size": self.session.world_size, "model": self.model.state_dict(),
+                     "ema": self._ema_state(), "optimizer": self.opt.state_dict(),
+                     "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "extra": self.extra, "best": self.best}
+            ckpt.write_file(folder, "state.pt", state)
+        ckpt.write_file(folder, f"rank{r}.pt", {"slots": self.slots.state_dict(), "stream": self.stream.state_dict(),
+                                                "explore": self.explore.get_state(),
+                                                "python_rng": random.getstate()})
+
+    def _ema_state(self) -> dict | None:
+        if self.ema is None:
+            return None
+        return {k: v for k, v in self.ema.state_dict().items() if "puzzle_emb" not in k}
+
+    def restore(self, folder: Path) -> None:
+        state = ckpt.read_file(folder, "state.pt")
+        ckpt.check_compatible(state["config"]["model"], self.cfg.to_dict()["model"], str(folder),
+                              self.meta, state["meta"])
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"], strict=False)
+        elif self.ema is not None:
+            log.warning("%s: checkpoint has no EMA; starting the EMA from the restored weights", folder)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.extra, self.best = state["step"], state["extra"], state.get("best", {})
+        try:
+            if state["world_size"] != self.session.world_size:
+                raise ckpt.CheckpointError(f"saved with {state['world_size']} workers, now {self.session.world_size}")
+            mine = ckpt.read_file(folder, f"rank{self.session.rank}.pt")
+            self.slots = Slots.from_state(mine["slots"], self.device)
+            self.stream.load_state_dict(mine["stream"])
+            self.explore.set_state(mine["explore"])
+            random.setstate(mine["python_rng"])
+        except ckpt.CheckpointError as e:
+            # weights and optimizer are intact; carried samples restart, the stream
+            # moves to the next epoch so no sample is seen twice in a row
+            log.warning("%s: %s; carried slots restart from y_init/z_init", folder, e)
+            self.stream.load_state_dict({"epoch": self.step + 1, "pos": 0})
+        log.info("resumed from %s at step %d", folder, self.step)
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        with self.session.restore() as folder:
+            if folder is not None:
+                self.restore(folder)
+        rank0 = self.session.rank == 0
+        window = _Window()
+        last_ckpt_step, last_ckpt_time = self.step, time.time()
+        t_start, step_start = time.time(), self.step
+        metrics: dict = {}
+        while self.step < t.steps:
+            window.add(self.train_step())
+            if rank0 and (self.step % t.log_every == 0 or self.step == t.steps):
+                rate = (self.step - step_start) / max(time.time() - t_start, 1e-9)
+                eta = (t.steps - self.step) / max(rate, 1e-9)
+                log.info("step %d/%d | loss %.4f | train exact %.3f | %.2f steps/s %.0f samples/s | ETA %s",
+                         self.step, t.steps, window.peek("loss"), window.peek_exact(), rate,
+                         rate * t.batch_size, _fmt_time(eta))
+            if self.step % t.eval_every == 0 or self.step == t.steps:
+                metrics = {**window.flush(t.batch_size), **self.evaluate(), "step": self.step,
+                           "effective_depth": cfg.effective_depth}
+                if not math.isfinite(metrics["train/loss"]):
+                    metrics["diverged"] = 1.0
+                if metrics["val/exact_accuracy"] >= self.best.get("val/exact_accuracy", -1):
+                    self.best = {"val/exact_accuracy": metrics["val/exact_accuracy"], "step": self.step}
+                due = (self.step - last_ckpt_step >= t.checkpoint_every or self.step == t.steps
+                       or time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes)
+                self.session.report(metrics, self.step, self.write_checkpoint if due else None)
+                if due:
+                    last_ckpt_step, last_ckpt_time = self.step, time.time()
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        t = self.cfg.train
+        return evaluate(self.eval_model, self.val_ds, self.local_batch, self.device, t.eval_samples,
+                        self.session.rank, self.session.world_size, self.autocast)
+
+
+class _Window:
+    """Training statistics between two reports (summed on device, synced once per report)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.t0 = time.time()
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0) + v.double()
+        self.n += 1
+
+    def peek(self, k: str) -> float:
+        return float(self.sums[k]) / max(self.n, 1)
+
+    def peek_exact(self) -> float:
+        return float(self.sums["exact"]) / max(float(self.sums["halted"]), 1.0)
+
+    def flush(self, global_batch: int) -> dict[str, float]:
+        keys = sorted(self.sums)
+        vals = torch.stack([self.sums[k].reshape(()) for k in keys]).double()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            vals = vals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(vals)
+            vals /= torch.tensor([1.0 if k in ("halted", "exact", "cells", "halt_steps") else dist.get_world_size()
+                                  for k in keys], dtype=vals.dtype, device=vals.device)
+        s = dict(zip(keys, vals.tolist()))
+        elapsed = max(time.time() - self.t0, 1e-9)
+        halted = max(s["halted"], 1.0)
+        out = {"train/loss": s["loss"] / self.n, "train/lm_loss": s["lm_loss"] / self.n,
+               "train/halt_loss": s["halt_loss"] / self.n,
+               "train/exact_accuracy": s["exact"] / halted, "train/cell_accuracy": s["cells"] / halted,
+               "train/mean_halt_steps": s["halt_steps"] / halted,
+               "throughput/steps_per_s": self.n / elapsed,
+               "throughput/samples_per_s": self.n * global_batch / elapsed}
+        if "continue_loss" in s:
+            out["train/continue_loss"] = s["continue_loss"] / self.n
+        self.__init__()
+        return out
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def load_for_eval(folder: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[TRM, Config, dict]:
+    """A model from a checkpoint folder, EMA weights by default (as the paper evaluates)."""
+    state = ckpt.read_file(Path(folder), "state.pt")
+    cfg = config_from_dict(state["config"])
+    model = TRM(cfg.model, **state["meta"])
+    model.load_state_dict(state["model"])
+    if use_ema and state["ema"] is not None:
+        prefix = "module."
+        weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+        model.load_state_dict(weights, strict=False)
+    return model.to(device).eval(), cfg, state
+
+
+def set_seed_everywhere(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,92 @@
+"""Where a training loop runs: one process (`LocalSession`) or a Ray Train worker (`RaySession`).
+
+The loop in `trm.train.loop` talks only to this interface, so the same code
+runs alone and under DDP. Ray Train's own local mode (num_workers=0) has no
+persistent checkpoint storage in Ray 2.60, hence the small local session.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+from trm.train import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+WriteFn = Callable[[Path], None]
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+
+    def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
+
+    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None: ...
+
+
+class LocalSession:
+    """Checkpoints in `out_dir/checkpoints`, metrics appended to `out_dir/metrics.jsonl`."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, out_dir: str | Path, keep: int = 3, tracker=None,
+                 on_report: Callable[[dict, int], None] | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.keep, self.tracker, self.on_report = keep, tracker, on_report
+        self.last_checkpoint: Path | None = None
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[Path | None]:
+        yield ckpt.latest_local(self.out_dir / "checkpoints")
+
+    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
+        if write is not None:
+            self.last_checkpoint = ckpt.save_local(self.out_dir / "checkpoints", step, write, self.keep)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+        if self.on_report is not None:
+            self.on_report(metrics, step)
+
+
+class RaySession:
+    """Inside `TorchTrainer`'s train_loop_per_worker: Ray persists and restores checkpoints."""
+
+    def __init__(self, tracker=None):
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.tracker = tracker if self.rank == 0 else None
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[Path | None]:
+        checkpoint = self._train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as d:
+            yield Path(d)
+
+    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+        if write is None:
+            self._train.report(metrics)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="trm-ckpt-"))
+        try:
+            write(tmp)
+            self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
+                               checkpoint_dir_name=ckpt.step_dir_name(step))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
