@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -62,13 +61,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `moto_server`, plus one fix that makes it answer like AWS: moto 5.2 names the
+# CompleteMultipartUpload reply root <CompleteMultipartUploadResponse>, real S3
+# says <CompleteMultipartUploadResult>. pyarrow (>= 2025 releases; Ray
+# checkpoints and copy_files go through it) treats any other root as an error
+# embedded in a 200 reply and retries for minutes, then fails, on every object
+# above its single-PUT size. The shim is a no-op once moto sends the right name.
+_MOTO_MAIN = """
+import sys
+from moto.core import serialize as _s
+_orig = _s.S3Serializer._serialize_body
+def _serialize_body(self, body):
+    if "CompleteMultipartUploadResponse" in body:
+        body = {"CompleteMultipartUploadResult": body["CompleteMultipartUploadResponse"]}
+    return _orig(self, body)
+_s.S3Serializer._serialize_body = _serialize_body
+from moto.server import main
+main(sys.argv[1:])
+"""
+
+
 @contextlib.contextmanager
 def run_moto_server(timeout_s: float = 20.0) -> Iterator[tuple[str, int]]:
     """Start ``moto_server`` on a free port, wait until it answers, stop it after."""
     port = free_port()
-    exe = shutil.which("moto_server")
-    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
-    cmd += ["-H", "127.0.0.1", "-p", str(port)]
+    cmd = [sys.executable, "-c", _MOTO_MAIN, "-H", "127.0.0.1", "-p", str(port)]
     env = {**os.environ, **FAKE_AWS_ENV}
     env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)  # auth off unless a test enables it
     # Log to a file, not a pipe: nobody reads the pipe and a full pipe blocks moto.
@@ -108,7 +125,8 @@ def enforce_auth(server: S3Server) -> Iterator[None]:
     """
 
     def post(value: str) -> None:
-        req = urllib.request.Request(f"{server.endpoint}/moto-api/reset-auth", data=value.encode(), method="POST")
+        req = urllib.request.Request(f"{server.endpoint}/moto-api/reset-auth", data=value.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(req, timeout=5):
             pass
 

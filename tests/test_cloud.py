@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -189,6 +190,21 @@ def test_check_storage_s3_dead_endpoint(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(StorageError, match="does not answer"):
         check_storage("s3://bucket/trm", timeout_s=1.0)
     assert time.monotonic() - t0 < 10
+
+
+def test_check_storage_s3_hanging_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Accepts TCP connections (kernel backlog) but never answers a request.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{srv.getsockname()[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="does not answer"):
+            check_storage("s3://bucket/trm", timeout_s=1.0)
+        assert time.monotonic() - t0 < 10
 
 
 def _make_dataset(root: Path, version: str) -> Path:

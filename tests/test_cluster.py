@@ -122,6 +122,41 @@ def test_no_credentials_in_file() -> None:
     assert not re.search(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])", text)
 
 
+# --- mlflow/serve.sh (cheap checks; starting the server takes 10-15 s) -----
+
+REPO = CLUSTER_YAML.parents[1]
+SERVE = REPO / "mlflow" / "serve.sh"
+
+
+def test_mlflow_folder_does_not_shadow_package() -> None:
+    import subprocess
+    import sys
+
+    assert not (REPO / "mlflow" / "__init__.py").exists()
+    out = subprocess.run(
+        [sys.executable, "-c", "import mlflow; print(mlflow.__file__)"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    assert "site-packages" in out or "dist-packages" in out, out
+
+
+def test_serve_sh_parses_flags() -> None:
+    import os
+    import subprocess
+
+    assert os.access(SERVE, os.X_OK)
+    subprocess.run(["bash", "-n", str(SERVE)], check=True)
+    helped = subprocess.run([str(SERVE), "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--backend-store-uri" in helped.stdout
+    for bad in (["--bogus"], ["--port"]):
+        r = subprocess.run([str(SERVE), *bad], capture_output=True, text=True)
+        assert r.returncode == 2 and "serve.sh:" in r.stderr
+    text = SERVE.read_text()
+    for needle in ("--serve-artifacts", "--workers 1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+                   "sqlite:///mlflow.db", "./mlartifacts", "127.0.0.1", "5000"):
+        assert needle in text, needle
+
+
 def test_security_group_not_open_to_world() -> None:
     text = CLUSTER_YAML.read_text()
     assert "0.0.0.0/0" not in text and "::/0" not in text

@@ -295,8 +295,10 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
 
     ``uri`` is a local path (created if missing) or ``s3://bucket/prefix``.
     For S3 the standard AWS environment is used, including ``AWS_ENDPOINT_URL``
-    for S3-compatible stores; ``timeout_s`` bounds each connect attempt
-    (two attempts), so a dead endpoint fails in well under ten seconds.
+    for S3-compatible stores. ``timeout_s`` is botocore's connect and read
+    timeout for a single attempt: a refused connection fails at once, a hung
+    endpoint in about 2.5 x ``timeout_s`` (botocore waits once for the
+    100-continue and once for the reply), i.e. under ten seconds by default.
     """
     probe = f".trm-storage-probe-{uuid.uuid4().hex}"
     if not _is_s3(uri):
@@ -323,12 +325,13 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
 
     bucket, prefix = _split_s3(uri)
     key = f"{prefix}/{probe}" if prefix else probe
-    # Few attempts and short timeouts: the default (5 retries, 60 s timeouts)
-    # would hang for minutes on a wrong endpoint before saying anything.
+    # One attempt, short timeouts: botocore's defaults (several retries, 60 s
+    # timeouts) hang for minutes on a wrong endpoint before saying anything.
+    # A preflight should fail fast; the trainers' own clients do the retrying.
     cfg = Config(
         connect_timeout=timeout_s,
-        read_timeout=2 * timeout_s,
-        retries={"max_attempts": 2, "mode": "standard"},
+        read_timeout=timeout_s,
+        retries={"max_attempts": 1, "mode": "standard"},
     )
     client = boto3.client("s3", config=cfg)
     endpoint = client.meta.endpoint_url
@@ -348,14 +351,17 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("NoSuchBucket", "404") or status == 404:
+        if code == "NoSuchBucket":
             why = f"bucket {bucket!r} does not exist (at {endpoint}); create it or fix the name"
         elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                       "ExpiredToken", "TokenRefreshRequired"):
             why = f"credentials were rejected ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE"
-        elif code in ("AccessDenied", "403") or status == 403:
-            why = (f"access denied ({code}); the credentials/instance profile need "
+        elif code == "AccessDenied":
+            why = (f"access denied; the credentials/instance profile need "
                    f"s3:PutObject and s3:DeleteObject on {bucket}/{prefix}*")
+        elif code.isdigit():  # bare HTTP status, no S3 error document
+            why = (f"{endpoint} answered HTTP {status} without an S3 error code; "
+                   "is it really an S3 endpoint? (check AWS_ENDPOINT_URL)")
         else:
             why = f"S3 error {code or status}: {e}"
         raise StorageError(f"{uri}: {why}") from e
@@ -413,7 +419,12 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str, overwrite: bool = Fa
         rel = f.relative_to(src).as_posix()
         if "/" in rel:
             fs.create_dir(f"{root}/{rel.rsplit('/', 1)[0]}", recursive=True)
-        pafs.copy_files(str(f), f"{root}/{rel}", source_filesystem=local_fs, destination_filesystem=fs)
+        dst = f"{root}/{rel}"
+        pafs.copy_files(str(f), dst, source_filesystem=local_fs, destination_filesystem=fs)
+        # copy_files has been seen to return normally after a failed
+        # multipart completion; check that the object really landed.
+        if fs.get_file_info(dst).size != f.stat().st_size:
+            raise OSError(f"upload of {f} to {uri}/{rel} did not complete")
     return True
 
 
@@ -472,6 +483,11 @@ def download_dir(
             pafs.copy_files(root, str(tmp), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
             tmp.mkdir(parents=True, exist_ok=True)  # an empty remote dir copies nothing
+            for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+                if info.type == pafs.FileType.File:
+                    got = tmp / info.path[len(root) + 1 :]
+                    if not got.is_file() or got.stat().st_size != info.size:
+                        raise OSError(f"download of {uri} is incomplete at {info.path}")
             old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex}"
             if dest.exists():
                 dest.rename(old)

@@ -76,6 +76,7 @@ class DataConfig:
     augmentations: int = 1000  # augmented copies per training puzzle (paper: 1000)
     min_givens: int = 17  # generator difficulty knob: fewer givens = harder
     max_givens: int = 30
+    min_rating: int = 0  # keep puzzles needing at least this many solver guesses (0: any)
     gen_seed: int = 0
 
 
@@ -123,6 +124,7 @@ class Config:
             _range(f"data.{name}", getattr(d, name), lo=0 if name == "augmentations" else 1)
         _range("data.min_givens", d.min_givens, lo=17, hi=81)
         _range("data.max_givens", d.max_givens, lo=d.min_givens, hi=81)
+        _range("data.min_rating", d.min_rating, lo=0)
         return self
 
     # ---- flat view: unique leaf names for MLflow params and Tune spaces ----

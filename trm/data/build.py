@@ -31,8 +31,8 @@ def ensure_dataset(d: DataConfig) -> Path:
         if d.generate == "sudoku":
             from trm.data import sudoku
 
-            train = sudoku.generate(d.num_train, d.gen_seed, d.min_givens, d.max_givens)
-            test = sudoku.generate(d.num_test, d.gen_seed + 1_000_003, d.min_givens, d.max_givens)
+            train = sudoku.generate(d.num_train, d.gen_seed, d.min_givens, d.max_givens, d.min_rating)
+            test = sudoku.generate(d.num_test, d.gen_seed + 1_000_003, d.min_givens, d.max_givens, d.min_rating)
             sudoku.build_dataset(path, train[:2], test[:2], d.augmentations, d.gen_seed)
         else:
             from trm.data import maze

@@ -236,17 +236,26 @@ def load_csv(path: str | Path, verify: str = "answer") -> tuple[np.ndarray, np.n
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
 
 
-def generate(num: int, seed: int, min_givens: int, max_givens: int, progress_every: float = 5.0):
-    """`num` unique-solution puzzles. Returns puzzles, solutions, ratings (guess counts)."""
+def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: int = 0,
+             progress_every: float = 5.0):
+    """`num` unique-solution puzzles with givens in [min_givens, max_givens] and a solver
+    rating (search guesses) of at least `min_rating`. Returns puzzles, solutions, ratings."""
     rng = np.random.default_rng(seed)
     puzzles, solutions, ratings = [], [], []
     t0 = last = time.time()
-    for i in range(num):
+    tries = 0
+    while len(puzzles) < num:
         p, s, r = make_puzzle(rng, min_givens, max_givens)
+        tries += 1
+        if r < min_rating:
+            if tries >= 1000 and len(puzzles) * 1000 < tries:
+                raise DatasetError(f"min_rating={min_rating}: fewer than 1 in 1000 generated puzzles is that "
+                                   f"hard with givens in [{min_givens}, {max_givens}]; lower it or the givens")
+            continue
         puzzles.append(p), solutions.append(s), ratings.append(r)
         if time.time() - last > progress_every:
             last = time.time()
-            log.info("sudoku: %d/%d puzzles (%.1f/s)", i + 1, num, (i + 1) / (last - t0))
+            log.info("sudoku: %d/%d puzzles (%.1f/s, %d tried)", len(puzzles), num, len(puzzles) / (last - t0), tries)
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
 
 
@@ -260,6 +269,10 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
     """Write train (each puzzle + `augmentations` shuffled copies) and test (as is)."""
     meta = {"name": "sudoku", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
             "source": source, "augmentations": augmentations, "seed": seed, "blank_token": 1}
+    for split, (p, s) in (("train", train), ("test", test)):
+        if len(p) != len(s) or p.shape[1:] != (9, 9) or s.shape[1:] != (9, 9):
+            raise DatasetError(f"{split}: expected puzzles and solutions of equal count and shape [N, 9, 9], "
+                               f"got {p.shape} and {s.shape}")
     rng = np.random.default_rng((seed, 1))
     with DatasetWriter(out, meta, overwrite=overwrite) as w:
         for split, (p, s) in (("train", train), ("test", test)):

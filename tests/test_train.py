@@ -1,0 +1,113 @@
+import shutil
+
+import pytest
+import torch
+
+from trm.train import checkpoint as ckpt
+from trm.train.loop import Trainer, load_for_eval
+from trm.train.session import LocalSession
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step):
+    def on_report(metrics, s):
+        if s == step:
+            raise Crash(f"simulated crash after step {s}")
+    return on_report
+
+
+def _weights(tr: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in tr.model.state_dict().items()}
+    out.update({f"ema.{k}": v for k, v in tr.ema.state_dict().items()})
+    return out
+
+
+def test_exact_resume(tiny_config, tmp_path):
+    """2000 steps straight == 1000 steps, crash, resume, 1000 more: identical weights."""
+    cfg = tiny_config(steps=2000, eval_every=500, checkpoint_every=500, lr_schedule="cosine")
+    straight = Trainer(cfg, LocalSession(tmp_path / "a"))
+    straight.fit()
+
+    with pytest.raises(Crash):
+        Trainer(cfg, LocalSession(tmp_path / "b", on_report=crash_at(1000))).fit()
+    assert ckpt.latest_local(tmp_path / "b" / "checkpoints").name == ckpt.step_dir_name(1000)
+    resumed = Trainer(cfg, LocalSession(tmp_path / "b"))
+    resumed.fit()
+    assert resumed.step == straight.step == 2000
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(straight.slots.carry.z, resumed.slots.carry.z)
+    assert straight.stream.state_dict() == resumed.stream.state_dict()
+
+
+def test_ema_matches_hand_computed(tiny_config, tmp_path):
+    decay = 0.5
+    tr = Trainer(tiny_config(ema=decay), LocalSession(tmp_path))
+    raw_after = []
+    for _ in range(4):
+        tr.train_step()
+        raw_after.append({k: v.detach().clone() for k, v in tr.model.named_parameters()})
+    # AveragedModel: the first update copies, then ema <- decay * ema + (1 - decay) * param
+    hand = dict(raw_after[0])
+    for params in raw_after[1:]:
+        hand = {k: decay * hand[k] + (1 - decay) * params[k] for k in hand}
+    ema = dict(tr.ema.module.named_parameters())
+    for k, v in hand.items():
+        assert torch.allclose(ema[k], v, atol=1e-6), k
+    assert any(not torch.allclose(ema[k], raw_after[-1][k]) for k in hand)  # EMA differs from raw
+
+
+def test_halting_forces_a_refill_after_N_sup(tiny_config, tmp_path):
+    tr = Trainer(tiny_config(N_sup=3, halt_exploration=0.0), LocalSession(tmp_path))
+    for _ in range(3):
+        tr.train_step()
+    # untrained halting head never says "done" (bias -5), so every slot halts at N_sup exactly
+    assert tr.slots.halted.all() and (tr.slots.steps == 3).all()
+
+
+def test_incompatible_checkpoint_is_refused(tiny_config, tmp_path):
+    Trainer(tiny_config(steps=25), LocalSession(tmp_path)).fit()
+    other = Trainer(tiny_config(steps=50, hidden=32, puzzle_emb_ndim=32), LocalSession(tmp_path))
+    with pytest.raises(ckpt.CheckpointError, match=r"model.hidden: checkpoint 16 vs config 32"):
+        other.fit()
+
+
+def test_corrupt_latest_falls_back_to_previous(tiny_config, tmp_path):
+    Trainer(tiny_config(steps=50), LocalSession(tmp_path)).fit()
+    root = tmp_path / "checkpoints"
+    newest = ckpt.latest_local(root)
+    assert newest.name == ckpt.step_dir_name(50)
+    with open(newest / "state.pt", "r+b") as f:  # flip bytes in the middle
+        f.seek(200)
+        f.write(b"\x00garbage\x00")
+    assert ckpt.latest_local(root).name == ckpt.step_dir_name(25)
+    tr = Trainer(tiny_config(steps=50), LocalSession(tmp_path))
+    tr.fit()
+    assert tr.step == 50
+
+
+def test_interrupted_checkpoint_write_is_never_published(tiny_config, tmp_path):
+    tr = Trainer(tiny_config(), LocalSession(tmp_path))
+
+    def half_written(folder):
+        tr.write_checkpoint(folder)
+        (folder / "state.pt.sha256").unlink()  # as if killed before the digest
+        raise Crash("killed mid-write")
+
+    with pytest.raises(Crash):
+        ckpt.save_local(tmp_path / "checkpoints", 1, half_written, keep=3)
+    assert ckpt.latest_local(tmp_path / "checkpoints") is None
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_load_for_eval_uses_ema(tiny_config, tmp_path):
+    tr = Trainer(tiny_config(steps=25), LocalSession(tmp_path))
+    tr.fit()
+    model, cfg, state = load_for_eval(ckpt.latest_local(tmp_path / "checkpoints"))
+    for name, p in model.named_parameters():
+        assert torch.equal(p, dict(tr.ema.module.named_parameters())[name])

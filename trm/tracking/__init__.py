@@ -1,0 +1,138 @@
+"""MLflow: the one place that names runs, params, metrics, tags and artifacts.
+
+Runs are addressed by id through `MlflowClient` (never the process-global
+"active run"), so a Ray worker can reopen the run its driver created, and a
+restarted trial or job keeps logging into the same run.
+
+Names used across the project:
+  params   the flat config (`Config.flat()`: n, T, layers, arch, hidden, ema, ...) + effective_depth
+  metrics  train/*, val/*, throughput/*, eval/* (MLflow forbids '@': pass@k is eval/pass_at_k)
+  tags     trial_end_reason, ray_trial_id, git_commit, best_checkpoint
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+END_REASONS = ("completed", "asha_pruned", "overfit_stopped", "diverged", "error")
+TAG_END_REASON, TAG_TRIAL_ID, TAG_COMMIT, TAG_BEST_CKPT = "trial_end_reason", "ray_trial_id", "git_commit", "best_checkpoint"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def resolve_uri(uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working folder."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # workers run elsewhere
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail early, naming the flag, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except Exception as e:  # noqa: BLE001
+        raise TrackingError(f"--tracking-uri {uri}: the MLflow server does not answer ({e}); "
+                            f"start one with mlflow/serve.sh or omit the flag for {DEFAULT_TRACKING_URI}") from e
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+class Tracker:
+    """One MLflow run. Create it (`Tracker.create`) or reopen it by id (`Tracker(uri, run_id)`)."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.run_id = tracking_uri, run_id
+        self.client = MlflowClient(tracking_uri)
+
+    @classmethod
+    def create(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None,
+               parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> "Tracker":
+        from mlflow.tracking import MlflowClient
+
+        uri = resolve_uri(tracking_uri)
+        check_reachable(uri)
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        all_tags = {TAG_COMMIT: git_commit(), **(tags or {})}
+        if parent_run_id:
+            all_tags[TAG_PARENT] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        return cls(uri, run.info.run_id)
+
+    # ---- logging ----
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]  # params are write-once
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def history(self, key: str) -> list:
+        return self.client.get_metric_history(self.run_id, key)
+
+    def download(self, artifact_path: str) -> Path:
+        return Path(self.client.download_artifacts(self.run_id, artifact_path, tempfile.mkdtemp()))
+
+
+def run_params(flat_config: dict[str, Any], effective_depth: int) -> dict[str, Any]:
+    return {**flat_config, "effective_depth": effective_depth}
