@@ -258,7 +258,8 @@ def test_cli_run(tmp_path: Path) -> None:
     args = parser.parse_args(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--augmentations", "3"])
     with pytest.raises(arc.ArcError, match="broken.json: not valid JSON"):
         arc.run(args)
-    args = parser.parse_args(["--src", str(tmp_path / "src" / "training"), "--src", str(tmp_path / "src" / "evaluation"),
+    src = tmp_path / "src"
+    args = parser.parse_args(["--src", str(src / "training"), "--src", str(src / "evaluation"),
                               "--out", str(tmp_path / "ds"), "--augmentations", "3", "--seed", "1", "--skip-invalid"])
     with pytest.warns(arc.ArcWarning, match="broken.json"):
         out = arc.run(args)

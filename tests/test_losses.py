@@ -40,3 +40,9 @@ def test_halting_target_is_exact_match():
     parts["halt_loss"].backward()
     # d BCE / d logit = sigmoid(0) - target, averaged over the batch
     assert torch.allclose(q_halt.grad, (0.5 - is_correct.float()) / 3)
+
+
+def test_stablemax_gradient_is_finite_where_the_unused_branch_is_singular():
+    logits = torch.tensor([[[1.0, -2.0, 0.5]]], requires_grad=True)  # 1/(1-x) is infinite at x = 1
+    stablemax_cross_entropy(logits, torch.tensor([[2]])).sum().backward()
+    assert torch.isfinite(logits.grad).all()

@@ -182,7 +182,7 @@ def _eval_run(a: argparse.Namespace) -> None:
         elif kind == "maze":
             from trm.evaluate.maze import evaluate_maze
 
-            scores = evaluate_maze(model, data, a.batch_size, device, limit=a.limit)
+            scores = evaluate_maze(model, data, a.batch_size, device, limit=a.limit).metrics
         else:
             scores = evaluate(model, ds, a.batch_size, device, a.limit)
     print(json.dumps({"checkpoint": str(folder), "step": state["step"], "data": str(data), **scores}, indent=2))

@@ -77,6 +77,7 @@ class DataConfig:
     min_givens: int = 17  # generator difficulty knob: fewer givens = harder
     max_givens: int = 30
     min_rating: int = 0  # keep puzzles needing at least this many solver guesses (0: any)
+    min_path: int = 110  # maze generator: shortest path longer than this (paper: 110)
     gen_seed: int = 0
 
 
@@ -125,6 +126,7 @@ class Config:
         _range("data.min_givens", d.min_givens, lo=17, hi=81)
         _range("data.max_givens", d.max_givens, lo=d.min_givens, hi=81)
         _range("data.min_rating", d.min_rating, lo=0)
+        _range("data.min_path", d.min_path, lo=1)
         return self
 
     # ---- flat view: unique leaf names for MLflow params and Tune spaces ----

@@ -119,7 +119,8 @@ class VoteResult:
         to an existing table: `step` tells evaluations at different steps apart)."""
         solved2 = self.task_solved(ATTEMPTS)
         rows: dict[str, list] = {k: [] for k in (
-            *(("step",) if step is not None else ()), "task_id", "test_index", "predictions", "invalid", "distinct", "winner_votes", "winner_confidence",
+            *(("step",) if step is not None else ()), "task_id", "test_index", "predictions", "invalid",
+            "distinct", "winner_votes", "winner_confidence",
             "second_votes", "top1_correct", "top2_correct", "task_solved_at_2")}
         for t in self.tests:
             c = t.candidates

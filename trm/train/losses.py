@@ -9,8 +9,10 @@ from trm.data.dataset import IGNORE
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """log of stable-max (Prieto et al., 2025): s(x) = 1/(1-x) for x < 0, x + 1 otherwise,
-    normalised like softmax. It grows linearly, so logits cannot blow up to win."""
-    s = torch.where(x < 0, 1 / (1 - x), x + 1)
+    normalised like softmax. It grows linearly, so logits cannot blow up to win.
+    The clamp keeps the unused branch finite: 1/(1-x) at x = 1 would put inf * 0 = NaN
+    into the gradient of torch.where."""
+    s = torch.where(x < 0, 1 / (1 - x.clamp(max=0)), x + 1)
     return torch.log(s / s.sum(dim=dim, keepdim=True))
 
 

@@ -1,0 +1,56 @@
+"""Connecting to Ray: a local instance by default, a cluster with --address."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+# Each Tune trial is a small driver that builds a TorchTrainer; it asks for a sliver of
+# this custom resource instead of a CPU (Tune refuses {"cpu": 0} alone). The cluster
+# YAML gives the head node the same resource.
+DRIVER_RESOURCE = "TRAIN_DRIVER"
+
+
+class RayConnectError(RuntimeError):
+    pass
+
+
+def _check_answers(address: str, timeout: float = 5.0) -> None:
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise RayConnectError(f"--address {address}: expected host:port, ray://host:10001 or http://host:8265")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise RayConnectError(f"--address {address}: nothing answers at {host}:{port} ({e}); "
+                              f"is the cluster up (`ray up cluster/gpu.yaml`)?") from e
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """ray.init once: the given cluster, $RAY_ADDRESS, or a new local instance with the dashboard
+    (Train V2 needs the State API to release a stopped trial's resources)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_answers(address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=True,
+             dashboard_host="127.0.0.1", configure_logging=False)
+    log.info("started local Ray: %s", ray.cluster_resources())
+
+
+def cluster_capacity() -> dict[str, float]:
+    import ray
+
+    return ray.cluster_resources()
