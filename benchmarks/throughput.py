@@ -1,6 +1,7 @@
 """Training throughput of `trm` against a plain PyTorch loop doing the same work.
 
-    python benchmarks/throughput.py                      # CPU: TRM-MLP, paper sizes, small batch
+    python benchmarks/throughput.py                      # CPU: TRM-MLP, paper sizes, batch 8 (~1-2 min)
+    python benchmarks/throughput.py --batch 32 --steps 3 # CPU, larger batch (~10-20 s per step)
     python benchmarks/throughput.py --arch both --steps 5
     python benchmarks/throughput.py --bf16 --compile     # on a GPU: batch 768, adds tokens/s, TFLOP/s, MFU, memory
 
@@ -206,15 +207,50 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(step, warmup: int, steps: int, device) -> float:
+def measure(builders: dict, warmup: int, steps: int, device, interleave: bool) -> dict:
+    """Seconds for `steps` optimizer steps of each loop, and its peak CUDA memory.
+
+    builders: name -> () -> (parameter count, step function). Sequential: build,
+    warm up, time, free one loop after the other. Interleaved (for a CPU shared
+    with other work): build both, warm up both, then alternate single timed
+    steps, so that both see the same background load.
+    """
+    results = {}
+    if not interleave:
+        for name, build in builders.items():
+            free(device)
+            params, step = build()
+            for _ in range(warmup):
+                step()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            seconds = time.perf_counter() - t0
+            mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            results[name] = (params, seconds, mem)
+            del step
+        free(device)
+        return results
+    free(device)
+    loops = {name: build() for name, build in builders.items()}
     for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
+        for _, step in loops.values():
+            step()
+    seconds = dict.fromkeys(loops, 0.0)
     for _ in range(steps):
-        step()
-    sync(device)
-    return time.perf_counter() - t0
+        for name, (_, step) in loops.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            seconds[name] += time.perf_counter() - t0
+    mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None  # of both together
+    results = {name: (params, seconds[name], mem) for name, (params, _) in loops.items()}
+    del loops
+    free(device)
+    return results
 
 
 def flops_per_step(arch, batch, dim, layers, n, T, seq_len, vocab, heads=HEADS):
@@ -247,19 +283,18 @@ def build_data(root: Path, batch: int, puzzles: int, seed: int) -> Path:
     return sudoku.build_dataset(root / "sudoku", (p, s), (p[:4], s[:4]), augmentations, seed)
 
 
-def run_ours(args, arch, data: Path, out: Path, device):
+def build_ours(args, arch, data: Path, out: Path, device):
     cfg = load_config(None, {
         "model.arch": arch, "model.hidden": args.hidden, "model.n": args.n, "model.T": args.T,
         "model.layers": args.layers, "model.heads": HEADS, "model.expansion": EXPANSION, "model.N_sup": N_SUP,
-        "model.puzzle_emb_len": PREFIX, "model.puzzle_emb_ndim": args.hidden, "train.batch_size": args.batch, "train.device": device.type,
-        "train.bf16": args.bf16, "train.compile": args.compile, "data.path": str(data)})
+        "model.puzzle_emb_len": PREFIX, "model.puzzle_emb_ndim": args.hidden, "train.batch_size": args.batch,
+        "train.device": device.type, "train.bf16": args.bf16, "train.compile": args.compile,
+        "data.path": str(data)})
     trainer = Trainer(cfg, LocalSession(out))
-    params = count_parameters(trainer.model)
-    seconds = timed(trainer.train_step, args.warmup, args.steps, device)
-    return params, seconds
+    return count_parameters(trainer.model), trainer.train_step
 
 
-def run_baseline(args, arch, data: Path, device):
+def build_baseline(args, arch, data: Path, device):
     arrays = {k: torch.from_numpy(np.load(data / "train" / f"{k}.npy").astype(np.int64))
               for k in ("inputs", "labels", "puzzle_ids")}
     dataset = torch.utils.data.TensorDataset(arrays["inputs"], arrays["labels"], arrays["puzzle_ids"])
@@ -274,8 +309,7 @@ def run_baseline(args, arch, data: Path, device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1.0)
     params = sum(p.numel() for p in model.parameters())
     steps = plain_training(model, ema_model, loader, opt, device, args.bf16 and device.type == "cuda")
-    seconds = timed(lambda: next(steps), args.warmup, args.steps, device)
-    return params, seconds
+    return params, lambda: next(steps)
 
 
 def free(device):
@@ -288,9 +322,13 @@ def free(device):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=("attention", "mlp", "both"), default="mlp")
-    p.add_argument("--batch", type=int, help="samples per optimizer step (default 32 on CPU, 768 on CUDA)")
-    p.add_argument("--steps", type=int, help="timed optimizer steps (default 10 on CPU, 20 on CUDA)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
+    p.add_argument("--batch", type=int, help="samples per optimizer step (default 8 on CPU, 768 on CUDA)")
+    p.add_argument("--steps", type=int, help="timed optimizer steps of each loop (default 10 on CPU, 20 on CUDA)")
+    p.add_argument("--warmup", type=int, help="untimed optimizer steps of each loop first (default 1 on CPU, "
+                                              "3 on CUDA; use more with --compile)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="alternate timed steps of the two loops (default on CPU, where the machine may be "
+                        "shared; off on CUDA, where it would mix their peak memory)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--n", type=int, default=6)
     p.add_argument("--T", type=int, default=3)
@@ -310,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
     on_gpu = device.type == "cuda"
-    args.batch = args.batch or (768 if on_gpu else 32)
+    args.batch = args.batch or (768 if on_gpu else 8)
     args.steps = args.steps or (20 if on_gpu else 10)
+    args.warmup = (3 if on_gpu else 1) if args.warmup is None else args.warmup
+    args.interleave = (not on_gpu) if args.interleave is None else args.interleave
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if on_gpu:
@@ -323,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__} | python {platform.python_version()} | device {device.type}: {name} | "
           f"threads {torch.get_num_threads()} | bf16 {args.bf16 and on_gpu} | compile {args.compile}")
     print(f"hidden {args.hidden}, layers {args.layers}, n {args.n}, T {args.T}, N_sup {N_SUP}, heads {HEADS}, "
-          f"puzzle prefix {PREFIX} | batch {args.batch} | warmup {args.warmup} + {args.steps} timed steps")
+          f"puzzle prefix {PREFIX} | batch {args.batch} | warmup {args.warmup} + {args.steps} timed steps each, "
+          f"{'interleaved' if args.interleave else 'one loop after the other'}")
 
     tmp = Path(tempfile.mkdtemp(prefix="trm-throughput-"))
     try:
@@ -335,14 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         for arch in (("mlp", "attention") if args.arch == "both" else (args.arch,)):
             flops = flops_per_step(arch, args.batch, args.hidden, args.layers, args.n, args.T,
                                    sudoku.SEQ_LEN, sudoku.VOCAB_SIZE)
-            rows = {}
-            free(device)
-            params, sec = run_ours(args, arch, data, tmp / f"run-{arch}", device)
-            rows["ours"] = (params, sec, torch.cuda.max_memory_allocated(device) if on_gpu else None)
-            free(device)
-            params, sec = run_baseline(args, arch, data, device)
-            rows["baseline"] = (params, sec, torch.cuda.max_memory_allocated(device) if on_gpu else None)
-            free(device)
+            rows = measure({"ours": lambda: build_ours(args, arch, data, tmp / f"run-{arch}", device),
+                            "baseline": lambda: build_baseline(args, arch, data, device)},
+                           args.warmup, args.steps, device, args.interleave)
 
             p_ours, p_base = rows["ours"][0], rows["baseline"][0]
             print(f"== arch {arch} | parameters: ours {p_ours:,}  baseline {p_base:,}  "
@@ -368,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         if on_gpu:
             print(f"tokens/s counts the {sudoku.SEQ_LEN} grid cells per sample; MFU is against a bf16 dense peak "
                   f"of {peak if peak else 'unknown (pass --peak-tflops)'} TFLOP/s"
-                  f"{'' if args.bf16 else ' although this run is not bf16'}.")
+                  f"{'' if args.bf16 else ' although this run is not bf16'}"
+                  f"{'; peak memory is of both loops together (--no-interleave to separate)' if args.interleave else ''}.")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
