@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tokens/s counts the {sudoku.SEQ_LEN} grid cells per sample; MFU is against a bf16 dense peak "
                   f"of {peak if peak else 'unknown (pass --peak-tflops)'} TFLOP/s"
                   f"{'' if args.bf16 else ' although this run is not bf16'}"
-                  f"{'; peak memory is of both loops together (--no-interleave to separate)' if args.interleave else ''}.")
+                  f"{'; peak memory is of both loops together (use --no-interleave)' if args.interleave else ''}.")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
