@@ -22,6 +22,10 @@ best Sudoku model) on the same small generated Sudoku dataset:
 One timed iteration of either is one optimizer step = one supervision step
 (forward, backward, optimizer, EMA) over `batch` samples, so
 samples/s = batch * steps / time and supervision-steps/s = steps / time.
+On CPU (default batch 8, 1 warmup + 10 timed steps each) the two loops'
+timed steps alternate, so background load on a shared machine hits both
+alike; on CUDA (default batch 768, 3 + 20) they run one after the other so
+that each one's peak memory is its own (--interleave / --no-interleave).
 
 The FLOP count is analytic (matmuls and attention scores only, elementwise
 work ignored): forward of T*(n+1) network calls plus the output heads, and a

@@ -10,6 +10,7 @@ restarted trials and restarted jobs pick up where they stopped.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from trm.config import Config, config_from_dict
@@ -79,6 +80,7 @@ def run_training(cfg: Config, *, name: str, storage: str, num_workers: int, gpus
     from trm.tracking import Tracker, resolve_uri, run_params
 
     connect_ray(None)
+    cfg.data.path = str(Path(cfg.data.path).resolve())  # Ray workers run in their own folders
     uri = resolve_uri(tracking_uri)
     tracker = Tracker(uri, mlflow_run_id) if mlflow_run_id else Tracker.create(uri, experiment, run_name=name)
     tracker.log_params(run_params(cfg.flat(), cfg.effective_depth))

@@ -63,6 +63,8 @@ def base_config(opts: SweepOptions) -> tuple[Config, Preset]:
         raise ConfigError(f"--preset {opts.preset!r}: expected one of {sorted(PRESETS)}")
     preset = PRESETS[opts.preset]
     cfg = apply_overrides(Config(), {**preset.overrides, **opts.overrides})
+    # Ray workers run in their own folders: a relative data path must mean the driver's
+    cfg.data.path = str(Path(cfg.data.path).resolve())
     return cfg.validate(), preset
 
 

@@ -1,0 +1,142 @@
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from trm.config import ConfigError
+from trm.sweep.presets import PRESETS
+from trm.sweep.stopping import OverfitStopper
+from trm.sweep.tune import SweepOptions, base_config, validate_space
+from tests.mlflow_server import REPO, mlflow_server  # noqa: F401
+
+# ------------------------------------------------------------------ the overfitting stopper
+
+def feed(stopper, stream, trial="t"):
+    """Feed (val, train, loss) triples; return the 1-based report at which it stopped, or None."""
+    for i, (val, train, loss) in enumerate(stream, start=1):
+        if stopper(trial, {"val/exact_accuracy": val, "train/exact_accuracy": train, "train/loss": loss}):
+            return i
+    return None
+
+
+def test_stopper_stops_an_overfitting_trial():
+    s = OverfitStopper(margin=0.02, patience=3)
+    stream = [(0.10, 0.2, 1.0), (0.30, 0.4, 0.8), (0.40, 0.5, 0.6),  # learning
+              (0.35, 0.6, 0.5), (0.30, 0.7, 0.4), (0.25, 0.8, 0.3),  # val falls while train rises
+              (0.20, 0.9, 0.2)]
+    assert feed(s, stream) == 6
+    assert s.reasons["t"] == "overfit_stopped"
+
+
+def test_stopper_lets_a_healthy_trial_run():
+    s = OverfitStopper(margin=0.02, patience=3)
+    # noisy but no sustained drop; also a drop without rising train accuracy is not overfitting
+    stream = [(0.1, 0.1, 1), (0.2, 0.2, 1), (0.19, 0.3, 1), (0.25, 0.3, 1), (0.1, 0.3, 1), (0.1, 0.3, 1),
+              (0.1, 0.2, 1), (0.3, 0.4, 1), (0.31, 0.5, 1)]
+    assert feed(s, stream) is None and "t" not in s.reasons
+
+
+def test_stopper_stops_a_diverging_trial():
+    s = OverfitStopper()
+    assert feed(s, [(0.1, 0.1, 1.0), (0.2, 0.2, float("nan"))]) == 2
+    assert s.reasons["t"] == "diverged"
+    s2 = OverfitStopper()
+    assert feed(s2, [(0.1, 0.1, math.inf)]) == 1 and s2.reasons["t"] == "diverged"
+
+
+def test_strikes_must_be_consecutive():
+    s = OverfitStopper(margin=0.0, patience=2)
+    stream = [(0.5, 0.1, 1), (0.4, 0.2, 1), (0.6, 0.3, 1), (0.5, 0.4, 1), (0.7, 0.5, 1)]
+    assert feed(s, stream) is None
+
+
+# ------------------------------------------------------------------ bad input, before any trial
+
+def test_search_space_is_validated():
+    base, _ = base_config(SweepOptions(name="x"))
+    with pytest.raises(ConfigError, match="search space is empty"):
+        validate_space({}, base)
+    with pytest.raises(ConfigError, match="search space key 'depth': not a config field"):
+        validate_space({"depth": tune.choice([1, 2])}, base)
+    with pytest.raises(ConfigError, match=r"search space key 'n' value 0: model.n=0: expected 1 <= n"):
+        validate_space({"n": tune.choice([0, 1])}, base)
+    with pytest.raises(ConfigError, match="expected lower < upper"):
+        validate_space({"lr": tune.loguniform(1e-2, 1e-2 + 1e-9)} | {"weight_decay": tune.uniform(2, 1)}, base)
+    with pytest.raises(ConfigError, match="--preset 'tiny'"):
+        base_config(SweepOptions(name="x", preset="tiny"))
+
+
+def run_script(script, *args, cwd, timeout=600, env=None):
+    return subprocess.run([sys.executable, str(REPO / "sweeps" / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})})
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--set", "n=0"], "model.n=0: expected 1 <= n"),
+    (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers at 127.0.0.1:1"),
+    (["--tracking-uri", "http://127.0.0.1:1"], "--tracking-uri http://127.0.0.1:1: the MLflow server does not answer"),
+    (["--storage", "/proc/trm-cannot-write-here"], "/proc/trm-cannot-write-here"),
+    (["--num-samples", "0"], "--num-samples 0: expected an integer >= 1"),
+])
+def test_bad_flags_fail_before_any_trial(tmp_path, args, needle):
+    r = run_script("depth_sweep.py", *args, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert needle in r.stderr
+    assert not (tmp_path / "runs" / "depth_sweep").exists()  # no trial started
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.mark.slow
+def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
+    """The smoke depth sweep on local Ray against a real `mlflow server`, read back through MlflowClient."""
+    from mlflow.tracking import MlflowClient
+
+    from trm.data.dataset import PuzzleDataset
+    from trm.evaluate import evaluate
+    from trm.train.loop import load_for_eval
+
+    r = run_script("depth_sweep.py", "--num-samples", "5", "--max-concurrent", "2", "--storage",
+                   str(tmp_path / "runs"), "--tracking-uri", mlflow_server, "--seed", "1", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Depth vs accuracy" in r.stdout
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("depth_sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 5
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"depth_table.md", "depth_vs_accuracy.png"}
+
+    metric = PRESETS["smoke"].metric
+    for child in children:
+        p = child.data.params
+        for key in ("n", "T", "layers", "arch", "hidden", "ema", "weight_decay", "lr", "N_sup"):
+            assert key in p, key
+        assert int(p["effective_depth"]) == int(p["layers"]) * (int(p["n"]) + 1) * int(p["T"])
+        for key in ("train/loss", "train/exact_accuracy", "val/cell_accuracy", "val/exact_accuracy",
+                    "val/mean_halt_steps", "throughput/samples_per_s"):
+            assert key in child.data.metrics, key
+        tags = child.data.tags
+        assert tags["trial_end_reason"] in ("completed", "asha_pruned", "overfit_stopped", "diverged")
+        assert tags["ray_trial_id"] and tags["git_commit"]
+    reasons = [c.data.tags["trial_end_reason"] for c in children]
+    assert any(x in ("asha_pruned", "overfit_stopped") for x in reasons), reasons
+
+    # the best checkpoint of the best trial, restored, reproduces its logged validation accuracy
+    best = max(children, key=lambda c: float(c.data.tags[f"best_{metric.replace('/', '_')}"]))
+    folder = Path(client.download_artifacts(best.info.run_id, "best_checkpoint", str(tmp_path / "dl")))
+    model, cfg, state = load_for_eval(folder)
+    logged = {m.step: m.value for m in client.get_metric_history(best.info.run_id, metric)}
+    ds = PuzzleDataset(cfg.data.path, "test")
+    assert Path(cfg.data.path).is_relative_to(tmp_path)
+    scores = evaluate(model, ds, cfg.train.batch_size, model.y_init.device, cfg.train.eval_samples)
+    assert scores[metric] == pytest.approx(logged[state["step"]], abs=1e-9)
