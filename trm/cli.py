@@ -86,7 +86,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="0: this process; N: Ray Train TorchTrainer with N DDP workers")
     p.add_argument("--gpus-per-worker", type=float, default=0)
     p.add_argument("--storage", help="Ray Train storage (folder or s3://bucket/prefix) with --workers")
-    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default="trm-train")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 

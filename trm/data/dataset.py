@@ -190,3 +190,28 @@ def iterate_batches(ds: PuzzleDataset, batch_size: int, limit: int = 0, rank: in
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
         yield sel, ds.batch(sel)
+
+
+def hrm_csv_rows(path: str | Path) -> Iterator[tuple[str, str, str, float]]:
+    """(where, question, answer, rating) for each row of the HRM puzzle CSV format
+    (`source,question,answer,rating`); `where` is 'FILE: line N' for error messages.
+    The header, the column count and the rating are checked here, the grids by the caller."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["source", "question", "answer"]:
+            raise DatasetError(f"{path}: line 1: expected header 'source,question,answer,rating', got {header}")
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}: line {line}"
+            if len(row) < 3:
+                raise DatasetError(f"{where}: expected at least 3 columns (source,question,answer), got {len(row)}")
+            try:
+                rating = float(row[3]) if len(row) > 3 and row[3].strip() else 0.0
+            except ValueError:
+                raise DatasetError(f"{where}: rating {row[3]!r} is not a number") from None
+            yield where, row[1], row[2], rating

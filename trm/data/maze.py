@@ -15,7 +15,6 @@ by exactly one shortest path, so the target answer is unambiguous.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from trm.data.arc import dihedral, inverse_dihedral
-from trm.data.dataset import DatasetError, DatasetWriter
+from trm.data.dataset import DatasetError, DatasetWriter, hrm_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -208,44 +207,28 @@ def load_csv(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.ndar
     Each row is checked: sizes, characters, one S and one G, and (verify=True) that the
     answer marks a shortest S->G path. Raises DatasetError naming the line.
     Returns questions [N,30,30], answers [N,30,30] (tokens) and ratings [N]."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
     qs, ans, ratings, lines = [], [], [], []
     allowed = set(CHARSET)
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["source", "question", "answer"]:
-            raise DatasetError(f"{path}: line 1: expected header 'source,question,answer,rating', got {header}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}: line {line}"
-            if len(row) < 3:
-                raise DatasetError(f"{where}: expected at least 3 columns (source,question,answer), got {len(row)}")
-            q, a = row[1], row[2]
-            for name, s in (("question", q), ("answer", a)):
-                if len(s) != SEQ_LEN:
-                    raise DatasetError(f"{where}: {name} has {len(s)} characters, expected {SEQ_LEN} (30x30)")
-                bad = set(s) - allowed
-                if bad:
-                    raise DatasetError(f"{where}: {name} has characters {sorted(bad)}; expected only {CHARSET!r}")
-            if "o" in q:
-                raise DatasetError(f"{where}: question already marks path cells 'o'")
-            if q.count("S") != 1 or q.count("G") != 1:
-                raise DatasetError(f"{where}: question has {q.count('S')} 'S' and {q.count('G')} 'G', "
-                                   f"expected one of each")
-            try:
-                rating = float(row[3]) if len(row) > 3 and row[3].strip() else 0.0
-            except ValueError:
-                raise DatasetError(f"{where}: rating {row[3]!r} is not a number") from None
-            qs.append(from_text(q)), ans.append(from_text(a)), ratings.append(rating), lines.append(line)
+    for where, q, a, rating in hrm_csv_rows(path):  # no strip: ' ' is an open cell
+        for name, s in (("question", q), ("answer", a)):
+            if len(s) != SEQ_LEN:
+                raise DatasetError(f"{where}: {name} has {len(s)} characters, expected {SEQ_LEN} (30x30)")
+            bad = set(s) - allowed
+            if bad:
+                raise DatasetError(f"{where}: {name} has characters {sorted(bad)}; expected only {CHARSET!r}")
+        if "o" in q:
+            raise DatasetError(f"{where}: question already marks path cells 'o'")
+        if q.count("S") != 1 or q.count("G") != 1:
+            raise DatasetError(f"{where}: question has {q.count('S')} 'S' and {q.count('G')} 'G', "
+                               f"expected one of each")
+        qs.append(from_text(q)), ans.append(from_text(a)), ratings.append(rating), lines.append(where)
     if not qs:
         raise DatasetError(f"{path}: no mazes")
     questions, answers = np.stack(qs), np.stack(ans)
     if verify:
-        for line, err in zip(lines, check_paths(questions, answers)):
+        for where, err in zip(lines, check_paths(questions, answers)):
             if err is not None:
-                raise DatasetError(f"{path}: line {line}: answer is not a shortest path: {err}")
+                raise DatasetError(f"{where}: answer is not a shortest path: {err}")
     return questions, answers, np.array(ratings, dtype=np.float32)
 
 

@@ -6,7 +6,6 @@ model are digit + 1 (1 = blank, 2..10 = digits, 0 = pad): vocab 11, seq 81.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trm.data.dataset import DatasetError, DatasetWriter
+from trm.data.dataset import DatasetError, DatasetWriter, hrm_csv_rows
 
 log = logging.getLogger(__name__)
 VOCAB_SIZE, SEQ_LEN = 11, 81
@@ -193,44 +192,29 @@ def load_csv(path: str | Path, verify: str = "answer") -> tuple[np.ndarray, np.n
     verify="unique": also solve each question and require exactly one solution (slower).
     Returns puzzles [N,9,9], solutions [N,9,9], ratings [N]. Raises DatasetError naming the row.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
     puzzles, solutions, ratings = [], [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["source", "question", "answer"]:
-            raise DatasetError(f"{path}: line 1: expected header 'source,question,answer,rating', got {header}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}: line {line}"
-            if len(row) < 3:
-                raise DatasetError(f"{where}: expected at least 3 columns (source,question,answer), got {len(row)}")
-            q, a = row[1].strip(), row[2].strip()
-            for name, s in (("question", q), ("answer", a)):
-                if len(s) != 81:
-                    raise DatasetError(f"{where}: {name} has {len(s)} cells, expected 81 (a 9x9 grid)")
-            bad = set(q) - set(".0123456789")
-            if bad:
-                raise DatasetError(f"{where}: question has characters {sorted(bad)}; expected digits 1-9, '.' or '0'")
-            if set(a) - set("123456789"):
-                raise DatasetError(f"{where}: answer must be digits 1-9, got {sorted(set(a) - set('123456789'))}")
-            puzzle = np.array([0 if ch == "." else int(ch) for ch in q], dtype=np.int8).reshape(9, 9)
-            solution = np.array([int(ch) for ch in a], dtype=np.int8).reshape(9, 9)
-            if not is_valid_solution(solution):
-                raise DatasetError(f"{where}: answer is not a valid sudoku solution")
-            givens = puzzle > 0
-            if (puzzle[givens] != solution[givens]).any():
-                raise DatasetError(f"{where}: answer contradicts the question's givens")
-            if verify == "unique":
-                sols, _ = solve(puzzle, limit=2)
-                if len(sols) != 1:
-                    raise DatasetError(f"{where}: question has {'no' if not sols else 'more than one'} solution")
-            try:
-                rating = float(row[3]) if len(row) > 3 and row[3].strip() else 0.0
-            except ValueError:
-                raise DatasetError(f"{where}: rating {row[3]!r} is not a number") from None
-            puzzles.append(puzzle), solutions.append(solution), ratings.append(rating)
+    for where, q, a, rating in hrm_csv_rows(path):
+        q, a = q.strip(), a.strip()
+        for name, s in (("question", q), ("answer", a)):
+            if len(s) != 81:
+                raise DatasetError(f"{where}: {name} has {len(s)} cells, expected 81 (a 9x9 grid)")
+        bad = set(q) - set(".0123456789")
+        if bad:
+            raise DatasetError(f"{where}: question has characters {sorted(bad)}; expected digits 1-9, '.' or '0'")
+        if set(a) - set("123456789"):
+            raise DatasetError(f"{where}: answer must be digits 1-9, got {sorted(set(a) - set('123456789'))}")
+        puzzle = np.array([0 if ch == "." else int(ch) for ch in q], dtype=np.int8).reshape(9, 9)
+        solution = np.array([int(ch) for ch in a], dtype=np.int8).reshape(9, 9)
+        if not is_valid_solution(solution):
+            raise DatasetError(f"{where}: answer is not a valid sudoku solution")
+        givens = puzzle > 0
+        if (puzzle[givens] != solution[givens]).any():
+            raise DatasetError(f"{where}: answer contradicts the question's givens")
+        if verify == "unique":
+            sols, _ = solve(puzzle, limit=2)
+            if len(sols) != 1:
+                raise DatasetError(f"{where}: question has {'no' if not sols else 'more than one'} solution")
+        puzzles.append(puzzle), solutions.append(solution), ratings.append(rating)
     if not puzzles:
         raise DatasetError(f"{path}: no puzzles")
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -327,8 +326,3 @@ def load_for_eval(folder: str | Path, device: str = "cpu", use_ema: bool = True)
         model.load_state_dict(weights, strict=False)
     return model.to(device).eval(), cfg, state
 
-
-def set_seed_everywhere(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
