@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "MARKETS",
     "CostMeter",
     "PriceTableError",
+    "RunLimits",
     "StorageError",
     "check_storage",
     "download_dir",
@@ -46,7 +48,9 @@ __all__ = [
     "gpu_hours",
     "load_price_table",
     "paper_arc_run_cost",
+    "read_json",
     "upload_dir",
+    "write_json",
 ]
 
 # --------------------------------------------------------------------------
@@ -235,6 +239,49 @@ class CostMeter:
         self.usd = float(state["usd"])
         self.restarts = int(state.get("restarts", 0)) + 1
         self._last = self._clock()
+
+
+STOP_REASONS = ("deadline", "gpu_budget")
+
+
+@dataclass
+class RunLimits:
+    """When a long run stops by itself, and what its GPUs cost.
+
+    Rank 0 of the trainer checks these at every log step; the run then writes
+    a checkpoint and ends cleanly, so a later ``--resume`` with a later
+    deadline or a bigger budget continues it. GPU-hours count the time the
+    workers ran, across restarts (the meter rides in the checkpoint), not the
+    time a preempted run waited for nodes.
+    """
+
+    deadline: float | None = None  # unix seconds
+    gpu_hours: float | None = None  # budget, restarts included
+    gpus: int = 0  # GPUs the run holds: workers x GPUs per worker
+    instance_type: str = "p5.4xlarge"
+    market: str = "spot"
+    prices: dict[str, dict[str, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.gpu_hours is not None and self.gpu_hours <= 0:
+            raise ValueError(f"GPU-hour budget {self.gpu_hours}: expected a number > 0")
+        if self.gpu_hours is not None and self.gpus <= 0:
+            raise ValueError("a GPU-hour budget needs GPUs: set --gpus-per-worker > 0")
+        if self.gpus > 0:
+            _instance_rate(self.gpus, self.instance_type, self.market, self.prices)  # unknown type/market: fail now
+
+    def meter(self, state: Mapping[str, Any] | None = None) -> CostMeter | None:
+        if self.gpus <= 0:
+            return None
+        return CostMeter(self.gpus, self.instance_type, self.market, self.prices, state)
+
+    def reached(self, meter: CostMeter | None, now: float | None = None) -> str | None:
+        """"deadline", "gpu_budget" or None."""
+        if self.deadline is not None and (now if now is not None else time.time()) >= self.deadline:
+            return "deadline"
+        if self.gpu_hours is not None and meter is not None and meter.metrics()["cost/gpu_hours"] >= self.gpu_hours:
+            return "gpu_budget"
+        return None
 
 
 def paper_arc_run_cost(prices: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, float]:
@@ -426,6 +473,25 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str, overwrite: bool = Fa
         if fs.get_file_info(dst).size != f.stat().st_size:
             raise OSError(f"upload of {f} to {uri}/{rel} did not complete")
     return True
+
+
+def read_json(uri: str) -> dict | None:
+    """A small JSON file at a local path or s3:// URI; None when it is not there."""
+    fs, path = _fs_and_path(uri)
+    data = _read_bytes(fs, path)
+    return None if data is None else json.loads(data)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    """Write a small JSON file to a local path or s3:// URI (S3 puts are atomic; locally, rename)."""
+    fs, path = _fs_and_path(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = path if _is_s3(uri) else f"{parent}/.{path.rsplit('/', 1)[1]}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(obj, indent=2, default=str).encode())
+    if tmp != path:
+        fs.move(tmp, path)
 
 
 @contextlib.contextmanager

@@ -12,9 +12,16 @@ log = logging.getLogger(__name__)
 
 
 def ensure_dataset(d: DataConfig) -> Path:
-    """Return d.path, generating it first if it holds no dataset and d.generate says how.
+    """Return the local folder of d.path, generating it first if it holds no dataset and d.generate
+    says how; an s3:// path is downloaded once per node into the cache (see `trm.cloud.download_dir`).
 
     A file lock makes concurrent trials on one node build it once."""
+    if d.path.startswith("s3://"):
+        from trm.cloud import download_dir
+
+        path = download_dir(d.path)
+        read_meta(path)
+        return path
     path = Path(d.path)
     if (path / "meta.json").is_file():
         return path
@@ -40,3 +47,21 @@ def ensure_dataset(d: DataConfig) -> Path:
             maze.build_from_config(d, path)
     read_meta(path)
     return path
+
+
+def stage_dataset(d: DataConfig, storage: str) -> str:
+    """Where the workers should read the dataset from: with s3:// storage, a local dataset is
+    uploaded once under storage/datasets/ (keyed by its meta.json, skipped when already there);
+    otherwise the absolute local path."""
+    if d.path.startswith("s3://") or not storage.startswith("s3://"):
+        return d.path if d.path.startswith("s3://") else str(Path(d.path).resolve())
+    import hashlib
+
+    from trm.cloud import upload_dir
+
+    local = ensure_dataset(d)
+    key = hashlib.sha256((local / "meta.json").read_bytes()).hexdigest()[:12]
+    uri = f"{storage.rstrip('/')}/datasets/{local.resolve().name}-{key}"
+    if upload_dir(local, uri):
+        log.info("uploaded dataset %s to %s", local, uri)
+    return uri

@@ -25,6 +25,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
+    from trm.cloud import RunLimits
     from trm.data.build import ensure_dataset
     from trm.tracking import Tracker
     from trm.train.loop import Trainer
@@ -33,12 +34,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["trm_config"])
     if config.get("threads_per_worker"):
         torch.set_num_threads(int(config["threads_per_worker"]))
-    ensure_dataset(cfg.data)  # file-locked: one build per node
+    cfg.data.path = str(ensure_dataset(cfg.data))  # built or downloaded once per node (file-locked)
     rank = ray.train.get_context().get_world_rank()
     tracker = None
     if rank == 0 and config.get("mlflow_run_id"):
         tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
-    trainer = Trainer(cfg, RaySession(tracker))
+    trainer = Trainer(cfg, RaySession(tracker), RunLimits(**config.get("limits", {})))
     if rank == 0 and config.get("mlflow_run_id"):
         trainer.extra["mlflow_run_id"] = config["mlflow_run_id"]
     trainer.fit()
@@ -47,7 +48,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def make_trainer(cfg: Config, *, name: str, storage: str, num_workers: int = 1, gpus_per_worker: float = 0,
                  cpus_per_worker: float = 1, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
                  max_failures: int = 3, num_to_keep: int = 2, metric: str = METRIC, in_tune: bool = False,
-                 extra_loop_config: dict | None = None):
+                 extra_loop_config: dict | None = None, max_preemption_failures: int = -1):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -68,7 +69,8 @@ def make_trainer(cfg: Config, *, name: str, storage: str, num_workers: int = 1, 
             name=name, storage_path=storage, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=max_failures)),
+            # worker errors are bounded by max_failures; spot preemptions are retried without limit
+            failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_preemption_failures)),
     )
 
 

@@ -2,7 +2,9 @@
 
 Runs are addressed by id through `MlflowClient` (never the process-global
 "active run"), so a Ray worker can reopen the run its driver created, and a
-restarted trial or job keeps logging into the same run.
+restarted trial or job keeps logging into the same run. A reopened run never
+logs a step twice: a run resumed from a checkpoint recomputes the steps since
+that checkpoint, and those steps are already in MLflow.
 
 Names used across the project:
   params   the flat config (`Config.flat()`: n, T, layers, arch, hidden, ema, ...) + effective_depth
@@ -69,6 +71,7 @@ class Tracker:
 
         self.uri, self.run_id = tracking_uri, run_id
         self.client = MlflowClient(tracking_uri)
+        self._last_step: dict[str, int] | None = None  # per metric, the last step in MLflow; looked up on first use
 
     @classmethod
     def create(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None,
@@ -84,7 +87,9 @@ class Tracker:
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
         run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        return cls(uri, run.info.run_id)
+        tracker = cls(uri, run.info.run_id)
+        tracker._last_step = {}  # a new run has no history
+        return tracker
 
     # ---- logging ----
     def log_params(self, params: dict[str, Any]) -> None:
@@ -95,14 +100,29 @@ class Tracker:
         for i in range(0, len(new), 100):
             self.client.log_batch(self.run_id, params=new[i:i + 100])
 
+    def _last_steps(self) -> dict[str, int]:
+        if self._last_step is None:
+            keys = self.client.get_run(self.run_id).data.metrics
+            self._last_step = {k: max(m.step for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
+        return self._last_step
+
+    def last_logged_step(self) -> int:
+        """The highest step of any metric in this run (-1 for none)."""
+        return max(self._last_steps().values(), default=-1)
+
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        """Log at `step` each metric that does not hold that step yet (a resumed run recomputes
+        the steps since its checkpoint; MLflow keeps the values logged the first time)."""
         from mlflow.entities import Metric
 
+        last = self._last_steps()
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v))]
+                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v))
+                 and step > last.get(k, -1)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
+            last.update({m.key: step for m in batch})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():

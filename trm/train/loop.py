@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trm.cloud import RunLimits
 from trm.config import Config, config_from_dict
 from trm.data.dataset import PuzzleDataset, SampleStream
 from trm.evaluate import evaluate
@@ -65,8 +66,11 @@ class Slots:
 class Trainer:
     """Owns the model, its EMA, optimizers, data stream and carried slots on one rank."""
 
-    def __init__(self, cfg: Config, session: Session):
+    def __init__(self, cfg: Config, session: Session, limits: RunLimits | None = None):
         self.cfg, self.session = cfg, session
+        self.limits = limits or RunLimits()
+        self.meter = None  # rank 0's CostMeter, made in fit() from the checkpoint's state
+        self.stop_reason: str | None = None  # "deadline" | "gpu_budget" when the limits ended the run
         t = cfg.train
         if t.batch_size % session.world_size:
             raise ValueError(f"train.batch_size={t.batch_size}: expected a multiple of the "
@@ -93,7 +97,7 @@ class Trainer:
         self.explore = torch.Generator().manual_seed(t.seed * 1000 + session.rank)
         self.slots = self._empty_slots()
         self.step = 0
-        self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, ...
+        self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, restart counts
         self.best: dict = {}
 
     # ---------------------------------------------------------------- setup
@@ -185,6 +189,8 @@ class Trainer:
     def write_checkpoint(self, folder: Path) -> None:
         r = self.session.rank
         if r == 0:
+            if self.meter is not None:
+                self.extra["cost"] = self.meter.state_dict()
             state = {"config": self.cfg.to_dict(), "meta": self.meta, "step": self.step,
                      "world_size": self.session.world_size, "model": self.model.state_dict(),
                      "ema": self._ema_state(), "optimizer": self.opt.state_dict(),
@@ -230,36 +236,77 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
+        """Train to `train.steps`, or until the run's limits stop it; report and checkpoint on the way.
+
+        Every `log_every` steps the ranks agree (rank 0's clock decides) on whether a checkpoint
+        is due by wall time, a spot preemption is announced, or a limit is reached; any of these
+        forces an evaluation and a checkpoint, as do `eval_every` and `checkpoint_every`.
+        """
         cfg, t = self.cfg, self.cfg.train
         with self.session.restore() as folder:
             if folder is not None:
                 self.restore(folder)
         rank0 = self.session.rank == 0
+        if rank0:
+            self._count_restart(folder is not None)
+            self.meter = self.limits.meter(self.extra.get("cost"))
         window = _Window()
         last_ckpt_step, last_ckpt_time = self.step, time.time()
         t_start, step_start = time.time(), self.step
         metrics: dict = {}
         while self.step < t.steps:
             window.add(self.train_step())
-            if rank0 and (self.step % t.log_every == 0 or self.step == t.steps):
+            final = self.step == t.steps
+            at_log = self.step % t.log_every == 0 or final
+            at_eval = self.step % t.eval_every == 0 or final
+            if not (at_log or at_eval):
+                continue
+            if rank0 and at_log:
                 rate = (self.step - step_start) / max(time.time() - t_start, 1e-9)
                 eta = (t.steps - self.step) / max(rate, 1e-9)
                 log.info("step %d/%d | loss %.4f | train exact %.3f | %.2f steps/s %.0f samples/s | ETA %s",
                          self.step, t.steps, window.peek("loss"), window.peek_exact(), rate,
                          rate * t.batch_size, _fmt_time(eta))
-            if self.step % t.eval_every == 0 or self.step == t.steps:
-                metrics = {**window.flush(t.batch_size), **self.evaluate(), "step": self.step,
-                           "effective_depth": cfg.effective_depth}
-                if not math.isfinite(metrics["train/loss"]):
-                    metrics["diverged"] = 1.0
-                if metrics["val/exact_accuracy"] >= self.best.get("val/exact_accuracy", -1):
-                    self.best = {"val/exact_accuracy": metrics["val/exact_accuracy"], "step": self.step}
-                due = (self.step - last_ckpt_step >= t.checkpoint_every or self.step == t.steps
-                       or time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes)
-                self.session.report(metrics, self.step, self.write_checkpoint if due else None)
-                if due:
-                    last_ckpt_step, last_ckpt_time = self.step, time.time()
+            agreed = self.session.agree({
+                "time_due": time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes,
+                "stop": self.limits.reached(self.meter)} if rank0 else {})
+            forced = agreed["time_due"] or agreed["preempting"] or agreed["stop"] is not None
+            if not (at_eval or forced):
+                continue
+            metrics = {**window.flush(t.batch_size), **self.evaluate(), **self._run_metrics(), "step": self.step,
+                       "effective_depth": cfg.effective_depth}
+            if not math.isfinite(metrics["train/loss"]):
+                metrics["diverged"] = 1.0
+            if metrics["val/exact_accuracy"] >= self.best.get("val/exact_accuracy", -1):
+                self.best = {"val/exact_accuracy": metrics["val/exact_accuracy"], "step": self.step}
+            if agreed["stop"] is not None:
+                metrics["stop_reason"] = agreed["stop"]
+            due = forced or final or self.step - last_ckpt_step >= t.checkpoint_every
+            self.session.report(metrics, self.step, self.write_checkpoint if due else None)
+            if due:
+                last_ckpt_step, last_ckpt_time = self.step, time.time()
+            if agreed["stop"] is not None:
+                self.stop_reason = agreed["stop"]
+                log.info("stopping at step %d/%d: %s reached; checkpoint written, resume to continue",
+                         self.step, t.steps, agreed["stop"])
+                break
         return metrics
+
+    def _count_restart(self, from_checkpoint: bool) -> None:
+        """Restarts, and the steps a restart computes twice (the tracker saw them before the crash).
+        Counted in the checkpoint: a restart that dies before its first checkpoint is not counted."""
+        logged = self.session.last_logged_step()
+        if not from_checkpoint and (logged is None or logged < 0):
+            return  # a fresh start
+        self.extra["restarts"] = self.extra.get("restarts", 0) + 1
+        if logged is not None and logged > self.step:
+            self.extra["recomputed_steps"] = self.extra.get("recomputed_steps", 0) + logged - self.step
+        log.info("restart %d: resumed at step %d (last step tracked before: %s)", self.extra["restarts"],
+                 self.step, logged)
+
+    def _run_metrics(self) -> dict[str, float]:
+        m = {"run/restarts": self.extra.get("restarts", 0), "run/recomputed_steps": self.extra.get("recomputed_steps", 0)}
+        return {**m, **(self.meter.metrics() if self.meter is not None else {})}
 
     def evaluate(self) -> dict[str, float]:
         t = self.cfg.train

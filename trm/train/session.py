@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -28,6 +29,15 @@ class Session(Protocol):
     def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
 
     def report(self, metrics: dict, step: int, write: WriteFn | None) -> None: ...
+
+    def agree(self, decision: dict) -> dict:
+        """Rank 0's `decision` on every rank (DDP ranks must checkpoint and stop together), with
+        "preempting": True once a node of the run is about to be reclaimed (a spot notice)."""
+        ...
+
+    def last_logged_step(self) -> int | None:
+        """Rank 0: the last step the tracker already holds (None without a tracker)."""
+        ...
 
 
 class LocalSession:
@@ -56,6 +66,26 @@ class LocalSession:
         if self.on_report is not None:
             self.on_report(metrics, step)
 
+    def agree(self, decision: dict) -> dict:
+        return {**decision, "preempting": False}
+
+    def last_logged_step(self) -> int | None:
+        return self.tracker.last_logged_step() if self.tracker is not None else None
+
+
+TMP_PREFIX = "trm-ckpt-"
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Checkpoint staging folders of dead processes (a worker killed mid-write leaves one)."""
+    for d in root.glob(f"{TMP_PREFIX}*-*"):
+        try:
+            os.kill(int(d.name[len(TMP_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
 
 class RaySession:
     """Inside `TorchTrainer`'s train_loop_per_worker: Ray persists and restores checkpoints."""
@@ -67,6 +97,7 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.tracker = tracker if self.rank == 0 else None
+        _remove_stale_tmp(Path(tempfile.gettempdir()))
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
@@ -83,10 +114,20 @@ class RaySession:
         if write is None:
             self._train.report(metrics)
             return
-        tmp = Path(tempfile.mkdtemp(prefix="trm-ckpt-"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         try:
             write(tmp)
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
                                checkpoint_dir_name=ckpt.step_dir_name(step))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def agree(self, decision: dict) -> dict:
+        from ray.train.collective import broadcast_from_rank_zero
+
+        # both are barriers: every rank calls them at the same steps
+        preempting = self._train.get_preemption_info() is not None
+        return {**broadcast_from_rank_zero(decision), "preempting": preempting}
+
+    def last_logged_step(self) -> int | None:
+        return self.tracker.last_logged_step() if self.tracker is not None else None

@@ -1,0 +1,247 @@
+"""Long runs: one multi-day training as a Ray job that survives spot preemption and driver loss.
+
+What survives what:
+  a worker or node lost   Ray Train restarts the worker group from the latest checkpoint in storage
+                          (FailureConfig: spot preemptions without limit, other errors --max-failures)
+  the driver lost         run the same command with --resume: the run's manifest, next to its
+                          checkpoints, holds the config, limits and MLflow run id, and Ray Train
+                          resumes from the latest checkpoint
+  MLflow                  one run holds the whole history: the run id rides in the manifest and in
+                          every checkpoint, and a resumed run does not log a step twice
+
+The manifest (`STORAGE/NAME/trm_run.json`) is written before the first step, so a driver lost
+before the first checkpoint still resumes into its MLflow run. The driver reads the run id from
+it rather than from a checkpoint, which for ARC holds a multi-GB puzzle-embedding table.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from trm.config import Config, ConfigError, apply_overrides, config_from_dict
+from trm.tracking import TAG_END_REASON, Tracker, resolve_uri, run_params
+
+log = logging.getLogger(__name__)
+MANIFEST = "trm_run.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
+@dataclass
+class LongRunSettings:
+    """How a long run is executed. On --resume, a field left as None takes the manifest's value."""
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+    deadline: float | None = None  # unix seconds
+    budget_gpu_hours: float | None = None
+    instance_type: str | None = None
+    market: str | None = None
+    prices: dict | None = None  # instance type -> {"gpus", "on_demand", "spot"}
+    max_failures: int | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+DEFAULTS = LongRunSettings(workers=1, gpus_per_worker=0, cpus_per_worker=1, instance_type="p5.4xlarge",
+                           market="spot", max_failures=10, experiment="trm-long")
+
+
+def parse_deadline(text: str, now: float | None = None) -> float:
+    """'72h', '90m', '3d', '3600s' from now, or an ISO date-time (UTC unless it says otherwise)."""
+    now = time.time() if now is None else now
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        return now + float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--deadline {text!r}: expected a duration (72h, 90m, 3d) or an ISO date-time "
+                          f"(2026-11-26T12:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    if when.timestamp() <= now:
+        raise ConfigError(f"--deadline {text!r}: that is in the past")
+    return when.timestamp()
+
+
+def _storage(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def run_exists(root: str) -> bool:
+    from trm.cloud import read_json
+
+    return read_json(f"{root}/{MANIFEST}") is not None or read_json(f"{root}/{RAY_SNAPSHOT}") is not None
+
+
+def run_long(name: str, storage: str, cfg: Config | None, overrides: dict[str, Any], given: LongRunSettings,
+             resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
+    or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
+    `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
+    from trm.cloud import RunLimits, check_storage, read_json, write_json
+    from trm.data.build import stage_dataset
+    from trm.sweep.cluster import connect_ray
+    from trm.sweep.trainer import make_trainer
+    from trm.tracking import check_reachable
+
+    storage = _storage(storage)
+    check_storage(storage)
+    root = f"{storage.rstrip('/')}/{name}"
+    manifest = read_json(f"{root}/{MANIFEST}")
+    if run_exists(root) and not resume:
+        raise ConfigError(f"--name {name}: a run already exists at {root}; pass --resume to continue it, "
+                          f"or choose another --name")
+    if manifest is not None and resume:
+        cfg = apply_overrides(config_from_dict(manifest["config"]), overrides).validate()
+        settings = _merge(given, LongRunSettings(**manifest["settings"]))
+        log.info("resuming run %s from %s", name, root)
+    else:
+        if resume:
+            log.info("--resume: no run %s at %s yet; starting it", name, root)
+        if cfg is None:
+            raise ConfigError("no config for a new run")
+        settings = _merge(given, DEFAULTS)
+    if settings.workers < 1:
+        raise ConfigError(f"--workers {settings.workers}: expected an integer >= 1")
+    gpus = int(settings.workers * settings.gpus_per_worker)
+    try:
+        limits = RunLimits(settings.deadline, settings.budget_gpu_hours, gpus, settings.instance_type,
+                           settings.market, settings.prices)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(str(e).strip("'\"")) from None
+    if limits.deadline is not None and limits.deadline <= time.time():
+        raise ConfigError(f"deadline {_when(limits.deadline)} has passed; give a later --deadline to continue")
+
+    uri = resolve_uri(settings.tracking_uri)
+    check_reachable(uri)
+    settings.tracking_uri = uri
+    cfg.data.path = stage_dataset(cfg.data, storage)  # workers read it from S3 or this absolute path
+    if manifest is not None and resume:
+        tracker = Tracker(uri, manifest["mlflow_run_id"])
+        tracker.client.update_run(tracker.run_id, status="RUNNING")
+        tracker.set_tags({"driver_starts": int(manifest.get("driver_starts", 1)) + 1})
+    else:
+        tracker = Tracker.create(uri, settings.experiment, run_name=name,
+                                 tags={"trm.run_path": root, "instance_type": settings.instance_type,
+                                       "market": settings.market})
+        tracker.log_params({**run_params(cfg.flat(), cfg.effective_depth), "workers": settings.workers,
+                            "gpus_per_worker": settings.gpus_per_worker})
+        with tempfile.TemporaryDirectory() as d:
+            cfg.save(Path(d) / "config.yaml")
+            tracker.log_artifact(Path(d) / "config.yaml")
+    write_json(f"{root}/{MANIFEST}", {
+        "name": name, "config": cfg.to_dict(), "settings": asdict(settings), "mlflow_run_id": tracker.run_id,
+        "driver_starts": int((manifest or {}).get("driver_starts", 0)) + 1, "updated": time.time()})
+    log.info("run %s: MLflow run %s at %s; checkpoints in %s; %s", name, tracker.run_id, uri, root,
+             _describe(limits))
+
+    connect_ray(address)
+    trainer = make_trainer(
+        cfg, name=name, storage=storage, num_workers=settings.workers, gpus_per_worker=settings.gpus_per_worker,
+        cpus_per_worker=settings.cpus_per_worker, tracking_uri=uri, mlflow_run_id=tracker.run_id,
+        max_failures=settings.max_failures,
+        extra_loop_config={"limits": {"deadline": limits.deadline, "gpu_hours": limits.gpu_hours, "gpus": gpus,
+                                      "instance_type": limits.instance_type, "market": limits.market,
+                                      "prices": limits.prices}})
+    try:
+        result = trainer.fit()
+    except BaseException as e:
+        tracker.set_tags({TAG_END_REASON: "error"})
+        tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    metrics = dict(result.metrics or {})
+    reason = metrics.get("stop_reason") or "completed"
+    tags = {TAG_END_REASON: reason}
+    if result.checkpoint is not None:
+        tags["last_checkpoint"] = result.checkpoint.path if "://" in storage else str(result.checkpoint.path)
+        with tempfile.TemporaryDirectory() as d:  # the final weights as an artifact, wherever they are stored
+            folder = result.checkpoint.to_directory(d)
+            tracker.log_artifact(Path(folder) / "state.pt", "checkpoint")
+    tracker.set_tags(tags)
+    tracker.end()
+    log.info("run %s ended (%s) at step %s", name, reason, metrics.get("step"))
+    return {"mlflow_run_id": tracker.run_id, "end_reason": reason,
+            "checkpoint": tags.get("last_checkpoint"), **metrics}
+
+
+def _merge(given: LongRunSettings, base: LongRunSettings) -> LongRunSettings:
+    return LongRunSettings(**{f.name: getattr(given, f.name) if getattr(given, f.name) is not None
+                              else getattr(base, f.name) for f in fields(LongRunSettings)})
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _describe(limits) -> str:
+    parts = [f"deadline {_when(limits.deadline)}" if limits.deadline else "no deadline",
+             f"budget {limits.gpu_hours:g} GPU-hours" if limits.gpu_hours else "no GPU-hour budget"]
+    if limits.gpus:
+        parts.append(f"{limits.gpus} GPUs on {limits.instance_type} {limits.market}")
+    return ", ".join(parts)
+
+
+def main(base: dict[str, Any], description: str, argv: list[str] | None = None) -> int:
+    """The command line of `sweeps/arc_long.py`: `base` is the config it starts a new run from."""
+    import argparse
+    import json
+    import sys
+
+    from trm.cloud import PriceTableError, StorageError, load_price_table
+    from trm.config import load_config, parse_set
+    from trm.sweep.cluster import RayConnectError
+    from trm.tracking import TrackingError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="arc-long", help="run name: its folder under --storage and its MLflow run name")
+    p.add_argument("--storage", default="runs/long", help="checkpoints: a folder or s3://bucket/prefix")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run of this name (after losing the driver); starts it if there is none")
+    p.add_argument("--config", help="YAML config of a new run (default: the script's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--data", help="dataset folder or s3:// URI (sets data_path)")
+    p.add_argument("--workers", type=int, help="DDP workers (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, help="default 0 (CPU)")
+    p.add_argument("--cpus-per-worker", type=float, help="default 1")
+    p.add_argument("--deadline", help="stop with a checkpoint at this time: 72h, 90m, 3d or 2026-11-26T12:00 (UTC)")
+    p.add_argument("--budget-gpu-hours", type=float, help="stop with a checkpoint after this many GPU-hours")
+    p.add_argument("--instance-type", help="for the cost estimate (default p5.4xlarge)")
+    p.add_argument("--market", choices=["spot", "on_demand"], help="for the cost estimate (default spot)")
+    p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cloud.py)")
+    p.add_argument("--max-failures", type=int, help="worker errors to recover from; -1: no limit (default 10; "
+                   "spot preemptions are always retried)")
+    p.add_argument("--tracking-uri", help="MLflow (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default trm-long)")
+    p.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a new local Ray)")
+    a = p.parse_args(argv)
+    try:
+        overrides = parse_set(a.set)
+        if a.data:
+            overrides["data_path"] = a.data
+        if a.resume and a.config:
+            raise ConfigError("--config with --resume: a resumed run keeps its config; change fields with --set")
+        cfg = None if a.resume and run_exists(f"{_storage(a.storage).rstrip('/')}/{a.name}") else (
+            load_config(a.config, overrides) if a.config else apply_overrides(Config(), {**base, **overrides}).validate())
+        if a.budget_gpu_hours is not None and a.budget_gpu_hours <= 0:
+            raise ConfigError(f"--budget-gpu-hours {a.budget_gpu_hours}: expected a number > 0")
+        given = LongRunSettings(
+            workers=a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
+            deadline=parse_deadline(a.deadline) if a.deadline else None, budget_gpu_hours=a.budget_gpu_hours,
+            instance_type=a.instance_type, market=a.market,
+            prices=load_price_table(a.prices) if a.prices else None, max_failures=a.max_failures,
+            tracking_uri=a.tracking_uri, experiment=a.experiment)
+        result = run_long(a.name, a.storage, cfg, overrides, given, resume=a.resume, address=a.address)
+    except (ConfigError, StorageError, RayConnectError, TrackingError, PriceTableError) as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
