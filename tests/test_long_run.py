@@ -1,0 +1,339 @@
+"""Long runs (`sweeps/arc_long.py`): limits, resume without duplicated MLflow steps, and the faults
+a multi-day spot run meets: workers SIGKILLed, the driver lost, checkpoints in S3."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.mlflow_server import REPO, start_mlflow, stop
+from tests.s3_server import s3_server  # noqa: F401
+from trm.cloud import CostMeter, RunLimits, write_json
+from trm.config import ConfigError
+from trm.sweep.long_run import MANIFEST, parse_deadline
+from trm.tracking import Tracker
+from trm.train.loop import Trainer
+from trm.train.session import LocalSession
+
+# ------------------------------------------------------------------ limits
+
+
+def test_parse_deadline():
+    assert parse_deadline("72h", now=1000.0) == 1000.0 + 72 * 3600
+    assert parse_deadline("90m", now=0.0) == 5400.0
+    assert parse_deadline("3d", now=0.0) == 3 * 86400
+    assert parse_deadline("2100-01-01T00:00", now=0.0) == 4102444800.0  # UTC unless it says otherwise
+    with pytest.raises(ConfigError, match="expected a duration"):
+        parse_deadline("soon")
+    with pytest.raises(ConfigError, match="in the past"):
+        parse_deadline("2001-01-01T00:00")
+
+
+def test_run_limits():
+    with pytest.raises(ValueError, match="needs GPUs"):
+        RunLimits(gpu_hours=10)
+    with pytest.raises(ValueError, match="expected a number > 0"):
+        RunLimits(gpu_hours=0, gpus=1)
+    with pytest.raises(KeyError, match="p4d.24xlarge"):
+        RunLimits(gpus=4, instance_type="p4d.24xlarge")
+    assert RunLimits(deadline=100.0).reached(None, now=99.0) is None
+    assert RunLimits(deadline=100.0).reached(None, now=100.0) == "deadline"
+    clock = iter([0.0, 1800.0, 3600.0, 7200.0]).__next__
+    limits = RunLimits(gpu_hours=2.0, gpus=2)
+    meter = CostMeter(2, clock=clock)  # 2 GPUs: 2 GPU-hours after one wall hour
+    assert limits.reached(meter) is None  # 0.5 h
+    assert limits.reached(meter) == "gpu_budget"  # 1 h x 2 GPUs
+
+
+def test_deadline_stops_with_a_checkpoint_and_resume_continues(tiny_config, tmp_path):
+    """Past its deadline a run stops at the next log step with a checkpoint; resumed with a later
+    deadline it ends exactly where an uninterrupted run ends."""
+    cfg = tiny_config(steps=100, log_every=10)
+    straight = Trainer(cfg, LocalSession(tmp_path / "straight"))
+    straight.fit()
+
+    first = Trainer(tiny_config(steps=100, log_every=10), LocalSession(tmp_path / "limited"),
+                    RunLimits(deadline=time.time() - 1))
+    m = first.fit()
+    assert first.stop_reason == "deadline" and m["stop_reason"] == "deadline" and first.step == 10
+    assert (tmp_path / "limited" / "checkpoints" / "step_000000010").is_dir()
+
+    second = Trainer(tiny_config(steps=100, log_every=10), LocalSession(tmp_path / "limited"),
+                     RunLimits(deadline=time.time() + 3600))
+    m = second.fit()
+    assert second.stop_reason is None and second.step == 100 and m["run/restarts"] == 1
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k]), k
+
+
+def test_gpu_budget_stops_and_cost_rides_in_the_checkpoint(tiny_config, tmp_path):
+    limits = RunLimits(gpu_hours=1e-9, gpus=4, instance_type="p5.4xlarge", market="spot")
+    t = Trainer(tiny_config(steps=100, log_every=5), LocalSession(tmp_path / "run"), limits)
+    m = t.fit()
+    assert t.stop_reason == "gpu_budget" and t.step == 5
+    assert m["cost/gpu_hours"] > 0 and m["cost/usd_estimate"] > 0
+    # 4 x p5.4xlarge spot: dollars = GPU-hours x the per-GPU price
+    assert m["cost/usd_estimate"] == pytest.approx(m["cost/gpu_hours"] * 2.29, rel=1e-6)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_000000005" / "state.pt", weights_only=False)
+    assert state["extra"]["cost"]["gpu_seconds"] > 0
+
+    resumed = Trainer(tiny_config(steps=100, log_every=5), LocalSession(tmp_path / "run"),
+                      RunLimits(gpu_hours=1e6, gpus=4))
+    m2 = resumed.fit()
+    assert resumed.step == 100
+    assert m2["cost/gpu_hours"] > m["cost/gpu_hours"]  # accumulated across the restart
+
+
+# ------------------------------------------------------------------ MLflow: no step twice
+
+
+def test_reopened_run_never_logs_a_step_twice(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = Tracker.create(uri, "dedup")
+    for step in (10, 20, 30):
+        t.log_metrics({"train/loss": step / 10, "val/acc": step}, step)
+    again = Tracker(uri, t.run_id)  # a restarted worker: recomputes 20, 30, then goes on
+    assert again.last_logged_step() == 30
+    for step in (20, 30, 40):
+        again.log_metrics({"train/loss": 100.0 + step, "val/acc": step}, step)
+    again.log_metrics({"eval/pass_at_1": 0.5}, 30)  # a new key at an old step is still logged
+    hist = {m.step: m.value for m in again.history("train/loss")}
+    assert sorted(hist) == [10, 20, 30, 40] and len(again.history("train/loss")) == 4
+    assert hist[20] == 2.0 and hist[40] == 140.0  # the first value of a step stands
+    assert [m.step for m in again.history("eval/pass_at_1")] == [30]
+
+
+# ------------------------------------------------------------------ the script: bad input
+
+SMALL = ["--set", "generate=sudoku", "--set", "num_train=48", "--set", "num_test=32", "--set", "augmentations=4",
+         "--set", "min_givens=40", "--set", "max_givens=50", "--set", "hidden=32", "--set", "heads=2",
+         "--set", "expansion=2", "--set", "N_sup=2", "--set", "n=2", "--set", "T=2", "--set", "puzzle_emb_ndim=16",
+         "--set", "puzzle_emb_len=1", "--set", "batch_size=16", "--set", "lr=2e-3", "--set", "lr_warmup_steps=10",
+         "--set", "ema=0.9", "--set", "eval_every=10", "--set", "eval_samples=32", "--set", "log_every=5",
+         "--set", "checkpoint_every=20"]
+
+
+def arc_long(*args, cwd, env=None, **kw):
+    return subprocess.Popen([sys.executable, str(REPO / "sweeps" / "arc_long.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}, **kw)
+
+
+def finish(proc, timeout=600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def result_of(out: str) -> dict:
+    """The JSON summary the script prints last (Ray's worker logs may follow it)."""
+    return json.JSONDecoder().raw_decode(out, out.rindex('{\n  "mlflow_run_id"'))[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--deadline", "tomorrow"], "--deadline 'tomorrow': expected a duration"),
+    (["--budget-gpu-hours", "5"], "a GPU-hour budget needs GPUs"),
+    (["--budget-gpu-hours", "-1"], "--budget-gpu-hours -1.0: expected a number > 0"),
+    (["--gpus-per-worker", "1", "--instance-type", "p9.nano"], "no price for instance type 'p9.nano'"),
+    (["--workers", "0"], "--workers 0: expected an integer >= 1"),
+    (["--storage", "/proc/trm-cannot-write-here"], "/proc/trm-cannot-write-here"),
+    (["--tracking-uri", "http://127.0.0.1:1"], "the MLflow server does not answer"),
+    (["--set", "n=0"], "model.n=0: expected 1 <= n"),
+    (["--resume", "--config", "x.yaml"], "--config with --resume"),
+    (["--existing"], "a run already exists at"),
+])
+def test_bad_input_fails_before_training(tmp_path, args, needle):
+    if args == ["--existing"]:
+        write_json(str(tmp_path / "runs" / "r" / MANIFEST), {"name": "r"})
+        args = []
+    p = arc_long("--name", "r", "--storage", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), *SMALL,
+                 *args, cwd=tmp_path)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2, out[-3000:]
+    assert needle in out
+    assert not (tmp_path / "data").exists()  # nothing built, nothing trained
+
+
+# ------------------------------------------------------------------ processes
+
+
+def _procs() -> list[tuple[int, int, str]]:
+    """(pid, session id, command line) of every live (not zombie) process."""
+    rows = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z":
+            continue
+        rows.append((int(d.name), int(fields[3]), cmd))
+    return rows
+
+
+def train_workers(session: int) -> list[int]:
+    return [pid for pid, sid, cmd in _procs() if sid == session and "RayTrainWorker" in cmd]
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL every process of a session (a lost machine), and wait until they are gone."""
+    for _ in range(50):
+        left = [pid for pid, sid, _ in _procs() if sid == session]
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"processes of session {session} survive SIGKILL: {left}")
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in folder.glob("step_*") if (p / "state.pt.sha256").is_file())
+
+
+def final_model(run_folder: Path, step: int) -> dict:
+    return torch.load(run_folder / f"step_{step:09d}" / "state.pt", weights_only=False)["model"]
+
+
+def assert_one_history(uri: str, experiment: str, steps: int, eval_every: int):
+    """One MLflow run holds the whole history: every eval step once, in order."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    for key in ("train/loss", "val/exact_accuracy", "run/restarts"):
+        got = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert got == sorted(set(got)), f"{key}: duplicated steps {got}"
+        assert set(range(eval_every, steps + 1, eval_every)) <= set(got), f"{key}: missing steps in {got}"
+    return run
+
+
+# ------------------------------------------------------------------ faults, end to end
+
+
+@pytest.mark.slow
+def test_workers_sigkilled_three_times_finish_with_the_same_weights(tmp_path):
+    """Real Ray on CPU, 2 DDP workers. A worker is SIGKILLed three times at random points; each time
+    Ray Train restarts the group from the latest checkpoint. The final weights equal those of an
+    uninterrupted run with the same seed."""
+    steps = 240
+    common = ["--storage", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--workers", "2", *SMALL,
+              "--set", f"steps={steps}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    clean = result_of(finish(arc_long("--name", "clean", "--experiment", "clean", *common, cwd=tmp_path)))
+    assert clean["step"] == steps and clean["run/restarts"] == 0
+
+    rnd = random.Random(0)
+    proc = arc_long("--name", "faulty", "--experiment", "faulty", *common, cwd=tmp_path, start_new_session=True)
+    folder, kills, last = tmp_path / "runs" / "faulty", [], -1
+    try:
+        while len(kills) < 3:
+            # a new checkpoint since the last kill (so each restart has made progress), then a random delay
+            deadline = time.time() + 240
+            while not (checkpoint_steps(folder) and checkpoint_steps(folder)[-1] > last):
+                assert proc.poll() is None, proc.stdout.read()[-6000:]
+                assert time.time() < deadline, "no new checkpoint within 240 s"
+                time.sleep(0.2)
+            last = checkpoint_steps(folder)[-1]
+            time.sleep(rnd.uniform(0.0, 2.5))
+            workers = train_workers(proc.pid)
+            assert len(workers) == 2, workers
+            victim = rnd.choice(workers)
+            os.kill(victim, signal.SIGKILL)
+            kills.append((victim, last))
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+    faulty = result_of(out)
+    assert faulty["step"] == steps and faulty["end_reason"] == "completed"
+    assert faulty["run/restarts"] == 3, faulty
+    print(f"\n3 SIGKILLs at checkpoints {[s for _, s in kills]}: {faulty['run/recomputed_steps']} steps "
+          f"recomputed (logged before a kill, redone after it), run/restarts={faulty['run/restarts']}")
+    a, b = final_model(tmp_path / "runs" / "clean", steps), final_model(folder, steps)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_one_history(f"sqlite:///{tmp_path / 'mlflow.db'}", "faulty", steps, 10)
+
+
+def _kill_driver_then_resume(tmp_path, storage: str, tracking_uri: str, env: dict | None = None) -> dict:
+    steps = 120
+    args = ["--name", "dl", "--storage", storage, "--data", str(tmp_path / "data"), "--workers", "2", *SMALL,
+            "--set", f"steps={steps}", "--tracking-uri", tracking_uri, "--experiment", "driver-loss"]
+    proc = arc_long(*args, cwd=tmp_path, env=env, start_new_session=True)
+    from mlflow.tracking import MlflowClient
+
+    from trm.cloud import read_json
+
+    try:
+        deadline = time.time() + 300
+        manifest = None
+        while True:  # kill once a checkpoint is written and the run has logged past it
+            assert proc.poll() is None, proc.stdout.read()[-6000:]
+            assert time.time() < deadline, "the run made no progress in 300 s"
+            time.sleep(0.3)
+            # the manifest is written once the MLflow run exists: only then read MLflow (a second
+            # process creating the same SQLite schema at once would race the driver)
+            manifest = manifest or read_json(f"{storage}/dl/{MANIFEST}")
+            if manifest is None:
+                continue
+            hist = MlflowClient(tracking_uri).get_metric_history(manifest["mlflow_run_id"], "train/loss")
+            if max((m.step for m in hist), default=0) >= 50:
+                break
+    finally:
+        kill_session(proc.pid)  # the driver and the whole local Ray with it
+    first = proc.stdout.read()
+    assert "ended" not in first, first[-3000:]  # it really died mid-run
+
+    resumed = result_of(finish(arc_long(*args, "--resume", cwd=tmp_path, env=env)))
+    assert resumed["step"] == steps and resumed["end_reason"] == "completed"
+    assert resumed["run/restarts"] == 1, resumed
+    run = assert_one_history(tracking_uri, "driver-loss", steps, 10)
+    assert run.data.tags["driver_starts"] == "2"
+    return {"run": run, "result": resumed}
+
+
+@pytest.mark.slow
+def test_driver_lost_then_resumed_keeps_one_mlflow_run(tmp_path):
+    out = _kill_driver_then_resume(tmp_path, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert out["result"]["run/recomputed_steps"] >= 0
+
+
+@pytest.mark.slow
+def test_s3_end_to_end_checkpoints_data_and_artifacts_in_the_bucket(tmp_path, s3_server):  # noqa: F811
+    """Checkpoints, the dataset and MLflow artifacts go to the loopback S3 server; a driver loss
+    resumes from the checkpoints listed in the bucket."""
+    server, uri = start_mlflow(tmp_path, artifacts=f"s3://{s3_server.bucket}/mlflow", env=s3_server.env)
+    try:
+        env = {**s3_server.env, "TRM_CACHE_DIR": str(tmp_path / "node-cache")}
+        out = _kill_driver_then_resume(tmp_path, f"s3://{s3_server.bucket}/runs", uri, env=env)
+    finally:
+        stop(server)
+    keys = [o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket)
+            for o in page.get("Contents", [])]
+    ckpts = {k.split("/")[2] for k in keys if k.startswith("runs/dl/step_") and k.endswith("/state.pt")}
+    assert "step_000000120" in ckpts and len(ckpts) >= 2, ckpts
+    assert any(k.startswith("runs/dl/step_") and k.endswith("/rank1.pt") for k in keys)
+    assert "runs/dl/trm_run.json" in keys
+    assert any(k.startswith("runs/datasets/data-") and k.endswith("meta.json") for k in keys)  # uploaded once
+    assert any(k.startswith("mlflow/") and k.endswith("/config.yaml") for k in keys)
+    assert any(k.startswith("mlflow/") and k.endswith("/checkpoint/state.pt") for k in keys)
+    assert (tmp_path / "node-cache" / s3_server.bucket / "runs" / "datasets").is_dir()  # workers read the cache
+    assert out["result"]["checkpoint"].startswith(f"s3://{s3_server.bucket}/runs/dl/")
