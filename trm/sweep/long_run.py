@@ -160,7 +160,9 @@ def run_long(name: str, storage: str, cfg: Config | None, overrides: dict[str, A
     reason = metrics.get("stop_reason") or "completed"
     tags = {TAG_END_REASON: reason}
     if result.checkpoint is not None:
-        tags["last_checkpoint"] = result.checkpoint.path if "://" in storage else str(result.checkpoint.path)
+        # Ray gives S3 paths without their scheme ("bucket/prefix/..."); tag a URI a user can paste
+        scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+        tags["last_checkpoint"] = scheme + result.checkpoint.path
         with tempfile.TemporaryDirectory() as d:  # the final weights as an artifact, wherever they are stored
             folder = result.checkpoint.to_directory(d)
             tracker.log_artifact(Path(folder) / "state.pt", "checkpoint")
