@@ -2,6 +2,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,48 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     assert Path(cfg.data.path).is_relative_to(tmp_path)
     scores = evaluate(model, ds, cfg.train.batch_size, model.y_init.device, cfg.train.eval_samples)
     assert scores[metric] == pytest.approx(logged[state["step"]], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_sweep_driver_lost_then_restored(tmp_path):
+    """The sweep's driver dies mid-sweep (with its local Ray); `--resume` restores the Tuner
+    (resume_errored), interrupted trials resume from their own checkpoints into their own MLflow
+    child runs, and no child logs a step twice."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_long_run import kill_session
+
+    storage, db = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--num-samples", "4", "--max-concurrent", "2", "--storage", str(storage), "--tracking-uri", db,
+            "--seed", "3"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        deadline = time.time() + 300
+        while True:  # kill once Tune has saved its state and a trial has a checkpoint past its first
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            assert time.time() < deadline, "no trial checkpoint within 300 s"
+            time.sleep(0.5)
+            steps = [int(p.name.split("_")[1]) for p in (storage / "depth_sweep-trials").glob("*/step_*")]
+            if list((storage / "depth_sweep").glob("experiment_state*.json")) and steps and max(steps) >= 24:
+                break
+    finally:
+        kill_session(proc.pid)
+
+    r = run_script("depth_sweep.py", *args, "--resume", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming sweep" in r.stderr
+
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("depth_sweep").experiment_id])
+    parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    assert len(parents) == 1
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 4, [c.data.tags.get("ray_trial_id") for c in children]
+    restarts = 0
+    for child in children:
+        got = [m.step for m in client.get_metric_history(child.info.run_id, "val/cell_accuracy")]
+        assert got == sorted(set(got)), f"duplicated steps {got}"
+        restarts += int(child.data.metrics.get("run/restarts", 0))
+    assert restarts >= 1  # at least one trial resumed from its own checkpoint
