@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.mlflow_server import REPO, start_mlflow, stop
+from tests.processes import kill_session, train_workers
 from tests.s3_server import s3_server  # noqa: F401
 from trm.cloud import CostMeter, RunLimits, write_json
 from trm.config import ConfigError
@@ -92,6 +93,29 @@ def test_gpu_budget_stops_and_cost_rides_in_the_checkpoint(tiny_config, tmp_path
     assert m2["cost/gpu_hours"] > m["cost/gpu_hours"]  # accumulated across the restart
 
 
+class SpotNotice(LocalSession):
+    """A session whose cluster announces, from step `at` on, that a node is about to be reclaimed."""
+
+    def __init__(self, *args, at: int, **kw):
+        super().__init__(*args, **kw)
+        self.at, self.trainer = at, None
+
+    def agree(self, decision: dict) -> dict:
+        return {**decision, "preempting": self.trainer.step >= self.at}
+
+
+def test_spot_notice_checkpoints_once_without_evaluating(tiny_config, tmp_path):
+    tracker = Tracker.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "spot")
+    session = SpotNotice(tmp_path / "run", keep=10, tracker=tracker, at=10)
+    t = Trainer(tiny_config(steps=50, log_every=5, eval_every=25, checkpoint_every=25), session)
+    session.trainer = t
+    t.fit()
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_000000010", "step_000000050"]  # one just-in-time checkpoint; 25 is < 25 steps after it
+    assert [m.step for m in tracker.history("train/loss")] == [10, 25, 50]
+    assert [m.step for m in tracker.history("val/exact_accuracy")] == [25, 50]  # no evaluation at the notice
+
+
 # ------------------------------------------------------------------ MLflow: no step twice
 
 
@@ -162,48 +186,15 @@ def test_bad_input_fails_before_training(tmp_path, args, needle):
     assert not (tmp_path / "data").exists()  # nothing built, nothing trained
 
 
-# ------------------------------------------------------------------ processes
-
-
-def _procs() -> list[tuple[int, int, str]]:
-    """(pid, session id, command line) of every live (not zombie) process."""
-    rows = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] == "Z":
-            continue
-        rows.append((int(d.name), int(fields[3]), cmd))
-    return rows
-
-
-def train_workers(session: int) -> list[int]:
-    return [pid for pid, sid, cmd in _procs() if sid == session and "RayTrainWorker" in cmd]
-
-
-def kill_session(session: int) -> None:
-    """SIGKILL every process of a session (a lost machine), and wait until they are gone."""
-    for _ in range(50):
-        left = [pid for pid, sid, _ in _procs() if sid == session]
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"processes of session {session} survive SIGKILL: {left}")
-
-
-def checkpoint_steps(folder: Path) -> list[int]:
-    return sorted(int(p.name.split("_")[1]) for p in folder.glob("step_*") if (p / "state.pt.sha256").is_file())
+def latest_registered_step(folder: Path) -> int:
+    """The step of the latest checkpoint Ray Train has registered (all ranks' parts persisted), or -1.
+    A step folder can exist before that, or for good when a rank died while writing it."""
+    try:
+        snap = json.loads((folder / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return -1
+    latest = snap.get("latest_checkpoint_result")
+    return int(latest["checkpoint_dir_name"].split("_")[1]) if latest else -1
 
 
 def final_model(run_folder: Path, step: int) -> dict:
@@ -245,16 +236,18 @@ def test_workers_sigkilled_three_times_finish_with_the_same_weights(tmp_path):
     folder, kills, last = tmp_path / "runs" / "faulty", [], -1
     try:
         while len(kills) < 3:
-            # a new checkpoint since the last kill (so each restart has made progress), then a random delay
+            # a new registered checkpoint since the last kill (each restart has made progress), the
+            # whole worker group up, then a random delay
             deadline = time.time() + 240
-            while not (checkpoint_steps(folder) and checkpoint_steps(folder)[-1] > last):
+            while latest_registered_step(folder) <= last or len(train_workers(proc.pid)) != 2:
                 assert proc.poll() is None, proc.stdout.read()[-6000:]
                 assert time.time() < deadline, "no new checkpoint within 240 s"
                 time.sleep(0.2)
-            last = checkpoint_steps(folder)[-1]
+            last = latest_registered_step(folder)
             time.sleep(rnd.uniform(0.0, 2.5))
             workers = train_workers(proc.pid)
-            assert len(workers) == 2, workers
+            if len(workers) != 2:  # the run ended or a worker is restarting: try again
+                continue
             victim = rnd.choice(workers)
             os.kill(victim, signal.SIGKILL)
             kills.append((victim, last))

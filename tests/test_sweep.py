@@ -150,7 +150,7 @@ def test_sweep_driver_lost_then_restored(tmp_path):
     child runs, and no child logs a step twice."""
     from mlflow.tracking import MlflowClient
 
-    from tests.test_long_run import kill_session
+    from tests.processes import kill_session
 
     storage, db = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["--num-samples", "4", "--max-concurrent", "2", "--storage", str(storage), "--tracking-uri", db,

@@ -53,8 +53,10 @@ def stage_dataset(d: DataConfig, storage: str) -> str:
     """Where the workers should read the dataset from: with s3:// storage, a local dataset is
     uploaded once under storage/datasets/ (keyed by its meta.json, skipped when already there);
     otherwise the absolute local path."""
-    if d.path.startswith("s3://") or not storage.startswith("s3://"):
-        return d.path if d.path.startswith("s3://") else str(Path(d.path).resolve())
+    if d.path.startswith("s3://"):
+        return d.path
+    if not storage.startswith("s3://"):
+        return str(ensure_dataset(d).resolve())  # built or checked here, before any worker starts
     import hashlib
 
     from trm.cloud import upload_dir

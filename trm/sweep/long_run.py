@@ -16,6 +16,7 @@ it rather than from a checkpoint, which for ARC holds a multi-GB puzzle-embeddin
 from __future__ import annotations
 
 import logging
+import math
 import re
 import tempfile
 import time
@@ -80,7 +81,7 @@ def run_exists(root: str) -> bool:
     return read_json(f"{root}/{MANIFEST}") is not None or read_json(f"{root}/{RAY_SNAPSHOT}") is not None
 
 
-def run_long(name: str, storage: str, cfg: Config | None, overrides: dict[str, Any], given: LongRunSettings,
+def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], given: LongRunSettings,
              resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
     or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
@@ -105,12 +106,10 @@ def run_long(name: str, storage: str, cfg: Config | None, overrides: dict[str, A
     else:
         if resume:
             log.info("--resume: no run %s at %s yet; starting it", name, root)
-        if cfg is None:
-            raise ConfigError("no config for a new run")
         settings = _merge(given, DEFAULTS)
     if settings.workers < 1:
         raise ConfigError(f"--workers {settings.workers}: expected an integer >= 1")
-    gpus = int(settings.workers * settings.gpus_per_worker)
+    gpus = math.ceil(settings.workers * settings.gpus_per_worker)  # a fraction of a GPU bills a whole one
     try:
         limits = RunLimits(settings.deadline, settings.budget_gpu_hours, gpus, settings.instance_type,
                            settings.market, settings.prices)
@@ -198,6 +197,7 @@ def main(base: dict[str, Any], description: str, argv: list[str] | None = None) 
 
     from trm.cloud import PriceTableError, StorageError, load_price_table
     from trm.config import load_config, parse_set
+    from trm.data.dataset import DatasetError
     from trm.sweep.cluster import RayConnectError
     from trm.tracking import TrackingError
 
@@ -231,8 +231,8 @@ def main(base: dict[str, Any], description: str, argv: list[str] | None = None) 
             overrides["data_path"] = a.data
         if a.resume and a.config:
             raise ConfigError("--config with --resume: a resumed run keeps its config; change fields with --set")
-        cfg = None if a.resume and run_exists(f"{_storage(a.storage).rstrip('/')}/{a.name}") else (
-            load_config(a.config, overrides) if a.config else apply_overrides(Config(), {**base, **overrides}).validate())
+        # a new run's config; a resumed run takes its manifest's instead (with the --set overrides)
+        cfg = load_config(a.config, overrides) if a.config else apply_overrides(Config(), {**base, **overrides}).validate()
         if a.budget_gpu_hours is not None and a.budget_gpu_hours <= 0:
             raise ConfigError(f"--budget-gpu-hours {a.budget_gpu_hours}: expected a number > 0")
         given = LongRunSettings(
@@ -242,7 +242,7 @@ def main(base: dict[str, Any], description: str, argv: list[str] | None = None) 
             prices=load_price_table(a.prices) if a.prices else None, max_failures=a.max_failures,
             tracking_uri=a.tracking_uri, experiment=a.experiment)
         result = run_long(a.name, a.storage, cfg, overrides, given, resume=a.resume, address=a.address)
-    except (ConfigError, StorageError, RayConnectError, TrackingError, PriceTableError) as e:
+    except (ConfigError, DatasetError, StorageError, RayConnectError, TrackingError, PriceTableError) as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 class Preset:
     overrides: dict = field(default_factory=dict)
     metric: str = "val/exact_accuracy"
-    evals: int = 50  # reports per trial = ASHA's max_t
-    grace: int = 5  # reports before ASHA may stop a trial
+    evals: int = 50  # evaluations in a full trial (steps / eval_every)
+    grace: int = 5  # evaluations before ASHA may stop a trial
     reduction_factor: int = 3
     num_samples: int = 32
     overfit_margin: float = 0.02

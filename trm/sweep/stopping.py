@@ -69,7 +69,7 @@ class RecordingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and result.get("training_iteration", 0) < self._max_t:
+        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
             self.pruned.add(trial.trial_id)
         return decision
 

@@ -229,8 +229,10 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
 
     stopper = OverfitStopper(metric=preset.metric, train_metric=preset.metric.replace("val/", "train/"),
                              margin=preset.overfit_margin, patience=preset.overfit_patience)
-    scheduler = RecordingASHA(time_attr="training_iteration", metric=preset.metric, mode="max",
-                              max_t=preset.evals, grace_period=preset.grace,
+    # ASHA counts training steps, not reports: a run also reports at unscheduled checkpoints
+    # (wall-time, spot notice), which must not move a trial through the rungs faster
+    scheduler = RecordingASHA(time_attr="step", metric=preset.metric, mode="max",
+                              max_t=base.train.steps, grace_period=preset.grace * base.train.eval_every,
                               reduction_factor=preset.reduction_factor)
     callback = MlflowTrialCallback(uri, parent.run_id, preset.metric, stopper, scheduler)
     setup = {"base": base.to_dict(), "tracking_uri": uri, "parent_run_id": parent.run_id,
@@ -255,7 +257,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
 
     rows = _rows(grid, preset.metric, base, callback, parent)
     best = max((r.best for r in rows if math.isfinite(r.best)), default=float("nan"))
-    parent.log_metrics({f"best_{preset.metric.replace('/', '_')}": best}, step=0)
+    parent.log_metrics({f"best_{preset.metric.replace('/', '_')}": best}, step=0, once_per_step=False)  # a resumed sweep updates it
     parent.log_table({k: [getattr(r, k) if k != "params" else str(r.params) for r in rows]
                       for k in ("trial_id", "params", "best", "reason", "run_id", "effective_depth")},
                      "trials.json")

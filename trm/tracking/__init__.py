@@ -110,19 +110,21 @@ class Tracker:
         """The highest step of any metric in this run (-1 for none)."""
         return max(self._last_steps().values(), default=-1)
 
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int, once_per_step: bool = True) -> None:
         """Log at `step` each metric that does not hold that step yet (a resumed run recomputes
-        the steps since its checkpoint; MLflow keeps the values logged the first time)."""
+        the steps since its checkpoint; MLflow keeps the values logged the first time).
+        `once_per_step=False` logs anyway: a summary value that a later pass may update."""
         from mlflow.entities import Metric
 
-        last = self._last_steps()
+        last = self._last_steps() if once_per_step else {}
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v))
                  and step > last.get(k, -1)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
-            last.update({m.key: step for m in batch})
+            if self._last_step is not None:
+                self._last_step.update({m.key: max(step, self._last_step.get(m.key, -1)) for m in batch})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():

@@ -99,6 +99,7 @@ class Trainer:
         self.step = 0
         self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, restart counts
         self.best: dict = {}
+        self.last_val: dict = {"val/exact_accuracy": float("nan")}  # the latest evaluation's metrics
 
     # ---------------------------------------------------------------- setup
     def _build_ema(self) -> AveragedModel:
@@ -254,6 +255,7 @@ class Trainer:
         last_ckpt_step, last_ckpt_time = self.step, time.time()
         t_start, step_start = time.time(), self.step
         metrics: dict = {}
+        jit_saved = False  # one just-in-time checkpoint per spot notice
         while self.step < t.steps:
             window.add(self.train_step())
             final = self.step == t.steps
@@ -270,19 +272,27 @@ class Trainer:
             agreed = self.session.agree({
                 "time_due": time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes,
                 "stop": self.limits.reached(self.meter)} if rank0 else {})
-            forced = agreed["time_due"] or agreed["preempting"] or agreed["stop"] is not None
+            jit = agreed["preempting"] and not jit_saved
+            jit_saved = agreed["preempting"]
+            forced = agreed["time_due"] or jit or agreed["stop"] is not None
             if not (at_eval or forced):
                 continue
-            metrics = {**window.flush(t.batch_size), **self.evaluate(), **self._run_metrics(), "step": self.step,
+            # a spot notice leaves about two minutes: checkpoint at once, without an evaluation (Ray
+            # still gets the last one to rank checkpoints by; MLflow does not log it again)
+            evaluate = not (jit and not (at_eval or agreed["time_due"] or agreed["stop"]))
+            if evaluate:
+                self.last_val = self.evaluate()
+            metrics = {**window.flush(t.batch_size), **self.last_val, **self._run_metrics(), "step": self.step,
                        "effective_depth": cfg.effective_depth}
             if not math.isfinite(metrics["train/loss"]):
                 metrics["diverged"] = 1.0
-            if metrics["val/exact_accuracy"] >= self.best.get("val/exact_accuracy", -1):
+            if evaluate and metrics["val/exact_accuracy"] >= self.best.get("val/exact_accuracy", -1):
                 self.best = {"val/exact_accuracy": metrics["val/exact_accuracy"], "step": self.step}
             if agreed["stop"] is not None:
                 metrics["stop_reason"] = agreed["stop"]
             due = forced or final or self.step - last_ckpt_step >= t.checkpoint_every
-            self.session.report(metrics, self.step, self.write_checkpoint if due else None)
+            self.session.report(metrics, self.step, self.write_checkpoint if due else None,
+                                untracked=() if evaluate else tuple(self.last_val))
             if due:
                 last_ckpt_step, last_ckpt_time = self.step, time.time()
             if agreed["stop"] is not None:

@@ -28,7 +28,10 @@ class Session(Protocol):
 
     def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
 
-    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None: ...
+    def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
+        """Report `metrics` at `step` (to the tracker, except the `untracked` keys); checkpoint with
+        `write(folder)` when given."""
+        ...
 
     def agree(self, decision: dict) -> dict:
         """Rank 0's `decision` on every rank (DDP ranks must checkpoint and stop together), with
@@ -56,13 +59,13 @@ class LocalSession:
     def restore(self) -> Iterator[Path | None]:
         yield ckpt.latest_local(self.out_dir / "checkpoints")
 
-    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
+    def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
         if write is not None:
             self.last_checkpoint = ckpt.save_local(self.out_dir / "checkpoints", step, write, self.keep)
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         if self.tracker is not None:
-            self.tracker.log_metrics(metrics, step)
+            self.tracker.log_metrics({k: v for k, v in metrics.items() if k not in untracked}, step)
         if self.on_report is not None:
             self.on_report(metrics, step)
 
@@ -108,9 +111,9 @@ class RaySession:
         with checkpoint.as_directory() as d:
             yield Path(d)
 
-    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
+    def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
         if self.tracker is not None:
-            self.tracker.log_metrics(metrics, step)
+            self.tracker.log_metrics({k: v for k, v in metrics.items() if k not in untracked}, step)
         if write is None:
             self._train.report(metrics)
             return
