@@ -168,6 +168,7 @@ def result_of(out: str) -> dict:
     (["--budget-gpu-hours", "-1"], "--budget-gpu-hours -1.0: expected a number > 0"),
     (["--gpus-per-worker", "1", "--instance-type", "p9.nano"], "no price for instance type 'p9.nano'"),
     (["--workers", "0"], "--workers 0: expected an integer >= 1"),
+    (["--gpus-per-worker", "1"], "needs 1 CPUs and 1 GPUs; this machine's Ray has"),
     (["--storage", "/proc/trm-cannot-write-here"], "/proc/trm-cannot-write-here"),
     (["--tracking-uri", "http://127.0.0.1:1"], "the MLflow server does not answer"),
     (["--set", "n=0"], "model.n=0: expected 1 <= n"),

@@ -54,3 +54,19 @@ def cluster_capacity() -> dict[str, float]:
     import ray
 
     return ray.cluster_resources()
+
+
+def is_remote(address: str | None) -> bool:
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_fits(what: str, cpus: float, gpus: float, address: str | None) -> None:
+    """On a local Ray, refuse work that can never be scheduled (it would wait forever); a remote
+    cluster may autoscale, so there the work waits for nodes instead."""
+    cap = cluster_capacity()
+    if is_remote(address) or (cap.get("CPU", 0) >= cpus and cap.get("GPU", 0) >= gpus):
+        return
+    from trm.config import ConfigError
+
+    raise ConfigError(f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs; this machine's Ray has "
+                      f"{cap.get('CPU', 0):g} CPUs and {cap.get('GPU', 0):g} GPUs")

@@ -88,7 +88,7 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
     from trm.cloud import RunLimits, check_storage, read_json, write_json
     from trm.data.build import stage_dataset
-    from trm.sweep.cluster import connect_ray
+    from trm.sweep.cluster import check_fits, connect_ray
     from trm.sweep.trainer import make_trainer
     from trm.tracking import check_reachable
 
@@ -120,6 +120,10 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
 
     uri = resolve_uri(settings.tracking_uri)
     check_reachable(uri)
+    connect_ray(address)
+    check_fits(f"--workers {settings.workers} x (--cpus-per-worker {settings.cpus_per_worker:g}, "
+               f"--gpus-per-worker {settings.gpus_per_worker:g})", settings.workers * settings.cpus_per_worker,
+               settings.workers * settings.gpus_per_worker, address)
     settings.tracking_uri = uri
     cfg.data.path = stage_dataset(cfg.data, storage)  # workers read it from S3 or this absolute path
     if manifest is not None and resume:
@@ -141,7 +145,6 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     log.info("run %s: MLflow run %s at %s; checkpoints in %s; %s", name, tracker.run_id, uri, root,
              _describe(limits))
 
-    connect_ray(address)
     trainer = make_trainer(
         cfg, name=name, storage=storage, num_workers=settings.workers, gpus_per_worker=settings.gpus_per_worker,
         cpus_per_worker=settings.cpus_per_worker, tracking_uri=uri, mlflow_run_id=tracker.run_id,

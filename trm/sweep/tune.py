@@ -167,17 +167,23 @@ class MlflowTrialCallback(tune.Callback):
 
 # ---------------------------------------------------------------- the sweep
 def _default_concurrency(opts: SweepOptions) -> int:
-    from trm.sweep.cluster import cluster_capacity
+    from trm.sweep.cluster import cluster_capacity, is_remote
 
     cap = cluster_capacity()
     per_trial_cpu = opts.workers_per_trial * opts.cpus_per_worker
     n = int(cap.get("CPU", 1) // max(per_trial_cpu, 1e-9))
     if opts.gpus_per_worker > 0:
         n = min(n, int(cap.get("GPU", 0) // (opts.workers_per_trial * opts.gpus_per_worker)))
-    if n < 1:
-        raise ConfigError(f"--workers-per-trial {opts.workers_per_trial} x (cpus {opts.cpus_per_worker}, gpus "
-                          f"{opts.gpus_per_worker}) does not fit the cluster's {cap}")
-    return n
+    if n >= 1:
+        return n
+    need = (f"--workers-per-trial {opts.workers_per_trial} x (cpus {opts.cpus_per_worker}, gpus "
+            f"{opts.gpus_per_worker})")
+    if is_remote(opts.address):
+        # an autoscaling cluster starts with no GPU workers: trials wait in PENDING while it adds
+        # nodes, and Ray Train retries its worker-group start until they come
+        log.warning("%s does not fit the cluster's current %s; trials will wait for the autoscaler", need, cap)
+        return opts.num_samples or PRESETS[opts.preset].num_samples
+    raise ConfigError(f"{need} does not fit this machine's {cap}")
 
 
 def _storage(uri: str) -> str:
