@@ -195,7 +195,7 @@ def latest_registered_step(folder: Path) -> int:
     except (OSError, ValueError):
         return -1
     latest = snap.get("latest_checkpoint_result")
-    return int(latest["checkpoint_dir_name"].split("_")[1]) if latest else -1
+    return int(latest["checkpoint_dir_name"].split("_")[1].split("-")[0]) if latest else -1
 
 
 def final_model(run_folder: Path, step: int) -> dict:
@@ -267,7 +267,8 @@ def test_workers_sigkilled_three_times_finish_with_the_same_weights(tmp_path):
     assert_one_history(f"sqlite:///{tmp_path / 'mlflow.db'}", "faulty", steps, 10)
 
 
-def _kill_driver_then_resume(tmp_path, storage: str, tracking_uri: str, env: dict | None = None) -> dict:
+def _kill_driver_then_resume(tmp_path, storage: str, tracking_uri: str, env: dict | None = None,
+                             corrupt_latest: bool = False) -> dict:
     steps = 120
     args = ["--name", "dl", "--storage", storage, "--data", str(tmp_path / "data"), "--workers", "2", *SMALL,
             "--set", f"steps={steps}", "--tracking-uri", tracking_uri, "--experiment", "driver-loss"]
@@ -289,14 +290,24 @@ def _kill_driver_then_resume(tmp_path, storage: str, tracking_uri: str, env: dic
             if manifest is None:
                 continue
             hist = MlflowClient(tracking_uri).get_metric_history(manifest["mlflow_run_id"], "train/loss")
-            if max((m.step for m in hist), default=0) >= 50:
+            # with two checkpoints registered when a corrupted latest one is to leave a good one
+            if max((m.step for m in hist), default=0) >= 50 and (
+                    not corrupt_latest or latest_registered_step(Path(storage) / "dl") >= 40):
                 break
     finally:
         kill_session(proc.pid)  # the driver and the whole local Ray with it
     first = proc.stdout.read()
     assert "ended" not in first, first[-3000:]  # it really died mid-run
+    if corrupt_latest:  # and its latest checkpoint is damaged: the resumed run must use the one before
+        latest = Path(storage) / "dl" / f"step_{latest_registered_step(Path(storage) / 'dl'):09d}"
+        with open(latest / "state.pt", "r+b") as f:
+            f.seek(100)
+            f.write(b"\x00garbage\x00")
 
-    resumed = result_of(finish(arc_long(*args, "--resume", cwd=tmp_path, env=env)))
+    out = finish(arc_long(*args, "--resume", cwd=tmp_path, env=env))
+    resumed = result_of(out)
+    if corrupt_latest:
+        assert f"skipping checkpoint {latest}" in out and "is corrupt (checksum mismatch)" in out, out[-5000:]
     assert resumed["step"] == steps and resumed["end_reason"] == "completed"
     assert resumed["run/restarts"] == 1, resumed
     run = assert_one_history(tracking_uri, "driver-loss", steps, 10)
@@ -306,7 +317,9 @@ def _kill_driver_then_resume(tmp_path, storage: str, tracking_uri: str, env: dic
 
 @pytest.mark.slow
 def test_driver_lost_then_resumed_keeps_one_mlflow_run(tmp_path):
-    out = _kill_driver_then_resume(tmp_path, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    """...and with its latest checkpoint corrupted meanwhile, it resumes from the one before."""
+    out = _kill_driver_then_resume(tmp_path, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                   corrupt_latest=True)
     assert out["result"]["run/recomputed_steps"] >= 0
 
 

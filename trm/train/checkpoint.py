@@ -79,6 +79,14 @@ def verify(folder: Path) -> None:
     read_file(folder, "state.pt")
 
 
+def verify_digests(folder: Path) -> None:
+    """Every file with a digest in `folder` matches it (what this rank wrote, before publishing)."""
+    for digest in folder.glob("*.sha256"):
+        path = folder / digest.name[: -len(".sha256")]
+        if not path.is_file() or _digest(path) != digest.read_text().strip():
+            raise CheckpointError(f"{folder}: {path.name} does not match its digest after writing")
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:09d}"
 

@@ -100,16 +100,41 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.tracker = tracker if self.rank == 0 else None
+        # names of skipped (corrupt) checkpoints: Ray still holds them, and a new checkpoint under
+        # the same name would be deleted with them
+        self._skipped: set[str] = set()
         _remove_stale_tmp(Path(tempfile.gettempdir()))
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
-        checkpoint = self._train.get_checkpoint()
-        if checkpoint is None:
+        """The latest checkpoint whose state verifies, else the newest older one that does. Every
+        rank reads the same state.pt, so every rank makes the same choice."""
+        from ray.train import CheckpointConsistencyMode
+
+        latest = self._train.get_checkpoint()
+        if latest is None:
             yield None
             return
-        with checkpoint.as_directory() as d:
-            yield Path(d)
+        candidates = [latest]
+        tried: list[str] = []
+        while candidates:
+            checkpoint = candidates.pop(0)
+            with checkpoint.as_directory() as d:
+                try:
+                    ckpt.verify(Path(d))
+                except ckpt.CheckpointError as e:
+                    log.warning("skipping checkpoint %s: %s", checkpoint.path, e)
+                    tried.append(checkpoint.path)
+                    self._skipped.add(Path(checkpoint.path).name)
+                    if len(tried) == 1:  # only now ask Ray for the older ones
+                        reported = self._train.get_all_reported_checkpoints(
+                            consistency_mode=CheckpointConsistencyMode.COMMITTED)
+                        candidates = sorted((r.checkpoint for r in reported if r.checkpoint.path != latest.path),
+                                            key=lambda c: c.path, reverse=True)
+                    continue
+                yield Path(d)
+                return
+        raise ckpt.CheckpointError(f"no checkpoint of this run verifies (tried {', '.join(tried)})")
 
     def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
         if self.tracker is not None:
@@ -120,8 +145,11 @@ class RaySession:
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         try:
             write(tmp)
+            ckpt.verify_digests(tmp)  # write, verify, then publish: Ray registers it once every rank's part is stored
+            name = ckpt.step_dir_name(step)
+            name = f"{name}-after-skip" if name in self._skipped else name
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
-                               checkpoint_dir_name=ckpt.step_dir_name(step))
+                               checkpoint_dir_name=name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
