@@ -116,6 +116,21 @@ def test_spot_notice_checkpoints_once_without_evaluating(tiny_config, tmp_path):
     assert [m.step for m in tracker.history("val/exact_accuracy")] == [25, 50]  # no evaluation at the notice
 
 
+def test_cluster_runs_need_a_tracking_server(caplog, monkeypatch):
+    from trm.sweep.cluster import check_shared
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from trm.tracking import TrackingError
+
+    with pytest.raises(TrackingError, match="start mlflow/serve.sh on the head"):
+        check_shared("sqlite:///mlflow.db", "s3://b/runs", address="10.0.0.1:6379")
+    check_shared("http://10.0.0.1:5000", "s3://b/runs", address="10.0.0.1:6379")
+    check_shared("sqlite:///mlflow.db", "runs", address=None)  # a local Ray shares this machine's files
+    with caplog.at_level("WARNING"):
+        check_shared("http://10.0.0.1:5000", "/home/me/runs", address="10.0.0.1:6379")
+    assert "use s3://BUCKET/PREFIX" in caplog.text
+
+
 # ------------------------------------------------------------------ MLflow: no step twice
 
 

@@ -70,3 +70,20 @@ def check_fits(what: str, cpus: float, gpus: float, address: str | None) -> None
 
     raise ConfigError(f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs; this machine's Ray has "
                       f"{cap.get('CPU', 0):g} CPUs and {cap.get('GPU', 0):g} GPUs")
+
+
+def check_shared(tracking_uri: str, storage: str, address: str | None) -> None:
+    """On a cluster the training workers run on other nodes: they must reach the tracking server
+    and the checkpoint storage from there. A local SQLite file cannot be shared; a local folder
+    can only if it is a shared filesystem (NFS), which cannot be checked from here."""
+    if not is_remote(address):
+        return
+    if not tracking_uri.startswith(("http://", "https://", "databricks")):
+        from trm.tracking import TrackingError
+
+        raise TrackingError(f"--tracking-uri {tracking_uri}: on a Ray cluster, rank 0 logs from a GPU node "
+                            f"and cannot reach a file on this one; start mlflow/serve.sh on the head and pass "
+                            f"--tracking-uri http://HEAD_PRIVATE_IP:5000 (see cluster/README.md)")
+    if "://" not in storage:
+        log.warning("--storage %s is a local folder on a Ray cluster: checkpoints written on other nodes "
+                    "are only found again if it is a shared filesystem; use s3://BUCKET/PREFIX", storage)

@@ -88,7 +88,7 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
     from trm.cloud import RunLimits, check_storage, read_json, write_json
     from trm.data.build import stage_dataset
-    from trm.sweep.cluster import check_fits, connect_ray
+    from trm.sweep.cluster import check_fits, check_shared, connect_ray
     from trm.sweep.trainer import make_trainer
     from trm.tracking import check_reachable
 
@@ -121,6 +121,7 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     uri = resolve_uri(settings.tracking_uri)
     check_reachable(uri)
     connect_ray(address)
+    check_shared(uri, storage, address)
     check_fits(f"--workers {settings.workers} x (--cpus-per-worker {settings.cpus_per_worker:g}, "
                f"--gpus-per-worker {settings.gpus_per_worker:g})", settings.workers * settings.cpus_per_worker,
                settings.workers * settings.gpus_per_worker, address)

@@ -214,7 +214,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     from ray.tune.search.optuna import OptunaSearch
 
     from trm.cloud import check_storage
-    from trm.sweep.cluster import DRIVER_RESOURCE, connect_ray
+    from trm.sweep.cluster import DRIVER_RESOURCE, check_shared, connect_ray
     from trm.tracking import check_reachable, resolve_uri
 
     base, preset = base_config(opts)
@@ -224,6 +224,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     uri = resolve_uri(opts.tracking_uri)
     check_reachable(uri)
     connect_ray(opts.address)
+    check_shared(uri, storage, opts.address)
     sweep_path = f"{storage.rstrip('/')}/{opts.name}"
     num_samples = opts.num_samples or preset.num_samples
     max_concurrent = opts.max_concurrent or _default_concurrency(opts)
