@@ -125,6 +125,7 @@ def test_cluster_runs_need_a_tracking_server(caplog, monkeypatch):
     with pytest.raises(TrackingError, match="start mlflow/serve.sh on the head"):
         check_shared("sqlite:///mlflow.db", "s3://b/runs", address="10.0.0.1:6379")
     check_shared("http://10.0.0.1:5000", "s3://b/runs", address="10.0.0.1:6379")
+    check_shared("postgresql://mlflow@db:5432/mlflow", "s3://b/runs", address="10.0.0.1:6379")
     check_shared("sqlite:///mlflow.db", "runs", address=None)  # a local Ray shares this machine's files
     with caplog.at_level("WARNING"):
         check_shared("http://10.0.0.1:5000", "/home/me/runs", address="10.0.0.1:6379")

@@ -48,6 +48,8 @@ def predict(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device
         return Predictions(np.empty(0, int), np.empty((0, L), int), np.empty(0, int), np.empty(0, float))
     return Predictions(*(np.concatenate(out[k]) for k in ("index", "tokens", "halt_steps", "confidence")))
 
+VAL_KEYS = ("val/cell_accuracy", "val/exact_accuracy", "val/mean_halt_steps")  # what evaluate() returns
+
 
 def score(pred: Predictions, ds: PuzzleDataset) -> dict[str, float]:
     """Sums (not means) so that ranks can be added: cells, correct cells, exact, halt steps."""
@@ -70,5 +72,5 @@ def evaluate(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.devic
         dist.all_reduce(t)
         sums = dict(zip(keys, t.tolist()))
     n = max(sums["samples"], 1.0)
-    return {"val/cell_accuracy": sums["correct_cells"] / max(sums["cells"], 1.0),
+    return {"val/cell_accuracy": sums["correct_cells"] / max(sums["cells"], 1.0),  # keep VAL_KEYS in step
             "val/exact_accuracy": sums["exact"] / n, "val/mean_halt_steps": sums["halt_steps"] / n}

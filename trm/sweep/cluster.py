@@ -78,7 +78,7 @@ def check_shared(tracking_uri: str, storage: str, address: str | None) -> None:
     can only if it is a shared filesystem (NFS), which cannot be checked from here."""
     if not is_remote(address):
         return
-    if not tracking_uri.startswith(("http://", "https://", "databricks")):
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         from trm.tracking import TrackingError
 
         raise TrackingError(f"--tracking-uri {tracking_uri}: on a Ray cluster, rank 0 logs from a GPU node "

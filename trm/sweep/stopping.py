@@ -39,7 +39,7 @@ class OverfitStopper(Stopper):
             self.reasons[trial_id] = "diverged"
             return True
         val, train = result.get(self.metric), result.get(self.train_metric)
-        if val is None:
+        if val is None or not math.isfinite(val):  # a checkpoint without an evaluation (spot notice)
             return False
         h = self._history.setdefault(trial_id, _History())
         rising = train is not None and h.last_train is not None and train > h.last_train

@@ -214,7 +214,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     from ray.tune.search.optuna import OptunaSearch
 
     from trm.cloud import check_storage
-    from trm.sweep.cluster import DRIVER_RESOURCE, check_shared, connect_ray
+    from trm.sweep.cluster import DRIVER_RESOURCE, check_fits, check_shared, connect_ray
     from trm.tracking import check_reachable, resolve_uri
 
     base, preset = base_config(opts)
@@ -225,6 +225,10 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     check_reachable(uri)
     connect_ray(opts.address)
     check_shared(uri, storage, opts.address)
+    check_fits(f"one trial (--workers-per-trial {opts.workers_per_trial} x (--cpus-per-worker "
+               f"{opts.cpus_per_worker:g}, --gpus-per-worker {opts.gpus_per_worker:g}))",
+               opts.workers_per_trial * opts.cpus_per_worker, opts.workers_per_trial * opts.gpus_per_worker,
+               opts.address)
     sweep_path = f"{storage.rstrip('/')}/{opts.name}"
     num_samples = opts.num_samples or preset.num_samples
     max_concurrent = opts.max_concurrent or _default_concurrency(opts)
@@ -239,7 +243,8 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     # ASHA counts training steps, not reports: a run also reports at unscheduled checkpoints
     # (wall-time, spot notice), which must not move a trial through the rungs faster
     scheduler = RecordingASHA(time_attr="step", metric=preset.metric, mode="max",
-                              max_t=base.train.steps, grace_period=preset.grace * base.train.eval_every,
+                              max_t=base.train.steps,
+                              grace_period=min(preset.grace * base.train.eval_every, base.train.steps),
                               reduction_factor=preset.reduction_factor)
     callback = MlflowTrialCallback(uri, parent.run_id, preset.metric, stopper, scheduler)
     setup = {"base": base.to_dict(), "tracking_uri": uri, "parent_run_id": parent.run_id,

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from trm.cloud import RunLimits
 from trm.config import Config, config_from_dict
 from trm.data.dataset import PuzzleDataset, SampleStream
-from trm.evaluate import evaluate
+from trm.evaluate import VAL_KEYS, evaluate
 from trm.model import TRM, Carry
 from trm.train import checkpoint as ckpt
 from trm.train.losses import supervision_losses
@@ -99,7 +99,6 @@ class Trainer:
         self.step = 0
         self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, restart counts
         self.best: dict = {}
-        self.last_val: dict = {"val/exact_accuracy": float("nan")}  # the latest evaluation's metrics
 
     # ---------------------------------------------------------------- setup
     def _build_ema(self) -> AveragedModel:
@@ -277,12 +276,11 @@ class Trainer:
             forced = agreed["time_due"] or jit or agreed["stop"] is not None
             if not (at_eval or forced):
                 continue
-            # a spot notice leaves about two minutes: checkpoint at once, without an evaluation (Ray
-            # still gets the last one to rank checkpoints by; MLflow does not log it again)
-            evaluate = not (jit and not (at_eval or agreed["time_due"] or agreed["stop"]))
-            if evaluate:
-                self.last_val = self.evaluate()
-            metrics = {**window.flush(t.batch_size), **self.last_val, **self._run_metrics(), "step": self.step,
+            # a spot notice leaves about two minutes: checkpoint at once, without an evaluation; its
+            # val/* are NaN, which Ray ranks last, Tune's stoppers skip and MLflow does not log
+            evaluate = not jit or final
+            val = self.evaluate() if evaluate else dict.fromkeys(VAL_KEYS, float("nan"))
+            metrics = {**window.flush(t.batch_size), **val, **self._run_metrics(), "step": self.step,
                        "effective_depth": cfg.effective_depth}
             if not math.isfinite(metrics["train/loss"]):
                 metrics["diverged"] = 1.0
@@ -291,8 +289,7 @@ class Trainer:
             if agreed["stop"] is not None:
                 metrics["stop_reason"] = agreed["stop"]
             due = forced or final or self.step - last_ckpt_step >= t.checkpoint_every
-            self.session.report(metrics, self.step, self.write_checkpoint if due else None,
-                                untracked=() if evaluate else tuple(self.last_val))
+            self.session.report(metrics, self.step, self.write_checkpoint if due else None)
             if due:
                 last_ckpt_step, last_ckpt_time = self.step, time.time()
             if agreed["stop"] is not None:

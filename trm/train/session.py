@@ -28,8 +28,8 @@ class Session(Protocol):
 
     def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
 
-    def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
-        """Report `metrics` at `step` (to the tracker, except the `untracked` keys); checkpoint with
+    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
+        """Report `metrics` at `step` (non-finite values are not tracked); checkpoint with
         `write(folder)` when given."""
         ...
 
@@ -59,13 +59,13 @@ class LocalSession:
     def restore(self) -> Iterator[Path | None]:
         yield ckpt.latest_local(self.out_dir / "checkpoints")
 
-    def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
+    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
         if write is not None:
             self.last_checkpoint = ckpt.save_local(self.out_dir / "checkpoints", step, write, self.keep)
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         if self.tracker is not None:
-            self.tracker.log_metrics({k: v for k, v in metrics.items() if k not in untracked}, step)
+            self.tracker.log_metrics(metrics, step)
         if self.on_report is not None:
             self.on_report(metrics, step)
 
@@ -100,45 +100,51 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.tracker = tracker if self.rank == 0 else None
-        # names of skipped (corrupt) checkpoints: Ray still holds them, and a new checkpoint under
-        # the same name would be deleted with them
-        self._skipped: set[str] = set()
+        # checkpoint names Ray holds: after resuming below a corrupt one, a new checkpoint under
+        # its name would be deleted with it
+        self._taken: set[str] = set()
         _remove_stale_tmp(Path(tempfile.gettempdir()))
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
-        """The latest checkpoint whose state verifies, else the newest older one that does. Every
-        rank reads the same state.pt, so every rank makes the same choice."""
+        """The latest checkpoint whose state.pt matches its digest, else the newest older one kept by
+        Ray that does. Rank 0 chooses and every rank opens its choice: ranks must resume together."""
+        from ray.train.collective import broadcast_from_rank_zero
+
+        choice = self._choose() if self.rank == 0 else None
+        chosen, self._taken, error = broadcast_from_rank_zero(choice)
+        if error:
+            raise ckpt.CheckpointError(error)
+        if chosen is None:
+            yield None
+            return
+        with chosen.as_directory() as d:
+            yield Path(d)
+
+    def _choose(self) -> tuple:
+        """(checkpoint or None, names Ray holds, error or None), on rank 0."""
         from ray.train import CheckpointConsistencyMode
 
         latest = self._train.get_checkpoint()
         if latest is None:
-            yield None
-            return
-        candidates = [latest]
-        tried: list[str] = []
-        while candidates:
-            checkpoint = candidates.pop(0)
+            return None, set(), None
+        reported = [r.checkpoint for r in self._train.get_all_reported_checkpoints(
+            consistency_mode=CheckpointConsistencyMode.COMMITTED)]
+        taken = {Path(c.path).name for c in [latest, *reported]}
+        older = sorted((c for c in reported if c.path != latest.path), key=lambda c: c.path, reverse=True)
+        for checkpoint in [latest, *older]:
             with checkpoint.as_directory() as d:
                 try:
-                    ckpt.verify(Path(d))
+                    ckpt.verify_digests(Path(d), ["state.pt"])
+                    return checkpoint, taken, None
                 except ckpt.CheckpointError as e:
                     log.warning("skipping checkpoint %s: %s", checkpoint.path, e)
-                    tried.append(checkpoint.path)
-                    self._skipped.add(Path(checkpoint.path).name)
-                    if len(tried) == 1:  # only now ask Ray for the older ones
-                        reported = self._train.get_all_reported_checkpoints(
-                            consistency_mode=CheckpointConsistencyMode.COMMITTED)
-                        candidates = sorted((r.checkpoint for r in reported if r.checkpoint.path != latest.path),
-                                            key=lambda c: c.path, reverse=True)
-                    continue
-                yield Path(d)
-                return
-        raise ckpt.CheckpointError(f"no checkpoint of this run verifies (tried {', '.join(tried)})")
+        return None, taken, (f"no checkpoint of this run matches its digests (tried {1 + len(older)}, "
+                             f"newest {latest.path})")
 
-    def report(self, metrics: dict, step: int, write: WriteFn | None, untracked: tuple[str, ...] = ()) -> None:
+    def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
         if self.tracker is not None:
-            self.tracker.log_metrics({k: v for k, v in metrics.items() if k not in untracked}, step)
+            self.tracker.log_metrics(metrics, step)
         if write is None:
             self._train.report(metrics)
             return
@@ -146,8 +152,10 @@ class RaySession:
         try:
             write(tmp)
             ckpt.verify_digests(tmp)  # write, verify, then publish: Ray registers it once every rank's part is stored
-            name = ckpt.step_dir_name(step)
-            name = f"{name}-after-skip" if name in self._skipped else name
+            name, n = ckpt.step_dir_name(step), 0
+            while name in self._taken:
+                n += 1
+                name = f"{ckpt.step_dir_name(step)}-{n}"
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
                                checkpoint_dir_name=name)
         finally:
