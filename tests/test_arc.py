@@ -2,7 +2,8 @@
 augmentation vote (on planted predictions), and, marked slow, a tiny end-to-end run:
 train -> vote (locally and as a Ray job) -> MLflow -> read back with a plain client.
 
-Runs on the real ARC-AGI-1 tasks (800), from $TRM_ARC_DIR or ../shared/data/arc-agi-1.
+Most tests run on the real ARC-AGI-1 tasks (800), from $TRM_ARC_DIR or ../shared/data/arc-agi-1,
+and are skipped without them; the loader's error tests and the layout test need no task files.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from trm.evaluate.vote import Vote, VoteSamples, evaluate_arc, vote
 
 ARC_DIR = Path(os.environ.get("TRM_ARC_DIR", Path(__file__).resolve().parents[2] / "shared/data/arc-agi-1"))
 needs_arc = pytest.mark.skipif(not (ARC_DIR / "evaluation").is_dir(), reason=f"no ARC-AGI-1 tasks at {ARC_DIR}")
-pytestmark = needs_arc
 
 
 @pytest.fixture(scope="module")
 def corpus() -> arc.ArcCorpus:
+    if not (ARC_DIR / "evaluation").is_dir():
+        pytest.skip(f"no ARC-AGI-1 tasks at {ARC_DIR}")
     return arc.load_tasks([ARC_DIR])
 
 
@@ -54,6 +56,7 @@ def test_loads_all_800_tasks(corpus: arc.ArcCorpus) -> None:
     assert sum(len(t.test) for t in corpus.tasks) == 835
 
 
+@needs_arc
 def test_sources_can_be_mixed_and_ids_are_qualified_on_collision(tmp_path: Path) -> None:
     a, b = tmp_path / "a" / "evaluation", tmp_path / "b" / "deep" / "nested"
     a.mkdir(parents=True), b.mkdir(parents=True)
@@ -248,6 +251,7 @@ def test_build_is_deterministic_and_streams(small, tmp_path: Path) -> None:
         arc.build_dataset(tmp_path / "none", [t for t in tasks if not t.held_out], 1)
 
 
+@needs_arc
 def test_cli_run(tmp_path: Path) -> None:
     for folder, names in (("training", ["007bbfb7", "00d62c1b"]), ("evaluation", ["00576224", "009d5c81"])):
         (tmp_path / "src" / folder).mkdir(parents=True)
