@@ -72,5 +72,5 @@ def evaluate(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.devic
         dist.all_reduce(t)
         sums = dict(zip(keys, t.tolist()))
     n = max(sums["samples"], 1.0)
-    return {"val/cell_accuracy": sums["correct_cells"] / max(sums["cells"], 1.0),  # keep VAL_KEYS in step
-            "val/exact_accuracy": sums["exact"] / n, "val/mean_halt_steps": sums["halt_steps"] / n}
+    return dict(zip(VAL_KEYS, (sums["correct_cells"] / max(sums["cells"], 1.0), sums["exact"] / n,
+                               sums["halt_steps"] / n)))

@@ -10,7 +10,6 @@ restarted trials and restarted jobs pick up where they stopped.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from trm.config import Config, config_from_dict
@@ -78,11 +77,12 @@ def run_training(cfg: Config, *, name: str, storage: str, num_workers: int, gpus
                  tracking_uri: str | None = None, experiment: str = "trm-train", max_failures: int = 3,
                  mlflow_run_id: str | None = None) -> dict:
     """One DDP training run through Ray Train, outside Tune (`trm train --workers N`)."""
+    from trm.data.build import stage_dataset
     from trm.sweep.cluster import connect_ray
     from trm.tracking import Tracker, resolve_uri, run_params
 
     connect_ray(None)
-    cfg.data.path = str(Path(cfg.data.path).resolve())  # Ray workers run in their own folders
+    cfg.data.path = stage_dataset(cfg.data, storage)  # an absolute path, or uploaded once to s3:// storage
     uri = resolve_uri(tracking_uri)
     tracker = Tracker(uri, mlflow_run_id) if mlflow_run_id else Tracker.create(uri, experiment, run_name=name)
     tracker.log_params(run_params(cfg.flat(), cfg.effective_depth))

@@ -64,7 +64,8 @@ def base_config(opts: SweepOptions) -> tuple[Config, Preset]:
     preset = PRESETS[opts.preset]
     cfg = apply_overrides(Config(), {**preset.overrides, **opts.overrides})
     # Ray workers run in their own folders: a relative data path must mean the driver's
-    cfg.data.path = str(Path(cfg.data.path).resolve())
+    if "://" not in cfg.data.path:
+        cfg.data.path = str(Path(cfg.data.path).resolve())
     return cfg.validate(), preset
 
 
@@ -214,6 +215,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     from ray.tune.search.optuna import OptunaSearch
 
     from trm.cloud import check_storage
+    from trm.data.build import stage_dataset
     from trm.sweep.cluster import DRIVER_RESOURCE, check_fits, check_shared, connect_ray
     from trm.tracking import check_reachable, resolve_uri
 
@@ -229,6 +231,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
                f"{opts.cpus_per_worker:g}, --gpus-per-worker {opts.gpus_per_worker:g}))",
                opts.workers_per_trial * opts.cpus_per_worker, opts.workers_per_trial * opts.gpus_per_worker,
                opts.address)
+    base.data.path = stage_dataset(base.data, storage)  # built here once; uploaded once with s3:// storage
     sweep_path = f"{storage.rstrip('/')}/{opts.name}"
     num_samples = opts.num_samples or preset.num_samples
     max_concurrent = opts.max_concurrent or _default_concurrency(opts)

@@ -52,12 +52,8 @@ def write_file(folder: Path, name: str, obj: Any) -> None:
 
 
 def read_file(folder: Path, name: str) -> Any:
+    verify_digests(folder, [name])
     path = folder / name
-    digest = folder / f"{name}.sha256"
-    if not path.is_file() or not digest.is_file():
-        raise CheckpointError(f"{folder}: {name} is missing or incomplete")
-    if _digest(path) != digest.read_text().strip():
-        raise CheckpointError(f"{folder}: {name} is corrupt (checksum mismatch)")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means unusable
