@@ -34,9 +34,7 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from ray import tune  # noqa: E402
 
 from trm.config import apply_overrides, parse_set  # noqa: E402
 from trm.sweep.presets import PRESETS  # noqa: E402
+from common import scratch  # noqa: E402  (benchmarks/common.py)
 
 AXES = ("layers", "n", "T")
 
@@ -196,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {"layers": sorted(set(a.layers)), "n": sorted(set(a.n)), "T": sorted(set(a.T))}
     configs = list(itertools.product(*(values[k] for k in AXES)))
     num_samples = a.num_samples or len(configs)
-    tmp = Path(tempfile.mkdtemp(prefix="trm-asha-"))
-    started_ray = False
-    try:
+    with scratch("trm-asha-", a.keep) as tmp:
         base = apply_overrides(Config(), {**preset.overrides, **parse_set(a.set),
                                           "data_path": str(tmp / "data" / "sudoku-smoke")})
         eval_every = base.train.eval_every
@@ -208,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         os.environ.pop("RAY_ADDRESS", None)  # a new local Ray, not someone else's cluster
         connect_ray(None, num_cpus=a.num_cpus)
-        started_ray = True
         grid_total = len(configs) * a.evals
         print(f"space: {' x '.join(f'{k} {values[k]}' for k in AXES)} = {len(configs)} configs; max_t {a.evals} "
               f"iterations of {eval_every} steps; metric {metric}", flush=True)
@@ -276,13 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         for s in summaries:
             print("SUMMARY: " + s)
         sys.stdout.flush()
-    finally:
-        if started_ray:
-            ray.shutdown()
-        if a.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

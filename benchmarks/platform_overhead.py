@@ -38,9 +38,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +50,7 @@ import ray.train  # noqa: E402
 
 from trm.config import Config, apply_overrides, parse_set  # noqa: E402
 from trm.sweep.presets import PRESETS  # noqa: E402
+from common import scratch  # noqa: E402  (benchmarks/common.py)
 
 
 MODES = ("bare", "bare+ray", "ray_train", "tune")
@@ -247,12 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     from trm.data.build import ensure_dataset
 
     overrides = parse_set(a.set)
-    tmp = Path(tempfile.mkdtemp(prefix="trm-overhead-"))
-    started_ray = False
     runs: list[Run] = []
     info = {"threads": a.threads, "ray_init": math.nan, "warmup": math.nan, "warmup_steps": a.eval_every,
             "mlflow_init": math.nan, "bare_warmup": math.nan}
-    try:
+    with scratch("trm-overhead-", a.keep) as tmp:
         data = tmp / "data" / "sudoku-smoke"
         base = make_config(data, a.steps[0], a.eval_every, overrides)
         ensure_dataset(base.data)
@@ -273,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("RAY_ADDRESS", None)  # a new local Ray, not someone else's cluster
         t0 = time.time()
         connect_ray(None, num_cpus=a.num_cpus)
-        started_ray = True
         info["ray_init"] = time.time() - t0
 
         if not a.no_bare_with_ray:  # the same bare loop while the (idle) local Ray runs beside it
@@ -307,13 +303,6 @@ def main(argv: list[str] | None = None) -> int:
                                      f"tune-{steps}", overrides))
                 print(f"tune {steps} steps: {runs[-1].wall:.2f} s", flush=True)
         print_report(runs, base, info)
-    finally:
-        if started_ray:
-            ray.shutdown()
-        if a.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
