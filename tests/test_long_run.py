@@ -17,7 +17,8 @@ import torch
 from tests.mlflow_server import REPO, start_mlflow, stop
 from tests.processes import kill_session, train_workers
 from tests.s3_server import s3_server  # noqa: F401
-from trm.cloud import CostMeter, RunLimits, write_json
+from trm.cost import CostMeter, RunLimits
+from trm.storage import write_json
 from trm.config import ConfigError
 from trm.sweep.long_run import MANIFEST, parse_deadline
 from trm.tracking import Tracker
@@ -291,7 +292,7 @@ def _kill_driver_then_resume(tmp_path, storage: str, tracking_uri: str, env: dic
     proc = arc_long(*args, cwd=tmp_path, env=env, start_new_session=True)
     from mlflow.tracking import MlflowClient
 
-    from trm.cloud import read_json
+    from trm.storage import read_json
 
     try:
         deadline = time.time() + 300

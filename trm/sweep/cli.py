@@ -32,7 +32,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def main(name: str, spaces: dict[str, dict[str, Any]], description: str,
          report: Callable | None = None, argv: list[str] | None = None) -> int:
     """Parse flags, pick the preset's search space, run the sweep. Errors before any trial exit 2."""
-    from trm.cloud import StorageError
+    from trm.storage import StorageError
     from trm.config import ConfigError, parse_set
     from trm.sweep.cluster import RayConnectError
     from trm.sweep.tune import SweepOptions, run_sweep

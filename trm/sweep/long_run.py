@@ -76,7 +76,7 @@ def _storage(uri: str) -> str:
 
 
 def run_exists(root: str) -> bool:
-    from trm.cloud import read_json
+    from trm.storage import read_json
 
     return read_json(f"{root}/{MANIFEST}") is not None or read_json(f"{root}/{RAY_SNAPSHOT}") is not None
 
@@ -86,7 +86,8 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
     or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
     `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
-    from trm.cloud import RunLimits, check_storage, read_json, write_json
+    from trm.cost import RunLimits
+    from trm.storage import check_storage, read_json, write_json
     from trm.data.build import stage_dataset
     from trm.sweep.cluster import check_fits, check_shared, connect_ray
     from trm.sweep.trainer import make_trainer
@@ -199,7 +200,8 @@ def main(base: dict[str, Any], description: str, argv: list[str] | None = None) 
     import json
     import sys
 
-    from trm.cloud import PriceTableError, StorageError, load_price_table
+    from trm.cost import PriceTableError, load_price_table
+    from trm.storage import StorageError
     from trm.config import load_config, parse_set
     from trm.data.dataset import DatasetError
     from trm.sweep.cluster import RayConnectError
@@ -222,7 +224,7 @@ def main(base: dict[str, Any], description: str, argv: list[str] | None = None) 
     p.add_argument("--budget-gpu-hours", type=float, help="stop with a checkpoint after this many GPU-hours")
     p.add_argument("--instance-type", help="for the cost estimate (default p5.4xlarge)")
     p.add_argument("--market", choices=["spot", "on_demand"], help="for the cost estimate (default spot)")
-    p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cloud.py)")
+    p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cost.py)")
     p.add_argument("--max-failures", type=int, help="worker errors to recover from; -1: no limit (default 10; "
                    "spot preemptions are always retried)")
     p.add_argument("--tracking-uri", help="MLflow (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")

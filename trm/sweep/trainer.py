@@ -24,7 +24,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from trm.cloud import RunLimits
+    from trm.cost import RunLimits
     from trm.data.build import ensure_dataset
     from trm.tracking import Tracker
     from trm.train.loop import Trainer

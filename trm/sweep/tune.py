@@ -214,7 +214,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from trm.cloud import check_storage
+    from trm.storage import check_storage
     from trm.data.build import stage_dataset
     from trm.sweep.cluster import DRIVER_RESOURCE, check_fits, check_shared, connect_ray
     from trm.tracking import check_reachable, resolve_uri

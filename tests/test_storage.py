@@ -1,0 +1,138 @@
+"""trm.storage: checks of local and S3 storage, dataset upload/download/cache, against a real S3 endpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.s3_server import S3Server, enforce_auth, free_port, s3_server  # noqa: F401
+from trm.storage import StorageError, check_storage, download_dir, join, resolve, upload_dir
+
+
+def test_resolve_and_join(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve("runs") == str(tmp_path / "runs")
+    assert resolve("s3://b/p") == "s3://b/p"
+    assert join("s3://b/p/", "name", "/x") == "s3://b/p/name/x"
+
+
+# --- storage: local ---------------------------------------------------------
+
+
+def test_check_storage_local(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    check_storage(str(target))
+    assert target.is_dir() and list(target.iterdir()) == []
+    check_storage(f"file://{target}")
+
+
+def test_check_storage_local_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="not writable"):
+        check_storage(str(blocker / "sub"))
+
+
+def test_check_storage_bad_scheme() -> None:
+    with pytest.raises(StorageError, match="unsupported scheme"):
+        check_storage("gs://bucket/x")
+
+
+# --- storage: S3 through a real moto server ---------------------------------
+
+
+def test_check_storage_s3_ok(s3_server: S3Server) -> None:
+    check_storage(f"s3://{s3_server.bucket}/trm/runs")
+    check_storage(f"s3://{s3_server.bucket}")
+    # The probe object is removed again.
+    assert s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="trm/").get("KeyCount") == 0
+
+
+def test_check_storage_s3_missing_bucket(s3_server: S3Server) -> None:
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        check_storage("s3://no-such-bucket/trm")
+
+
+def test_check_storage_s3_wrong_credentials(s3_server: S3Server) -> None:
+    # moto accepts any key unless told to enforce auth; then unknown keys are
+    # rejected exactly like AWS does (InvalidAccessKeyId, HTTP 403).
+    with enforce_auth(s3_server), pytest.raises(StorageError, match="credentials were rejected"):
+        check_storage(f"s3://{s3_server.bucket}/trm")
+    check_storage(f"s3://{s3_server.bucket}/trm")  # auth back off
+
+
+def _aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+
+
+def test_check_storage_s3_dead_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()  # nothing listens here
+    _aws_env(monkeypatch, f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="does not answer"):
+        check_storage("s3://bucket/trm", timeout_s=1.0)
+    assert time.monotonic() - t0 < 10
+
+
+def test_check_storage_s3_hanging_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Accepts TCP connections (kernel backlog) but never answers a request.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        _aws_env(monkeypatch, f"http://127.0.0.1:{srv.getsockname()[1]}")
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="does not answer"):
+            check_storage("s3://bucket/trm", timeout_s=1.0)
+        assert time.monotonic() - t0 < 10
+
+
+def _make_dataset(root: Path, version: str) -> Path:
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "inputs.bin").write_bytes(b"\x01\x02" * 1000)
+    (root / "test.bin").write_bytes(b"\x03" * 10)
+    (root / "meta.json").write_text(json.dumps({"version": version}))
+    return root
+
+
+def test_upload_download_round_trip(s3_server: S3Server, tmp_path: Path) -> None:
+    src = _make_dataset(tmp_path / "src", "v1")
+    uri = f"s3://{s3_server.bucket}/trm/data/sudoku"
+    assert upload_dir(src, uri) is True
+    assert upload_dir(src, uri) is False  # same meta.json: uploaded once
+
+    cache = tmp_path / "cache"
+    dest = download_dir(uri, cache_dir=cache)
+    assert dest == (cache / s3_server.bucket / "trm/data/sudoku").resolve()
+    for f in ("train/inputs.bin", "test.bin", "meta.json"):
+        assert (dest / f).read_bytes() == (src / f).read_bytes()
+
+    # Cached: a second call does not download (a local marker survives).
+    (dest / "local-marker").write_text("x")
+    assert download_dir(uri, cache_dir=cache) == dest
+    assert (dest / "local-marker").exists()
+
+    # New meta.json upstream: the cache is replaced as a whole.
+    (src / "meta.json").write_text(json.dumps({"version": "v2"}))
+    (src / "test.bin").write_bytes(b"\x04" * 10)
+    assert upload_dir(src, uri) is True
+    dest2 = download_dir(uri, cache_dir=cache)
+    assert dest2 == dest and not (dest / "local-marker").exists()
+    assert (dest / "test.bin").read_bytes() == b"\x04" * 10
+    assert [p.name for p in dest.parent.iterdir() if p.name.startswith(".sudoku.tmp")] == []
+
+    # Explicit local_dir, and a local "uri" is returned as is.
+    other = download_dir(uri, local_dir=tmp_path / "explicit")
+    assert json.loads((other / "meta.json").read_text()) == {"version": "v2"}
+    assert download_dir(str(src)) == src.resolve()
+
+
+def test_download_missing_prefix(s3_server: S3Server, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        download_dir(f"s3://{s3_server.bucket}/nothing/here", cache_dir=tmp_path)
