@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from trm.cloud import RunLimits
+from trm.cost import RunLimits
 from trm.config import Config, config_from_dict
 from trm.data.dataset import PuzzleDataset, SampleStream
 from trm.evaluate import VAL_KEYS, evaluate
