@@ -271,7 +271,7 @@ def test_cli_run(tmp_path: Path) -> None:
     assert meta["task_ids"] == ["007bbfb7", "00d62c1b", "00576224", "009d5c81"]
     assert meta["task_held_out"] == [False, False, True, True] and len(meta["skipped_files"]) == 1
     assert meta["augmentations"] == 3 and meta["seed"] == 1
-    with pytest.raises(arc.DatasetError, match="already exists"), pytest.warns(arc.ArcWarning):
+    with pytest.raises(arc.DatasetError, match="already exists"):  # checked before reading any task
         arc.run(args)
     args.overwrite, args.skip_invalid = True, False
     args.src = [str(tmp_path / "src" / "evaluation")]  # tasks held out by the source's own name
@@ -420,7 +420,7 @@ def test_tiny_arc_run_end_to_end(corpus: arc.ArcCorpus, tmp_path: Path, monkeypa
     from mlflow.tracking import MlflowClient
 
     from trm.config import Config
-    from trm.evaluate.vote import vote_with_ray
+    from trm.launch.vote import vote_with_ray
     from trm.tracking import Tracker
     from trm.tracking.arc import FIGURE_FILE, TABLE_FILE, log_vote_result
     from trm.train.loop import Trainer
@@ -481,3 +481,147 @@ def test_tiny_arc_run_end_to_end(corpus: arc.ArcCorpus, tmp_path: Path, monkeypa
     assert {TABLE_FILE, FIGURE_FILE} <= names
     png = Path(MlflowClient(uri).download_artifacts(tracker.run_id, FIGURE_FILE, str(tmp_path / "dl")))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- Kaggle-style combined files (no task files needed)
+def _rand_task(rng: np.random.Generator, n_train: int = 2, n_test: int = 1) -> dict:
+    def grid():
+        h, w = rng.integers(1, 6, size=2)
+        return rng.integers(0, 10, size=(h, w)).tolist()
+    return {"train": [{"input": grid(), "output": grid()} for _ in range(n_train)],
+            "test": [{"input": grid(), "output": grid()} for _ in range(n_test)]}
+
+
+def _subsets(seed: int = 0) -> dict[str, dict[str, dict]]:
+    rng = np.random.default_rng(seed)
+    return {"training": {"b1": _rand_task(rng), "a0": _rand_task(rng, 3, 2)},
+            "evaluation": {"e2": _rand_task(rng, 2, 2), "e1": _rand_task(rng, 1)}}
+
+
+def _write_combined(folder: Path, subsets: dict, prefix: str = "arc-agi", solutions: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, tasks in subsets.items():
+        challenges = {i: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
+                      for i, t in tasks.items()}
+        (folder / f"{prefix}_{name}_challenges.json").write_text(json.dumps(challenges))
+        if solutions:
+            (folder / f"{prefix}_{name}_solutions.json").write_text(
+                json.dumps({i: [p["output"] for p in t["test"]] for i, t in tasks.items()}))
+
+
+def _write_per_task(folder: Path, subsets: dict) -> None:
+    for name, tasks in subsets.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, t in tasks.items():
+            (folder / name / f"{i}.json").write_text(json.dumps(t))
+
+
+def _arc_cli(*argv: str) -> Path:
+    return arc.run(arc.add_args(argparse.ArgumentParser()).parse_args(
+        [*argv, "--augmentations", "4", "--seed", "3"]))
+
+
+def _same_dataset(a: Path, b: Path) -> None:
+    ma, mb = read_meta(a), read_meta(b)
+    for k in ("task_ids", "task_held_out", "task_subsets", "num_puzzle_ids", "splits", "groups",
+              "task_first_puzzle_id", "task_num_augmentations", "unlabelled_tasks"):
+        assert ma[k] == mb[k], k
+    for split in ("train", "test"):
+        names = sorted(f.name for f in (a / split).glob("*.npy"))
+        assert names == sorted(f.name for f in (b / split).glob("*.npy"))
+        for n in names:
+            assert (a / split / n).read_bytes() == (b / split / n).read_bytes(), f"{split}/{n}"
+
+
+def test_combined_files_build_the_same_dataset_as_per_task_files(tmp_path: Path) -> None:
+    subsets = _subsets()
+    _write_per_task(tmp_path / "tasks", subsets)
+    _write_combined(tmp_path / "kaggle" / "combined", subsets)
+    k = tmp_path / "kaggle" / "combined"
+    per_task = _arc_cli("--src", str(tmp_path / "tasks" / "training"), "--src", str(tmp_path / "tasks" / "evaluation"),
+                        "--out", str(tmp_path / "per_task"))
+    files = _arc_cli("--src", str(k / "arc-agi_training_challenges.json"),
+                     "--src", str(k / "arc-agi_evaluation_challenges.json"), "--out", str(tmp_path / "files"))
+    folder = _arc_cli("--src", str(k), "--out", str(tmp_path / "folder"))  # was: "missing 'train' list"
+    meta = read_meta(per_task)
+    assert meta["task_ids"] == ["a0", "b1", "e1", "e2"] and meta["task_held_out"] == [False, False, True, True]
+    assert meta["task_subsets"] == ["training", "training", "evaluation", "evaluation"]
+    _same_dataset(per_task, files)
+    # one folder of each kind: both list evaluation before training (sorted paths)
+    tree = _arc_cli("--src", str(tmp_path / "tasks"), "--out", str(tmp_path / "tree"))
+    assert read_meta(tree)["task_ids"] == ["e1", "e2", "a0", "b1"]
+    _same_dataset(tree, folder)
+    # groups: one per task; a puzzle = (task, augmentation) with all its training pairs
+    tr = PuzzleDataset(per_task, "train")
+    pairs = [5, 3, 1, 2]  # a0: 3 demos + 2 tests trained on, b1: 2 + 1; held-out e1, e2: their demos only
+    assert meta["groups"]["train"]["total_groups"] == 4
+    assert meta["groups"]["train"]["epoch_samples"] == sum(pairs)
+    g, a = np.asarray(tr.arrays["group_ids"]), np.asarray(tr.arrays["aug_ids"])
+    for t, n in enumerate(pairs):
+        counts = np.bincount(a[g == t])
+        assert (counts == n).all() and len(counts) == meta["task_num_augmentations"][t]
+    te = PuzzleDataset(per_task, "test")
+    assert np.array_equal(np.asarray(te.arrays["group_ids"]), np.asarray(te.arrays["task_index"]))
+    assert np.asarray(te.arrays["labelled"]).all()
+    # a per-task folder and a challenges file mix
+    mixed = _arc_cli("--src", str(tmp_path / "tasks" / "training"),
+                     "--src", str(k / "arc-agi_evaluation_challenges.json"), "--out", str(tmp_path / "mixed"))
+    _same_dataset(per_task, mixed)
+
+
+def test_missing_solutions_training_split_error_test_split_unlabelled(tmp_path: Path) -> None:
+    subsets = _subsets()
+    _write_combined(tmp_path / "k", subsets, solutions=False)
+    with pytest.raises(arc.ArcError) as e:
+        _arc_cli("--src", str(tmp_path / "k"), "--out", str(tmp_path / "ds"))
+    msg = str(e.value)
+    assert str(tmp_path / "k" / "arc-agi_training_challenges.json") in msg and "task a0" in msg, msg
+    assert "arc-agi_training_solutions.json" in msg and not (tmp_path / "ds").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]  # nothing half-written
+    # only the held-out subset: its test outputs are unknown, its rows unlabelled
+    out = _arc_cli("--src", str(tmp_path / "k" / "arc-agi_evaluation_challenges.json"), "--out", str(tmp_path / "ds"))
+    meta = read_meta(out)
+    assert meta["unlabelled_tasks"] == ["e1", "e2"] and meta["task_held_out"] == [True, True]
+    te = PuzzleDataset(out, "test")
+    assert len(te) == 5 * 3 and not np.asarray(te.arrays["labelled"]).any()
+    assert (np.asarray(te.arrays["labels"]) == IGNORE).all()
+    assert arc.decode(np.asarray(te.arrays["inputs"][0])) is not None
+    assert len(PuzzleDataset(out, "train")) == 5 * 3  # demonstrations are still trained on
+
+
+def test_bad_solutions_name_file_and_task(tmp_path: Path) -> None:
+    _write_combined(tmp_path, _subsets())
+    sol = tmp_path / "arc-agi_training_solutions.json"
+    good = json.loads(sol.read_text())
+    for bad, needle in (({**good, "a0": [good["a0"][0]]}, "task a0: expected a list of 2 output grid(s), one per "
+                                                         "test input, got 1 entries"),
+                        ({"b1": good["b1"]}, "no solutions for task a0"),
+                        ({**good, "b1": [[[1, 12]]]}, "task b1: solution 0: colour 12 outside 0-9"),
+                        ([], "expected a JSON object")):
+        sol.write_text(json.dumps(bad))
+        with pytest.raises(arc.ArcError) as e:
+            arc.load_tasks([tmp_path / "arc-agi_training_challenges.json"])
+        assert str(sol) in str(e.value) and needle in str(e.value), str(e.value)
+    (tmp_path / "arc-agi_training_challenges.json").unlink()
+    with pytest.raises(arc.ArcError, match="a solutions file without its challenges file"):
+        arc.load_tasks([tmp_path])
+
+
+def test_subset_names_and_test_sets_as_the_reference(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    arc2 = {"training2": {"t2": _rand_task(rng)}, "evaluation2": {"v2": _rand_task(rng)},
+            "concept": {"c1": _rand_task(rng)}}
+    _write_combined(tmp_path / "k", {**_subsets(), **arc2})
+    with pytest.raises(arc.ArcError, match="both ARC-AGI-1 .* and ARC-AGI-2 .*--subsets"):
+        arc.load_tasks([tmp_path / "k"])
+    c = arc.load_tasks([tmp_path / "k"], subsets=["training", "evaluation", "concept"])
+    assert {t.task_id: t.held_out for t in c.tasks} == {"c1": False, "e1": True, "e2": True, "a0": False, "b1": False}
+    c = arc.load_tasks([tmp_path / "k"], subsets=["training2", "evaluation2", "concept"])  # default test sets
+    assert {t.task_id: t.held_out for t in c.tasks} == {"c1": False, "v2": True, "t2": False}
+    c = arc.load_tasks([tmp_path / "k"], test_set=["concept"], subsets=["training2", "concept"])
+    assert {t.task_id: t.held_out for t in c.tasks} == {"c1": True, "t2": False}
+    with pytest.raises(arc.ArcError, match="--subsets evaluation3: no"):
+        arc.load_tasks([tmp_path / "k"], subsets=["training", "evaluation3"])
+    out = _arc_cli("--src", str(tmp_path / "k"), "--subsets", "training2", "concept", "--test-set", "concept",
+                   "--out", str(tmp_path / "ds"))
+    assert read_meta(out)["test_sets"] == ["concept"] and read_meta(out)["subsets"] == ["concept", "training2"]

@@ -166,6 +166,12 @@ def test_build_from_config_caps_dihedral_copies(tmp_path: Path) -> None:
                              (originals[:1], originals[:1]), augmentations=2, seed=0)
     dd = np.asarray(PuzzleDataset(few, "train").arrays["dihedral"]).reshape(3, 3)
     assert (dd[:, 0] == 0).all() and all(len(set(r)) == 3 for r in dd.tolist())
+    # groups: a maze and its copies (the sampler's unit); every test maze alone
+    g, a = (np.asarray(train.arrays[k]) for k in ("group_ids", "aug_ids"))
+    assert np.array_equal(g, np.repeat(np.arange(3), 8)) and np.array_equal(a, np.tile(np.arange(8), 3))
+    assert meta["groups"]["train"] == {"total_groups": 3, "total_puzzles": 24, "mean_puzzle_examples": 1.0,
+                                       "epoch_samples": 3.0}
+    assert np.array_equal(np.asarray(test.arrays["group_ids"]), np.arange(2))
 
 
 def test_cli_generate_and_csv(mazes, tmp_path: Path) -> None:
@@ -181,6 +187,7 @@ def test_cli_generate_and_csv(mazes, tmp_path: Path) -> None:
     out = maze.run(parser.parse_args(["--out", str(tmp_path / "csv"), "--csv", str(folder), "--num-test", "2"]))
     meta = read_meta(out)
     assert meta["splits"] == {"train": 32, "test": 2} and meta["source"] == str(folder.resolve())
+    assert meta["groups"]["train"]["total_groups"] == 4  # CSV mazes are grouped with their copies too
     assert np.array_equal(np.asarray(PuzzleDataset(out, "test").arrays["inputs"]), q[4:6].reshape(2, -1))
 
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,76 @@ def test_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(DatasetError):
         sudoku.build_dataset(tmp_path / "ds", (p, s), bad, augmentations=1, seed=0)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- Sudoku-Extreme-1K: filter + seeded subsample
+@pytest.fixture
+def rated_csv(tmp_path):
+    """30 distinct valid rows (shuffles of one puzzle), rated 0..9 three times over."""
+    p, s, _ = sudoku.make_puzzle(np.random.default_rng(9), 30, 32)
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(30):
+        t = sudoku.random_transform(rng)
+        q, a = sudoku.apply_transform(p, t), sudoku.apply_transform(s, t)
+        rows.append(f"src,{''.join('.' if v == 0 else str(v) for v in q.ravel())},"
+                    f"{''.join(str(v) for v in a.ravel())},{i % 10}")
+    return _csv(tmp_path, rows)
+
+
+def _cli(tmp_path, *argv):
+    import argparse
+    return sudoku.run(sudoku.add_args(argparse.ArgumentParser()).parse_args(list(argv)))
+
+
+def test_subsample_is_seeded_filtered_and_reproducible(rated_csv):
+    all_p, _, all_r = sudoku.load_csv(rated_csv)
+    key = {p.tobytes(): r for p, r in zip(all_p, all_r)}
+    assert len(key) == 30
+    a = sudoku.load_csv(rated_csv, min_rating=4, subsample=10, seed=3)
+    b = sudoku.load_csv(rated_csv, min_rating=4, subsample=10, seed=3)
+    c = sudoku.load_csv(rated_csv, min_rating=4, subsample=10, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert {p.tobytes() for p in a[0]} != {p.tobytes() for p in c[0]}
+    for puzzles, _, ratings in (a, c):
+        assert len(puzzles) == 10 and (ratings >= 4).all()
+        assert [key[p.tobytes()] for p in puzzles] == ratings.tolist()  # rows kept whole
+    # the draw is the reference's: choice without replacement among the rows rated >= 4, in drawn order
+    rated = all_p[all_r >= 4]
+    pick = np.random.default_rng(3).choice(len(rated), size=10, replace=False)
+    assert np.array_equal(a[0], rated[pick])
+    # all of them: file order; the filter alone keeps file order too
+    assert np.array_equal(sudoku.load_csv(rated_csv, min_rating=4, subsample=18)[0], rated)
+    assert np.array_equal(sudoku.load_csv(rated_csv, min_rating=4)[0], rated)
+
+
+def test_cli_sudoku_extreme_1k_build(rated_csv, tmp_path):
+    out = _cli(tmp_path, "--out", str(tmp_path / "ds"), "--csv-train", str(rated_csv), "--csv-test", str(rated_csv),
+               "--subsample", "5", "--min-rating", "7", "--seed", "2", "--augmentations", "3")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["splits"] == {"train": 5 * 4, "test": 9}  # test: every row rated >= 7, not subsampled
+    assert meta["subsample"] == 5 and meta["min_rating"] == 7 and meta["source"] == "csv"
+    assert meta["groups"]["train"]["total_groups"] == 5 and meta["groups"]["train"]["epoch_samples"] == 5
+    again = _cli(tmp_path, "--out", str(tmp_path / "again"), "--csv-train", str(rated_csv), "--csv-test",
+                 str(rated_csv), "--subsample", "5", "--min-rating", "7", "--seed", "2", "--augmentations", "3")
+    for split in ("train", "test"):
+        for f in (out / split).glob("*.npy"):
+            assert f.read_bytes() == (again / split / f.name).read_bytes(), f.name
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--subsample", "10", "--min-rating", "7"], "--subsample=10: more than the 9 puzzles rated >= 7 in"),
+    (["--subsample", "31"], "--subsample=31: more than the 30 puzzles in"),
+    (["--subsample", "0"], "--subsample=0: expected >= 1"),
+    (["--min-rating", "-1"], "--min-rating=-1: expected >= 0"),
+])
+def test_cli_bad_subsample_names_the_flag_and_writes_nothing(rated_csv, tmp_path, argv, needle):
+    out = tmp_path / "built"
+    out.mkdir()
+    with pytest.raises(DatasetError) as e:
+        _cli(out, "--out", str(out / "ds"), "--csv-train", str(rated_csv), *argv)
+    assert needle in str(e.value), str(e.value)
+    assert list(out.iterdir()) == []
+    with pytest.raises(DatasetError, match="--subsample=5: needs --csv-train"):
+        _cli(out, "--out", str(out / "ds"), "--subsample", "5")
+    assert list(out.iterdir()) == []

@@ -1,12 +1,16 @@
 """ARC-AGI: task loader, the reference encoding, augmentation with exact inverses,
 and the streamed dataset build.
 
-Tasks are ARC JSON files `{"train": [{"input", "output"}...], "test": [...]}`
-with colours 0..9 and grids up to 30x30 (ARC-AGI-1/2; ConceptARC-style trees
-are searched recursively). As in the paper (and HRM/TRM's reference code), the
-model trains on every task's demonstrations (plus the test pairs of tasks not
-held out) and is tested on the held-out tasks' test inputs: a task is held out
-when it lies under a folder named `test_set` ("evaluation").
+Sources (mixable): per-task JSON files `{"train": [{"input", "output"}...], "test": [...]}`
+(ARC-AGI-1/2 folders; ConceptARC-style trees are searched recursively), and the Kaggle-style
+combined files the reference builder reads, `PREFIX_<subset>_challenges.json`
+(`{task_id: {"train", "test": [{"input"}...]}}`) with `PREFIX_<subset>_solutions.json` beside
+it (`{task_id: [output grid per test input]}`). Colours 0..9, grids up to 30x30.
+
+Split, as the reference: every task's demonstrations are trained on; the test pairs of a
+task in a held-out subset (`--test-set`, default evaluation and evaluation2) form the test
+split, those of every other task are trained on too. Held-out tasks whose test outputs are
+unknown (a challenges file without solutions) give test rows marked unlabelled.
 
 Encoding (reference `np_grid_to_seq_translational_augment`): the grid sits in a
 30x30 canvas at an offset (0, 0 unless translated), colour c -> token c + 2,
@@ -28,7 +32,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -103,11 +107,16 @@ class ArcTask:
     task_id: str
     path: str  # file it was read from
     train: list[tuple[Grid, Grid]]  # demonstrations
-    test: list[tuple[Grid, Grid]]
+    test: list[tuple[Grid, Grid | None]]  # output None: unknown (held-out tasks only)
     held_out: bool = False  # its test pairs form the test split (else they are trained on)
+    subset: str = ""  # reference subset name (training, evaluation, concept, training2, ...) when known
 
     def grids(self) -> list[Grid]:
-        return [g for pair in self.train + self.test for g in pair]
+        return [g for pair in self.train + self.test for g in pair if g is not None]
+
+    @property
+    def labelled(self) -> bool:
+        return all(out is not None for _, out in self.test)
 
 
 @dataclass
@@ -142,8 +151,9 @@ def _grid(obj, where: str) -> Grid:
     return arr.astype(np.uint8)
 
 
-def parse_task(obj, where: str, task_id: str, held_out: bool = False) -> ArcTask:
-    """Validate one decoded task; errors name `where` (the file) and the field."""
+def parse_task(obj, where: str, task_id: str, held_out: bool = False, subset: str = "") -> ArcTask:
+    """Validate one decoded task; errors name `where` (the file) and the field. A held-out
+    task's test pairs may lack their output (unknown: the test split marks them unlabelled)."""
     if not isinstance(obj, dict):
         raise ArcError(f"{where}: expected a JSON object with 'train' and 'test', got {type(obj).__name__}")
     pairs: dict[str, list] = {}
@@ -159,65 +169,192 @@ def parse_task(obj, where: str, task_id: str, held_out: bool = False) -> ArcTask
             if not isinstance(pair, dict):
                 raise ArcError(f"{where}: {part}[{i}] must be an object with 'input' and 'output'")
             for key in ("input", "output"):
-                if key not in pair:
+                if key not in pair and not (key == "output" and part == "test" and held_out):
                     raise ArcError(f"{where}: {part}[{i}] has no {key!r} grid")
+            out = pair.get("output")
             pairs[part].append((_grid(pair["input"], f"{where}: {part}[{i}].input"),
-                                _grid(pair["output"], f"{where}: {part}[{i}].output")))
-    return ArcTask(task_id, where, pairs["train"], pairs["test"], held_out)
+                                None if out is None and part == "test" and held_out
+                                else _grid(out, f"{where}: {part}[{i}].output")))
+    return ArcTask(task_id, where, pairs["train"], pairs["test"], held_out, subset)
 
 
-def load_task(path: str | Path, task_id: str | None = None, held_out: bool = False) -> ArcTask:
-    path = Path(path)
+def _read_json(path: Path):
     try:
-        obj = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except UnicodeDecodeError as e:
         raise ArcError(f"{path}: not a text file ({e})") from None
     except json.JSONDecodeError as e:
         raise ArcError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    return parse_task(obj, str(path), task_id or path.stem, held_out)
 
 
-def load_tasks(sources: Sequence[str | Path], test_set: str = "evaluation",
-               skip_invalid: bool = False) -> ArcCorpus:
-    """Every `*.json` under each source folder (recursively; a source may also be one file).
+def load_task(path: str | Path, task_id: str | None = None, held_out: bool = False, subset: str = "") -> ArcTask:
+    path = Path(path)
+    return parse_task(_read_json(path), str(path), task_id or path.stem, held_out, subset)
 
-    A task is held out (its test pairs become the test split) when the source's
-    own name or a folder between it and the file is `test_set`. Task ids are the
-    file stems, qualified by source and sub-folder when two files share a stem.
+
+# ---------------------------------------------------------------- Kaggle-style combined files
+CHALLENGES_SUFFIX, SOLUTIONS_SUFFIX = "_challenges.json", "_solutions.json"
+DEFAULT_TEST_SETS = ("evaluation", "evaluation2")  # the reference's test_set_name and test_set_name2
+
+
+def is_challenges_file(path: Path) -> bool:
+    return path.name.endswith(CHALLENGES_SUFFIX)
+
+
+def combined_subset(path: Path) -> str:
+    """`PREFIX_<subset>_challenges.json` -> subset (the reference's `{prefix}_{subset}_challenges.json`)."""
+    return path.name[:-len(CHALLENGES_SUFFIX)].rsplit("_", 1)[-1]
+
+
+def solutions_file(path: Path) -> Path:
+    return path.with_name(path.name[:-len(CHALLENGES_SUFFIX)] + SOLUTIONS_SUFFIX)
+
+
+def _combined_entries(path: Path, held_out: bool) -> list[tuple[str, str, Callable[[str], ArcTask]]]:
+    """(task id, qualified id, loader) for each task of a challenges file {task_id: {"train", "test"}},
+    its test outputs taken from the solutions file beside it ({task_id: [grid per test input]}).
+
+    Without a solutions file, the tasks of a held-out subset get unknown (unlabelled) test
+    outputs, as for Kaggle's hidden test set; a training-split task needs its test outputs
+    (they are trained on): its loader raises naming the file and the task."""
+    obj = _read_json(path)
+    if not isinstance(obj, dict):
+        raise ArcError(f"{path}: expected a JSON object {{task_id: {{'train', 'test'}}}} (a challenges file), "
+                       f"got {type(obj).__name__}")
+    subset = combined_subset(path)
+    sol_path = solutions_file(path)
+    sols = None
+    if sol_path.is_file():
+        sols = _read_json(sol_path)
+        if not isinstance(sols, dict):
+            raise ArcError(f"{sol_path}: expected a JSON object {{task_id: [output grid per test input]}}, "
+                           f"got {type(sols).__name__}")
+        stray = sorted(set(sols) - set(obj))
+        if stray:
+            log.warning("arc: %s has solutions for %d task(s) not in %s (ignored), e.g. %s",
+                        sol_path, len(stray), path.name, stray[0])
+
+    def loader(raw_id: str) -> Callable[[str], ArcTask]:
+        def load(task_id: str) -> ArcTask:
+            where = f"{path}: task {raw_id}"
+            task = obj[raw_id]
+            tests = task.get("test") if isinstance(task, dict) else None
+            if isinstance(tests, list):
+                if sols is not None:
+                    if raw_id not in sols:
+                        raise ArcError(f"{sol_path}: no solutions for task {raw_id} (it is in {path.name})")
+                    outs = sols[raw_id]
+                    if not isinstance(outs, list) or len(outs) != len(tests):
+                        got = f"{len(outs)} entries" if isinstance(outs, list) else type(outs).__name__
+                        raise ArcError(f"{sol_path}: task {raw_id}: expected a list of {len(tests)} output grid(s), "
+                                       f"one per test input, got {got}")
+                    for i, g in enumerate(outs):
+                        _grid(g, f"{sol_path}: task {raw_id}: solution {i}")
+                    tests = [{**t, "output": o} if isinstance(t, dict) else t for t, o in zip(tests, outs)]
+                elif not held_out and any(isinstance(t, dict) and "output" not in t for t in tests):
+                    raise ArcError(f"{where}: no test outputs and no solutions file {sol_path.name} beside it; "
+                                   f"subset {subset!r} is not a test set (--test-set), so its test pairs are "
+                                   f"trained on and need their outputs")
+                task = {**task, "test": tests}
+            return parse_task(task, where, task_id, held_out, subset)
+        return load
+
+    return [(raw_id, f"{subset}/{raw_id}", loader(raw_id)) for raw_id in sorted(obj)]
+
+
+def load_tasks(sources: Sequence[str | Path], test_set: str | Sequence[str] = DEFAULT_TEST_SETS,
+               skip_invalid: bool = False, subsets: Sequence[str] | None = None) -> ArcCorpus:
+    """Every task under each source, in order: a folder is searched recursively for per-task
+    `*.json` files and Kaggle-style `*_challenges.json` files (with `*_solutions.json` beside
+    them); a source may also be one such file.
+
+    A task is held out (its test pairs become the test split, its demonstrations are still
+    trained on) when its subset is one of `test_set`: a challenges file's subset is its name's
+    last part (`arc-agi_evaluation_challenges.json` -> evaluation), a per-task file's is the
+    source's own name or any folder between it and the file. `subsets` (the reference's
+    --subsets) keeps only the challenges files of those subsets found in folders. Task ids are
+    the file stems / the challenges file's keys, qualified by source and sub-folder (per-task)
+    or subset (challenges) when two tasks share an id.
     """
     if not sources:
-        raise ArcError("no ARC source folders given (--src DIR)")
-    found: list[tuple[Path, Path, bool]] = []  # (file, source root, held out)
+        raise ArcError("no ARC sources given (--src DIR or --src FILE_challenges.json)")
+    test_sets = (test_set,) if isinstance(test_set, str) else tuple(test_set)
+    wanted = set(subsets) if subsets else None
+    # (file, what it is) per source, in order; per-task files and challenges files
+    files: list[tuple[Path, Path, str]] = []  # (file, source root, "task" | "challenges" | "orphan")
     for src in map(Path, sources):
         if src.is_file():
-            found.append((src, src.parent, test_set in (src.parent.name,)))
+            files.append((src, src.parent, "challenges" if is_challenges_file(src) else "task"))
             continue
         if not src.is_dir():
             raise ArcError(f"{src}: no such file or folder")
-        files = sorted(src.rglob("*.json"))
-        if not files:
+        found = sorted(src.rglob("*.json"))
+        if not found:
             raise ArcError(f"{src}: no *.json task files found (searched sub-folders too)")
-        for f in files:
-            found.append((f, src, bool(test_set) and test_set in (src.name, *f.relative_to(src).parent.parts)))
-    stems: dict[str, int] = {}
-    for f, _, _ in found:
-        stems[f.stem] = stems.get(f.stem, 0) + 1
+        challenges = {f for f in found if is_challenges_file(f)}
+        paired = {solutions_file(f) for f in challenges}
+        for f in found:
+            if f in challenges:
+                if wanted is None or combined_subset(f) in wanted:
+                    files.append((f, src, "challenges"))
+            elif f.name.endswith(SOLUTIONS_SUFFIX):
+                if f not in paired:
+                    files.append((f, src, "orphan"))
+            else:
+                files.append((f, src, "task"))
+    if wanted is not None:
+        have = {combined_subset(f) for f, _, kind in files if kind == "challenges"}
+        if wanted - have:
+            raise ArcError(f"--subsets {' '.join(sorted(wanted - have))}: no *_<subset>_challenges.json file for "
+                           f"{'it' if len(wanted - have) == 1 else 'them'} in {[str(s) for s in sources]}")
+    else:
+        names = {combined_subset(f) for f, _, kind in files if kind == "challenges"}
+        if names & {"training", "evaluation"} and names & {"training2", "evaluation2"}:
+            raise ArcError(f"{[str(s) for s in sources]}: holds both ARC-AGI-1 (training, evaluation) and ARC-AGI-2 "
+                           f"(training2, evaluation2) challenges files; ARC-AGI-2's training set contains "
+                           f"ARC-AGI-1's evaluation tasks. Pick with --subsets (reference: training evaluation "
+                           f"concept, or training2 evaluation2 concept)")
+
+    entries: list[tuple[str, str, str, Callable[[str], ArcTask]]] = []  # (id, qualified id, file, loader)
     corpus = ArcCorpus([])
-    for f, root, held in found:
-        task_id = f.stem if stems[f.stem] == 1 else f"{root.name}/{f.relative_to(root).with_suffix('').as_posix()}"
+
+    def skip(f: Path, e: ArcError) -> None:
+        if not skip_invalid:
+            raise e
+        corpus.skipped.append((str(f), str(e)))
+        warnings.warn(f"skipping invalid ARC task: {e}", ArcWarning, stacklevel=3)
+
+    for f, root, kind in files:
+        if kind == "orphan":
+            skip(f, ArcError(f"{f}: a solutions file without its challenges file "
+                             f"{f.name[:-len(SOLUTIONS_SUFFIX)] + CHALLENGES_SUFFIX} beside it"))
+        elif kind == "challenges":
+            try:
+                held = combined_subset(f) in test_sets
+                entries += [(i, q, str(f), ld) for i, q, ld in _combined_entries(f, held)]
+            except ArcError as e:
+                skip(f, e)
+        else:
+            rel = f.relative_to(root)
+            parts = (root.name, *rel.parent.parts)
+            held = bool(test_sets) and any(t in parts for t in test_sets)
+            sub = rel.parts[0] if len(rel.parts) > 1 else root.name
+            entries.append((f.stem, f"{root.name}/{rel.with_suffix('').as_posix()}", str(f),
+                            lambda task_id, f=f, held=held, sub=sub: load_task(f, task_id, held, sub)))
+    counts: dict[str, int] = {}
+    for raw, _, _, _ in entries:
+        counts[raw] = counts.get(raw, 0) + 1
+    for raw, qualified, f, load in entries:
         try:
-            corpus.tasks.append(load_task(f, task_id, held))
+            corpus.tasks.append(load(raw if counts[raw] == 1 else qualified))
         except ArcError as e:
-            if not skip_invalid:
-                raise
-            corpus.skipped.append((str(f), str(e)))
-            warnings.warn(f"skipping invalid ARC task: {e}", ArcWarning, stacklevel=2)
+            skip(Path(f), e)
     ids = [t.task_id for t in corpus.tasks]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ArcError(f"task ids collide after qualification: {dup[:5]}; give each source a distinct folder name")
     if corpus.skipped:
-        log.warning("arc: skipped %d invalid task file(s) of %d", len(corpus.skipped), len(found))
+        log.warning("arc: skipped %d invalid task file(s)/task(s)", len(corpus.skipped))
     if not corpus.tasks:
         raise ArcError(f"no valid tasks in {[str(s) for s in sources]}")
     return corpus
@@ -430,20 +567,28 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
            augmentation), as the reference.
     test:  for every held-out task, each test input under each augmentation,
            untranslated, with task_index, test_index, aug_index, dihedral and
-           colors per sample so the vote can invert and group predictions.
+           colors per sample so the vote can invert and group predictions, and
+           labelled (0 where the test output is unknown: labels all IGNORE).
     The puzzle id of (task, aug k) is task_first_puzzle_id[task] + k in both splits,
     so a test input is answered with the embedding learned on its demonstrations.
+    Groups (the sampler's unit) are tasks: group_ids = task index, aug_ids = k.
     """
     tasks = list(tasks)
     if not any(t.held_out for t in tasks):
-        raise ArcError("no held-out tasks: none lies under a folder named like the test set "
-                       "(--test-set, default 'evaluation'), so there would be no test split")
+        raise ArcError("no held-out tasks: no task is in a test-set subset (--test-set, default evaluation and "
+                       "evaluation2: a folder of that name above a task file, or PREFIX_<subset>_challenges.json), "
+                       "so there would be no test split")
     meta = {"name": "arc", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
             "pad_token": PAD, "eos_token": EOS, "color_offset": COLOR_OFFSET, "label_pad": "ignore",
             "blank_puzzle_id": BLANK_PUZZLE_ID, "augmentations": augmentations, "seed": seed,
             "translate": translate, "dihedral_inverse": list(DIHEDRAL_INVERSE),
             "task_ids": [t.task_id for t in tasks], "task_held_out": [t.held_out for t in tasks],
-            "task_files": [t.path for t in tasks], **(extra_meta or {})}
+            "task_files": [t.path for t in tasks], "task_subsets": [t.subset for t in tasks],
+            "unlabelled_tasks": [t.task_id for t in tasks if t.held_out and not t.labelled], **(extra_meta or {})}
+    for t in tasks:
+        if not t.held_out and not t.labelled:
+            raise ArcError(f"{t.path}: test outputs unknown, but the task is not held out (its test pairs "
+                           f"would be trained on)")
     first_ids, counts = [], []
     next_id = BLANK_PUZZLE_ID + 1
     t0 = last = time.time()
@@ -465,14 +610,18 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
                     off = _pair_offsets(pair, D, rng)
                     off[plain == pi] = 0
                 buf.add("train", inputs=encode_augmented(pair[0], D, C, off),
-                        labels=to_labels(encode_augmented(pair[1], D, C, off)), puzzle_ids=ids)
+                        labels=to_labels(encode_augmented(pair[1], D, C, off)), puzzle_ids=ids,
+                        group_ids=np.full(K, ti, np.int32), aug_ids=np.arange(K, dtype=np.int32))
                 written["train"] += K
             if task.held_out:
                 for qi, (inp, outp) in enumerate(task.test):
-                    buf.add("test", inputs=encode_augmented(inp, D, C),
-                            labels=to_labels(encode_augmented(outp, D, C)), puzzle_ids=ids,
+                    labels = (np.full((K, SEQ_LEN), IGNORE, np.int8) if outp is None
+                              else to_labels(encode_augmented(outp, D, C)))
+                    buf.add("test", inputs=encode_augmented(inp, D, C), labels=labels, puzzle_ids=ids,
                             task_index=np.full(K, ti, np.int32), test_index=np.full(K, qi, np.int16),
-                            aug_index=np.arange(K, dtype=np.int32), dihedral=D.astype(np.int8), colors=C)
+                            aug_index=np.arange(K, dtype=np.int32), dihedral=D.astype(np.int8), colors=C,
+                            labelled=np.full(K, outp is not None, np.uint8),
+                            group_ids=np.full(K, ti, np.int32), aug_ids=np.arange(K, dtype=np.int32))
                     written["test"] += K
             if time.time() - last > progress_every:
                 last = time.time()
@@ -491,15 +640,22 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
 
 # ---------------------------------------------------------------- CLI: trm data arc
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--src", action="append", required=True, metavar="DIR",
-                        help="ARC task folder (searched recursively) or file; repeat to mix sources")
+    parser.add_argument("--src", action="append", required=True, metavar="PATH",
+                        help="ARC source, repeat to mix: a folder of per-task JSON files and/or Kaggle-style "
+                             "PREFIX_<subset>_challenges.json files (searched recursively), or one such file; "
+                             "test outputs come from the PREFIX_<subset>_solutions.json beside a challenges file")
+    parser.add_argument("--subsets", nargs="+", metavar="NAME",
+                        help="read only these subsets' challenges files from --src folders (reference: "
+                             "training evaluation concept for ARC-AGI-1, training2 evaluation2 concept for ARC-AGI-2)")
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
     parser.add_argument("--augmentations", type=int, default=1000, metavar="N",
                         help="augmented copies per task besides the original (paper: 1000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-set", default="evaluation", metavar="NAME",
-                        help="tasks under a folder of this name are held out: their test inputs "
-                             "form the test split (default: evaluation)")
+    parser.add_argument("--test-set", action="append", metavar="NAME",
+                        help="held-out subset, repeatable: its tasks' test inputs form the test split (their "
+                             "demonstrations are still trained on); a per-task file's subset is any folder "
+                             "above it, a challenges file's is in its name (default, as the reference: "
+                             "evaluation and evaluation2)")
     parser.add_argument("--no-translate", action="store_true", help="do not translate training pairs")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="warn about and skip invalid task files instead of failing")
@@ -510,15 +666,23 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> Path:
     if args.augmentations < 0:
         raise ArcError(f"--augmentations={args.augmentations}: expected >= 0")
-    corpus = load_tasks(args.src, args.test_set, args.skip_invalid)
+    if Path(args.out).exists() and not args.overwrite:
+        raise DatasetError(f"--out {args.out}: already exists (pass --overwrite to replace it)")
+    test_sets = args.test_set or list(DEFAULT_TEST_SETS)
+    corpus = load_tasks(args.src, test_sets, args.skip_invalid, getattr(args, "subsets", None))
     held = sum(t.held_out for t in corpus.tasks)
     log.info("arc: %d tasks (%d held out for testing) from %s", len(corpus.tasks), held, ", ".join(args.src))
     out = build_dataset(args.out, corpus.tasks, args.augmentations, args.seed, translate=not args.no_translate,
                         overwrite=args.overwrite,
-                        extra_meta={"sources": [str(Path(s).resolve()) for s in args.src], "test_set": args.test_set,
+                        extra_meta={"sources": [str(Path(s).resolve()) for s in args.src], "test_sets": test_sets,
+                                    "subsets": sorted({t.subset for t in corpus.tasks}),
                                     "skipped_files": [f for f, _ in corpus.skipped]})
     meta = json.loads((out / "meta.json").read_text())
+    unlabelled = len(meta["unlabelled_tasks"])
+    if unlabelled:
+        log.info("arc: %d held-out task(s) have no known test outputs (unlabelled rows, not scored)", unlabelled)
     print(json.dumps({"out": str(out), "tasks": len(corpus.tasks), "held_out": held, "skipped": len(corpus.skipped),
+                      "unlabelled": unlabelled,
                       **{k: meta[k] for k in ("num_puzzle_ids", "splits", "augmentations", "seed")}}, indent=2))
     return out
 

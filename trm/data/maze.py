@@ -245,7 +245,10 @@ def dihedral_copies(rng: np.random.Generator, n: int, copies: int) -> np.ndarray
 def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                   augmentations: int, seed: int, overwrite: bool = False, source: str = "generated",
                   chunk: int = 65536, extra_meta: dict | None = None) -> Path:
-    """Write train (each maze + min(augmentations, 7) dihedral copies) and test (as is)."""
+    """Write train (each maze + min(augmentations, 7) dihedral copies) and test (as is).
+
+    A maze and its copies form one group (group_ids = the maze's index, aug_ids = the copy,
+    0 = the maze as given); every test maze is a group of its own."""
     copies = min(max(augmentations, 0), MAX_DIHEDRAL_COPIES)
     meta = {"name": "maze", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
             "charset": CHARSET, "pad_token": PAD, "source": source, "augmentations": copies, "seed": seed,
@@ -267,7 +270,9 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
                 x = np.concatenate([t for _, t, _ in xi])[order].reshape(-1, SEQ_LEN)
                 y = np.concatenate([t for _, _, t in xi])[order].reshape(-1, SEQ_LEN)
                 w.append(split, inputs=x.astype(np.uint8), labels=y.astype(np.int8),
-                         puzzle_ids=np.zeros(len(x), np.int32), dihedral=dd.reshape(-1).astype(np.int8))
+                         puzzle_ids=np.zeros(len(x), np.int32), dihedral=dd.reshape(-1).astype(np.int8),
+                         group_ids=np.repeat(np.arange(s, s + len(qq), dtype=np.int32), dd.shape[1]),
+                         aug_ids=np.tile(np.arange(dd.shape[1], dtype=np.int32), len(qq)))
     return Path(out)
 
 

@@ -6,6 +6,8 @@ model are digit + 1 (1 = blank, 2..10 = digits, 0 = pad): vocab 11, seq 81.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -185,15 +187,41 @@ def augment(grids: np.ndarray, rng: np.random.Generator, *others: np.ndarray) ->
 
 
 # ---------------------------------------------------------------- files
-def load_csv(path: str | Path, verify: str = "answer") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None = None,
+             subsample: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read the HRM Sudoku-Extreme CSV (`source,question,answer,rating`; `.` or `0` for blanks).
 
+    As the reference builder: rows rated below `min_rating` are dropped, then, when `subsample`
+    is given, that many of the remaining rows are drawn without replacement (by
+    `np.random.default_rng(seed)`, in the order drawn; all of them, in file order, when it equals
+    their count). Only kept rows are parsed and checked, so a 1000-row subsample of the 3.8M-row
+    file is quick:
     verify="answer": the answer is a valid grid that agrees with every given.
     verify="unique": also solve each question and require exactly one solution (slower).
     Returns puzzles [N,9,9], solutions [N,9,9], ratings [N]. Raises DatasetError naming the row.
     """
-    puzzles, solutions, ratings = [], [], []
+    def rated(rating: float) -> bool:
+        return min_rating is None or rating >= min_rating
+
+    rated_text = f" rated >= {min_rating:g}" if min_rating is not None else ""
+    slot: dict[int, int] | None = None  # kept row (index among rated rows) -> output position
+    if subsample is not None:
+        if subsample < 1:
+            raise DatasetError(f"--subsample={subsample}: expected >= 1")
+        n = sum(1 for *_, rating in hrm_csv_rows(path) if rated(rating))
+        if subsample > n:
+            raise DatasetError(f"--subsample={subsample}: more than the {n} puzzles{rated_text} in {path}")
+        if subsample < n:
+            pick = np.random.default_rng(seed).choice(n, size=subsample, replace=False)
+            slot = {int(r): k for k, r in enumerate(pick)}
+    puzzles, solutions, ratings, order = [], [], [], []
+    j = -1
     for where, q, a, rating in hrm_csv_rows(path):
+        if not rated(rating):
+            continue
+        j += 1
+        if slot is not None and j not in slot:
+            continue
         q, a = q.strip(), a.strip()
         for name, s in (("question", q), ("answer", a)):
             if len(s) != 81:
@@ -215,9 +243,11 @@ def load_csv(path: str | Path, verify: str = "answer") -> tuple[np.ndarray, np.n
             if len(sols) != 1:
                 raise DatasetError(f"{where}: question has {'no' if not sols else 'more than one'} solution")
         puzzles.append(puzzle), solutions.append(solution), ratings.append(rating)
+        order.append(j if slot is None else slot[j])
     if not puzzles:
-        raise DatasetError(f"{path}: no puzzles")
-    return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
+        raise DatasetError(f"{path}: no puzzles{rated_text}")
+    idx = np.argsort(order, kind="stable")
+    return np.stack(puzzles)[idx], np.stack(solutions)[idx], np.array(ratings, dtype=np.float32)[idx]
 
 
 def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: int = 0,
@@ -249,10 +279,13 @@ def to_tokens(grids: np.ndarray) -> np.ndarray:
 
 def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                   augmentations: int, seed: int, overwrite: bool = False, source: str = "generated",
-                  chunk: int = 100_000) -> Path:
-    """Write train (each puzzle + `augmentations` shuffled copies) and test (as is)."""
+                  chunk: int = 100_000, extra_meta: dict | None = None) -> Path:
+    """Write train (each puzzle + `augmentations` shuffled copies) and test (as is).
+
+    Each training puzzle and its copies form one group (group_ids = the puzzle's index,
+    aug_ids = the copy, 0 = the original); every test puzzle is a group of its own."""
     meta = {"name": "sudoku", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
-            "source": source, "augmentations": augmentations, "seed": seed, "blank_token": 1}
+            "source": source, "augmentations": augmentations, "seed": seed, "blank_token": 1, **(extra_meta or {})}
     for split, (p, s) in (("train", train), ("test", test)):
         if len(p) != len(s) or p.shape[1:] != (9, 9) or s.shape[1:] != (9, 9):
             raise DatasetError(f"{split}: expected puzzles and solutions of equal count and shape [N, 9, 9], "
@@ -264,11 +297,76 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
             reps = np.repeat(np.arange(len(p)), copies)
             for start in range(0, len(reps), chunk):
                 sel = reps[start:start + chunk]
+                copy = (start + np.arange(len(sel))) % copies
                 pp, ss = p[sel], s[sel]
                 if split == "train":  # copy 0 of each puzzle stays as is, the others are shuffled
-                    shuffled = (start + np.arange(len(sel))) % copies != 0
+                    shuffled = copy != 0
                     if shuffled.any():
                         pp[shuffled], ss[shuffled] = augment(pp[shuffled], rng, ss[shuffled])
                 w.append(split, inputs=to_tokens(pp), labels=to_tokens(ss).astype(np.int16),
-                         puzzle_ids=np.zeros(len(sel), dtype=np.int32))
+                         puzzle_ids=np.zeros(len(sel), dtype=np.int32), group_ids=sel.astype(np.int32),
+                         aug_ids=copy.astype(np.int32))
     return Path(out)
+
+
+# ---------------------------------------------------------------- CLI: trm data sudoku
+def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    parser.add_argument("--csv-train", metavar="FILE",
+                        help="Sudoku-Extreme CSV (source,question,answer,rating) for training")
+    parser.add_argument("--csv-test", metavar="FILE", help="Sudoku-Extreme CSV for testing (all of it)")
+    parser.add_argument("--subsample", type=int, metavar="N",
+                        help="with --csv-train: train on N puzzles drawn at random (by --seed) from those "
+                             "rated >= --min-rating (Sudoku-Extreme-1K: 1000)")
+    parser.add_argument("--verify", choices=["answer", "unique"], default="answer",
+                        help="CSV check: answer valid and consistent (fast), or also a unique solution (slow)")
+    parser.add_argument("--num-train", type=int, default=1000, help="generated training puzzles")
+    parser.add_argument("--num-test", type=int, default=1000, help="generated test puzzles")
+    parser.add_argument("--augmentations", type=int, default=1000, help="shuffled copies per training puzzle")
+    parser.add_argument("--min-givens", type=int, default=17, help="generated puzzles: fewest givens")
+    parser.add_argument("--max-givens", type=int, default=30, help="generated puzzles: most givens")
+    parser.add_argument("--min-rating", type=int, default=0,
+                        help="minimum difficulty: CSV rows rated below it are dropped (train and test, as the "
+                             "reference's min_difficulty); generated puzzles need this many solver guesses")
+    parser.add_argument("--seed", type=int, default=0, help="subsample, shuffles and generator seed")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Path:
+    """`trm data sudoku`: checks every flag before reading anything, writes nothing on error."""
+    for name, lo in (("num_train", 1), ("num_test", 1), ("augmentations", 0), ("min_rating", 0)):
+        if getattr(args, name) < lo:
+            raise DatasetError(f"--{name.replace('_', '-')}={getattr(args, name)}: expected >= {lo}")
+    if not 17 <= args.min_givens <= args.max_givens <= 81:
+        raise DatasetError(f"--min-givens={args.min_givens} --max-givens={args.max_givens}: "
+                           f"expected 17 <= min <= max <= 81")
+    if args.subsample is not None and not args.csv_train:
+        raise DatasetError(f"--subsample={args.subsample}: needs --csv-train (generated puzzles: --num-train)")
+    if args.subsample is not None and args.subsample < 1:
+        raise DatasetError(f"--subsample={args.subsample}: expected >= 1")
+    for flag, f in (("--csv-train", args.csv_train), ("--csv-test", args.csv_test)):
+        if f and not Path(f).is_file():
+            raise DatasetError(f"{flag} {f}: no such file")
+    if args.csv_test and not args.csv_train:
+        raise DatasetError("--csv-test: needs --csv-train too")
+    if Path(args.out).exists() and not args.overwrite:
+        raise DatasetError(f"--out {args.out}: already exists (pass --overwrite to replace it)")
+    min_rating = args.min_rating if args.min_rating > 0 else None
+    extra = {"min_rating": args.min_rating}
+    if args.csv_train:
+        train = load_csv(args.csv_train, args.verify, min_rating, args.subsample, args.seed)[:2]
+        extra.update(csv_train=str(Path(args.csv_train).resolve()), subsample=args.subsample)
+        log.info("sudoku: %d training puzzles from %s", len(train[0]), args.csv_train)
+    else:
+        train = generate(args.num_train, args.seed, args.min_givens, args.max_givens, args.min_rating)[:2]
+    if args.csv_test:
+        test = load_csv(args.csv_test, args.verify, min_rating)[:2]
+        extra["csv_test"] = str(Path(args.csv_test).resolve())
+    else:
+        test = generate(args.num_test, args.seed + 1_000_003, args.min_givens, args.max_givens, args.min_rating)[:2]
+    source = "csv" if args.csv_train else "generated"
+    out = build_dataset(args.out, train, test, args.augmentations, args.seed, overwrite=args.overwrite,
+                        source=source, extra_meta=extra)
+    print(json.dumps(json.loads((out / "meta.json").read_text()), indent=2))
+    return out

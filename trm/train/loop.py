@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trm.cost import RunLimits
 from trm.config import Config, config_from_dict
-from trm.data.dataset import PuzzleDataset, SampleStream
+from trm.data.dataset import PuzzleDataset, make_stream
 from trm.evaluate import VAL_KEYS, evaluate
 from trm.model import TRM, Carry
 from trm.train import checkpoint as ckpt
@@ -93,7 +93,9 @@ class Trainer:
         self.opt, self.sched = build_optimizer(self.model, t)
         self.emb_opt = (PuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
                         if self.model.puzzle_emb is not None else None)
-        self.stream = SampleStream(len(self.train_ds), t.seed, session.rank, session.world_size)
+        # the reference's epochs (every puzzle group once, one augmentation, all its examples
+        # together) when the dataset records groups; rows uniformly otherwise
+        self.stream = make_stream(self.train_ds, t.seed, session.rank, session.world_size)
         self.explore = torch.Generator().manual_seed(t.seed * 1000 + session.rank)
         self.slots = self._empty_slots()
         self.step = 0
