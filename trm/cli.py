@@ -24,54 +24,12 @@ def _setup_logging() -> None:
 
 
 # ---------------------------------------------------------------- data
-def _sudoku_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--csv-train", help="Sudoku-Extreme CSV (source,question,answer,rating) for training")
-    p.add_argument("--csv-test", help="Sudoku-Extreme CSV for testing")
-    p.add_argument("--verify", choices=["answer", "unique"], default="answer",
-                   help="CSV check: answer valid and consistent (fast), or also a unique solution (slow)")
-    p.add_argument("--num-train", type=int, default=1000, help="generated training puzzles")
-    p.add_argument("--num-test", type=int, default=1000, help="generated test puzzles")
-    p.add_argument("--augmentations", type=int, default=1000, help="shuffled copies per training puzzle")
-    p.add_argument("--min-givens", type=int, default=17)
-    p.add_argument("--max-givens", type=int, default=30)
-    p.add_argument("--min-rating", type=int, default=0, help="minimum solver guesses (difficulty)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-
-
-def _sudoku_run(a: argparse.Namespace) -> None:
-    from trm.config import Config, DataConfig
-    from trm.data import sudoku
-
-    # validate the generator knobs through the one config validator
-    Config(data=DataConfig(num_train=a.num_train, num_test=a.num_test, augmentations=a.augmentations,
-                           min_givens=a.min_givens, max_givens=a.max_givens, min_rating=a.min_rating)).validate()
-    if a.csv_train:
-        train = sudoku.load_csv(a.csv_train, a.verify)[:2]
-        test = sudoku.load_csv(a.csv_test, a.verify)[:2] if a.csv_test else None
-        source = "csv"
-    else:
-        train, test, source = None, None, "generated"
-    if train is None:
-        train = sudoku.generate(a.num_train, a.seed, a.min_givens, a.max_givens, a.min_rating)[:2]
-    if test is None:
-        test = sudoku.generate(a.num_test, a.seed + 1_000_003, a.min_givens, a.max_givens, a.min_rating)[:2]
-    out = sudoku.build_dataset(a.out, train, test, a.augmentations, a.seed, overwrite=a.overwrite, source=source)
-    print(json.dumps(json.loads((out / "meta.json").read_text()), indent=2))
-
-
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="build a dataset").add_subparsers(dest="kind", required=True)
-    p = data.add_parser("sudoku", help="generate Sudoku or import Sudoku-Extreme CSVs")
-    _sudoku_args(p)
-    p.set_defaults(fn=_sudoku_run)
-    for kind in ("arc", "maze"):
-        try:
-            module = __import__(f"trm.data.{kind}", fromlist=["add_args", "run"])
-        except ImportError:
-            continue
-        p = data.add_parser(kind, help=(module.__doc__ or kind).strip().splitlines()[0])
+    helps = {"sudoku": "generate Sudoku or import Sudoku-Extreme CSVs (--subsample 1000: Sudoku-Extreme-1K)"}
+    for kind in ("sudoku", "arc", "maze"):  # each module owns its flags (add_args) and its build (run)
+        module = __import__(f"trm.data.{kind}", fromlist=["add_args", "run"])
+        p = data.add_parser(kind, help=helps.get(kind) or (module.__doc__ or kind).strip().splitlines()[0])
         module.add_args(p)
         p.set_defaults(fn=module.run)
 
