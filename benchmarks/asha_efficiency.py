@@ -8,7 +8,7 @@
 Both arms run on the `smoke` preset (tiny model, generated Sudoku set; its metric is val/cell_accuracy
 because exact accuracy is 0 at that size) through the project's real trial path: a Tune function trial
 (trm.sweep.tune._trial) that builds and fits a Ray Train TorchTrainer with one worker, MLflow tracking to a
-SQLite file, on a local Ray (trm.sweep.cluster.connect_ray). One trial-iteration = one report = the
+SQLite file, on a local Ray (trm.launch.cluster.connect_ray). One trial-iteration = one report = the
 preset's `eval_every` training steps and an evaluation; a full-budget trial is `max_t` = preset.evals
 iterations.
 
@@ -71,8 +71,8 @@ class Recorder(tune.Callback):
 
 def run_arm(name: str, space: dict, *, base, metric: str, tmp: Path, uri: str, search_alg=None, scheduler=None,
             stopper=None, num_samples: int = 1, max_concurrent: int = 1) -> tuple[Recorder, float]:
-    from trm.sweep.cluster import DRIVER_RESOURCE
-    from trm.sweep.tune import _trial
+    from trm.launch.cluster import DRIVER_RESOURCE, WorkerSpec
+    from trm.sweep.tune import TrialSetup, _trial
     from trm.tracking import Tracker
 
     from mlflow.tracking import MlflowClient
@@ -80,9 +80,7 @@ def run_arm(name: str, space: dict, *, base, metric: str, tmp: Path, uri: str, s
     # artifacts, if any, under the temp folder rather than ./mlruns
     MlflowClient(uri).create_experiment(name, artifact_location=(tmp / "mlartifacts" / name).as_uri())
     parent = Tracker.create(uri, name, run_name=f"{name}-sweep")
-    setup = {"base": base.to_dict(), "tracking_uri": uri, "parent_run_id": parent.run_id,
-             "trial_storage": str(tmp / "tune" / f"{name}-trials"), "workers": 1, "gpus_per_worker": 0,
-             "cpus_per_worker": 1, "metric": metric}
+    setup = TrialSetup(base, uri, parent.run_id, str(tmp / "tune" / f"{name}-trials"), WorkerSpec(), metric)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
     recorder = Recorder(metric)
     tuner = tune.Tuner(
@@ -186,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trm.config import Config
     from trm.data.build import ensure_dataset
-    from trm.sweep.cluster import connect_ray
+    from trm.launch.cluster import connect_ray
     from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
     from trm.sweep.tune import validate_space
 

@@ -11,8 +11,8 @@ report), is run four ways, once per step count:
   bare       trm.train.loop.Trainer(cfg, LocalSession(tmp)).fit() in this process, no Ray running
   bare+ray   the same, after the local Ray has started (idle beside it): the share of the Ray modes'
              per-step cost that is contention with Ray's own processes on a small machine
-  ray_train  trm.sweep.trainer.make_trainer(cfg, num_workers=1).fit() on a local Ray
-             (trm.sweep.cluster.connect_ray): a Train V2 controller actor + one worker actor
+  ray_train  trm.launch.worker.make_trainer(WorkerRun(cfg), spec=WorkerSpec()).fit() on a local Ray
+             (trm.launch.cluster.connect_ray): a Train V2 controller actor + one worker actor
   tune       trm.sweep.tune.run_sweep() with a one-point search space and one trial: Tune driver,
              Optuna searcher, ASHA, the overfitting stopper, the trial's TorchTrainer, MLflow tracking
              (parent + child run) to a SQLite file, and the MLflow end-of-trial callback
@@ -25,7 +25,7 @@ between them), which includes the evaluations and checkpoints between reports (i
 mode). Fixed cost = wall - steps * steady per-step. With two or more step counts a line
 wall = startup + steps * per_step is also fitted per mode (least squares).
 
-The Ray worker runs torch with 1 thread (make_trainer's threads_per_worker = cpus_per_worker = 1), so the
+The Ray worker runs torch with 1 thread (make_trainer's WorkerRun.threads = cpus_per_worker = 1), so the
 bare loop does too (--threads). Untimed (printed): one warm-up bare fit (the first Trainer in a process is
 slower), starting Ray, one warm-up Ray Train fit (the first fit after ray.init is the cold one), creating
 the MLflow SQLite schema and importing Optuna/Tune in this process. Everything is written under a temp
@@ -113,11 +113,12 @@ def run_bare(cfg: Config, out: Path, mode: str = "bare") -> Run:
 
 
 def run_ray_train(cfg: Config, storage: Path, name: str) -> Run:
-    from trm.sweep.trainer import make_trainer
+    from trm.launch.cluster import WorkerSpec
+    from trm.launch.worker import WorkerRun, make_trainer
 
     clock = storage / f"{name}.clock.jsonl"
     t0 = time.time()
-    trainer = make_trainer(cfg, name=name, storage=str(storage), num_workers=1)
+    trainer = make_trainer(WorkerRun(cfg), name=name, storage=str(storage), spec=WorkerSpec())
     trainer.run_config.callbacks.append(ReportClock(str(clock)))
     result = trainer.fit()
     wall = time.time() - t0
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_bare(make_config(data, steps, a.eval_every, overrides), tmp / f"bare-{steps}"))
             print(f"bare {steps} steps: {runs[-1].wall:.2f} s", flush=True)
 
-        from trm.sweep.cluster import connect_ray
+        from trm.launch.cluster import connect_ray
 
         if ray.is_initialized():
             raise SystemExit("Ray is already initialized in this process")

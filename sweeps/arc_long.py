@@ -11,7 +11,7 @@ and cost/usd_estimate. Any other dataset works too: --data data/sudoku --set arc
 """
 import sys
 
-from trm.sweep.long_run import main
+from trm.launch.long_run import main
 
 # The paper's ARC-AGI settings (weight decay 0.1 instead of the puzzles' 1.0); the rest are the defaults.
 ARC = {"data_path": "data/arc1", "generate": "none", "weight_decay": 0.1, "puzzle_emb_weight_decay": 0.1,

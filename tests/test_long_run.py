@@ -20,7 +20,7 @@ from tests.s3_server import s3_server  # noqa: F401
 from trm.cost import CostMeter, RunLimits
 from trm.storage import write_json
 from trm.config import ConfigError
-from trm.sweep.long_run import MANIFEST, parse_deadline
+from trm.launch.long_run import MANIFEST, parse_deadline
 from trm.tracking import Tracker
 from trm.train.loop import Trainer
 from trm.train.session import LocalSession
@@ -118,7 +118,7 @@ def test_spot_notice_checkpoints_once_without_evaluating(tiny_config, tmp_path):
 
 
 def test_cluster_runs_need_a_tracking_server(caplog, monkeypatch):
-    from trm.sweep.cluster import check_shared
+    from trm.launch.cluster import check_shared
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     from trm.tracking import TrackingError

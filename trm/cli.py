@@ -15,20 +15,18 @@ import logging
 import sys
 from pathlib import Path
 
+from trm.cli_common import ArgumentParser, add_flags, overrides_from, run_main
+
 log = logging.getLogger("trm")
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
 
 
 # ---------------------------------------------------------------- data
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="build a dataset").add_subparsers(dest="kind", required=True)
     helps = {"sudoku": "generate Sudoku or import Sudoku-Extreme CSVs (--subsample 1000: Sudoku-Extreme-1K)"}
-    for kind in ("sudoku", "arc", "maze"):  # each module owns its flags (add_args) and its build (run)
-        module = __import__(f"trm.data.{kind}", fromlist=["add_args", "run"])
+    from trm.data import arc, maze, sudoku  # a broken import is an error here, never a missing subcommand
+
+    for kind, module in (("sudoku", sudoku), ("arc", arc), ("maze", maze)):  # each owns add_args and run
         p = data.add_parser(kind, help=helps.get(kind) or (module.__doc__ or kind).strip().splitlines()[0])
         module.add_args(p)
         p.set_defaults(fn=module.run)
@@ -36,53 +34,52 @@ def _add_data(sub) -> None:
 
 # ---------------------------------------------------------------- train
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file with model/train/data sections")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field: model.n=4 or just n=4 (repeatable)")
+    add_flags(p, "config", "set")
     p.add_argument("--out", default="runs/train", help="run folder: checkpoints, metrics.jsonl, config.yaml")
     p.add_argument("--workers", type=int, default=0,
                    help="0: this process; N: Ray Train TorchTrainer with N DDP workers")
-    p.add_argument("--gpus-per-worker", type=float, default=0)
-    p.add_argument("--storage", help="Ray Train storage (folder or s3://bucket/prefix) with --workers")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default="trm-train")
+    add_flags(p, "gpus_per_worker", "cpus_per_worker", gpus_per_worker=0.0, cpus_per_worker=1.0)
+    add_flags(p, "storage", "address")  # with --workers
+    add_flags(p, "tracking_uri", "experiment", experiment="trm-train")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
 def _train_run(a: argparse.Namespace) -> None:
-    from trm.config import load_config, parse_set
-    from trm.data.build import ensure_dataset
-    from trm.model import count_parameters
+    from trm.config import ConfigError, load_config
 
-    cfg = load_config(a.config, parse_set(a.set))
-    ensure_dataset(cfg.data)
+    cfg = load_config(a.config, overrides_from(a))
+    if a.workers < 0:
+        raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
     if a.workers > 0:
-        from trm.sweep.trainer import run_training
+        from trm.launch.cluster import WorkerSpec
+        from trm.launch.single import run_training
+
+        def save_config(cfg) -> None:  # once every check has passed
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
 
         result = run_training(cfg, name=out.name, storage=a.storage or str(out.resolve().parent),
-                              num_workers=a.workers, gpus_per_worker=a.gpus_per_worker,
-                              tracking_uri=None if a.no_tracking else a.tracking_uri, experiment=a.experiment)
+                              spec=WorkerSpec(a.workers, a.gpus_per_worker, a.cpus_per_worker),
+                              tracking_uri=a.tracking_uri, experiment=a.experiment, address=a.address,
+                              tracking=not a.no_tracking, on_ready=save_config)
         print(json.dumps(result, indent=2, default=str))
         return
 
-    from trm.tracking import Tracker, run_params
+    from trm.data.build import ensure_dataset
+    from trm.model import count_parameters
+    from trm.tracking import check_reachable, resolve_uri, runs
     from trm.train.loop import Trainer
     from trm.train.session import LocalSession
 
-    tracker = None
-    if not a.no_tracking:
-        run_id_file = out / "mlflow_run_id"
-        if run_id_file.is_file():  # a resumed run keeps logging into its MLflow run
-            from trm.tracking import resolve_uri
-
-            tracker = Tracker(resolve_uri(a.tracking_uri), run_id_file.read_text().strip())
-        else:
-            tracker = Tracker.create(a.tracking_uri, a.experiment, run_name=out.name)
-            run_id_file.write_text(tracker.run_id)
-        tracker.log_params(run_params(cfg.flat(), cfg.effective_depth))
+    uri = None if a.no_tracking else resolve_uri(a.tracking_uri)
+    if uri is not None:
+        check_reachable(uri)  # before anything is written
+    ensure_dataset(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    tracker = runs.local_run(uri, a.experiment, out, cfg) if uri is not None else None
+    if tracker is not None:
         log.info("MLflow run %s at %s", tracker.run_id, tracker.uri)
     session = LocalSession(out, keep=cfg.train.keep_checkpoints, tracker=tracker)
     trainer = Trainer(cfg, session)
@@ -92,12 +89,10 @@ def _train_run(a: argparse.Namespace) -> None:
         metrics = trainer.fit()
     except BaseException as e:
         if tracker is not None:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            runs.fail_run(tracker, e)
         raise
     if tracker is not None:
-        if session.last_checkpoint is not None:
-            tracker.log_artifact(session.last_checkpoint, "checkpoint")
-        tracker.end()
+        runs.finish_run(tracker, artifact=session.last_checkpoint)
     print(json.dumps(metrics, indent=2))
 
 
@@ -118,14 +113,14 @@ def _eval_run(a: argparse.Namespace) -> None:
 
     from trm.data.dataset import PuzzleDataset
     from trm.evaluate import evaluate
-    from trm.train.checkpoint import latest_local
+    from trm.train.checkpoint import CheckpointError, latest_local
     from trm.train.loop import load_for_eval, pick_device
 
     folder = Path(a.checkpoint)
     if not (folder / "state.pt").is_file():
         found = latest_local(folder / "checkpoints") or latest_local(folder)
         if found is None:
-            raise SystemExit(f"--checkpoint {folder}: no checkpoint there")
+            raise CheckpointError(f"--checkpoint {folder}: no checkpoint there")
         folder = found
     device = pick_device(a.device)
     model, cfg, state = load_for_eval(folder, str(device), use_ema=not a.no_ema)
@@ -166,7 +161,7 @@ def _params_run(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trm", description="Tiny Recursive Models")
+    parser = ArgumentParser(prog="trm", description="Tiny Recursive Models")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data(sub)
     p = sub.add_parser("train", help="train one model")
@@ -181,18 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _setup_logging()
-    args = build_parser().parse_args(argv)
-    from trm.config import ConfigError
-    from trm.data.dataset import DatasetError
-    from trm.train.checkpoint import CheckpointError
-
-    try:
-        args.fn(args)
-    except (ConfigError, DatasetError, CheckpointError) as e:
-        print(f"trm: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """`trm ...`: a user's error is one line `trm SUBCOMMAND: error: ...` and exit 2 (trm.cli_common)."""
+    return run_main(build_parser(), lambda a: a.fn(a), argv)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ q_halt), as the reference. pass@k: the target is among the top k candidates.
 
 Running the model and voting are separate: `Vote` takes raw predictions (token
 arrays + confidences) for rows of the test split, so a vote can be fed by
-`predict` locally, by Ray workers (`vote_with_ray`), or by planted predictions
-in tests.
+`predict` locally (`evaluate_arc`), by Ray workers (`trm.launch.vote.vote_with_ray`),
+or by planted predictions in tests. Nothing here starts Ray or loads checkpoints.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -246,11 +247,28 @@ def predict_rows(model, ds: PuzzleDataset, start: int, stop: int, batch_size: in
     if not parts:
         return Predictions(np.empty(0, int), np.empty((0, ds.meta["seq_len"]), np.uint8), np.empty(0, int),
                            np.empty(0, float))
-    return Predictions(*(np.concatenate([getattr(p, f) for p in parts])
+    return concat_predictions(parts)
+
+
+def concat_predictions(parts: list[Predictions]) -> Predictions:
+    """One Predictions of several shards, in row order."""
+    order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
+    return Predictions(*(np.concatenate([getattr(p, f) for p in parts])[order]
                          for f in ("index", "tokens", "halt_steps", "confidence")))
 
 
-def _check_model(model, ds: PuzzleDataset) -> None:
+def vote_on(samples: VoteSamples, shards: Iterable[Predictions], keep_predictions: bool = False) -> VoteResult:
+    """Vote on shards of predictions as they come: only one is held at a time, unless kept."""
+    v = Vote(samples)
+    kept = []
+    for p in shards:
+        v.add(p.index, p.tokens, p.confidence)
+        if keep_predictions:
+            kept.append(p)
+    return v.result(concat_predictions(kept) if kept else None)
+
+
+def check_model(model, ds: PuzzleDataset) -> None:
     want = {k: ds.meta[k] for k in ("vocab_size", "seq_len", "num_puzzle_ids")}
     have = {"vocab_size": model.vocab_size, "seq_len": model.seq_len,
             "num_puzzle_ids": model.puzzle_emb.weight.shape[0] if model.puzzle_emb is not None else None}
@@ -264,77 +282,13 @@ def evaluate_arc(model, data_path: str | Path, batch_size: int, device: torch.de
                  limit: int = 0, autocast: bool = False, keep_predictions: bool = False) -> VoteResult:
     """Predict every augmented test input (first `limit` rows if > 0) and vote."""
     ds = PuzzleDataset(data_path, "test")
-    _check_model(model, ds)
+    check_model(model, ds)
     device = torch.device(device)
     stop = len(ds) if limit <= 0 else min(limit, len(ds))
-    v = Vote(VoteSamples.from_dataset(ds))
-    kept = []
-    for a in range(0, stop, 8192):
-        p = predict_rows(model, ds, a, min(a + 8192, stop), batch_size, device, autocast)
-        v.add(p.index, p.tokens, p.confidence)
-        if keep_predictions:
-            kept.append(p)
-    preds = None
-    if keep_predictions and kept:
-        preds = Predictions(*(np.concatenate([getattr(p, f) for p in kept])
-                              for f in ("index", "tokens", "halt_steps", "confidence")))
-    return v.result(preds)
+    shards = (predict_rows(model, ds, a, min(a + 8192, stop), batch_size, device, autocast)
+              for a in range(0, stop, 8192))
+    return vote_on(VoteSamples.from_dataset(ds), shards, keep_predictions)
 
 
-def _predict_shard(checkpoint_dir: str, data_path: str, start: int, stop: int, batch_size: int,
-                   device: str, use_ema: bool) -> Predictions:
-    """Ray task body: load the checkpoint and predict rows [start, stop) of the test split."""
-    from trm.train.loop import load_for_eval
-
-    model, _, _ = load_for_eval(checkpoint_dir, device=device, use_ema=use_ema)
-    ds = PuzzleDataset(data_path, "test")
-    _check_model(model, ds)
-    return predict_rows(model, ds, start, stop, batch_size, torch.device(device))
-
-
-def vote_with_ray(checkpoint_dir: str | Path, data_path: str | Path, num_workers: int, batch_size: int = 64,
-                  device: str = "cpu", use_ema: bool = True, limit: int = 0, num_gpus_per_worker: float = 0.0,
-                  keep_predictions: bool = False) -> VoteResult:
-    """The vote as a Ray job: `num_workers` remote tasks each load the checkpoint and
-    predict a contiguous shard of the test split; the driver votes on what they return.
-
-    Uses the running Ray (ray.init first to pick a cluster); starts and stops a local
-    one otherwise. checkpoint_dir and data_path must be readable by every worker."""
-    import ray
-
-    if num_workers < 1:
-        raise ValueError(f"num_workers={num_workers}: expected >= 1")
-    ds = PuzzleDataset(data_path, "test")
-    samples = VoteSamples.from_dataset(ds)
-    stop = len(ds) if limit <= 0 else min(limit, len(ds))
-    bounds = np.linspace(0, stop, num_workers + 1).astype(int)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False)
-    try:
-        task = ray.remote(num_cpus=1, num_gpus=num_gpus_per_worker, max_retries=2)(_predict_shard)
-        refs = [task.remote(str(Path(checkpoint_dir).resolve()), str(Path(data_path).resolve()), int(a), int(b),
-                            batch_size, device, use_ema) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        v = Vote(samples)
-        kept = []
-        pending = list(refs)
-        while pending:  # vote on shards as they finish, so the driver holds one shard at a time
-            done, pending = ray.wait(pending, num_returns=1)
-            p = ray.get(done[0])
-            v.add(p.index, p.tokens, p.confidence)
-            if keep_predictions:
-                kept.append(p)
-    finally:
-        if started:
-            ray.shutdown()
-    preds = None
-    if keep_predictions and kept:
-        order = np.argsort(np.concatenate([p.index for p in kept]))
-        preds = Predictions(*(np.concatenate([getattr(p, f) for p in kept])[order]
-                              for f in ("index", "tokens", "halt_steps", "confidence")))
-    log.info("vote_with_ray: %d rows over %d workers", stop, len(refs))
-    return v.result(preds)
-
-
-__all__ = ["ATTEMPTS", "Candidate", "TestVote", "Vote", "VoteResult", "VoteSamples", "evaluate_arc",
-           "predict_rows", "vote", "vote_with_ray"]
+__all__ = ["ATTEMPTS", "Candidate", "TestVote", "Vote", "VoteResult", "VoteSamples", "check_model",
+           "concat_predictions", "evaluate_arc", "predict_rows", "vote", "vote_on"]

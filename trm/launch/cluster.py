@@ -1,10 +1,19 @@
-"""Connecting to Ray: a local instance by default, a cluster with --address."""
+"""Connecting to Ray (a local instance by default, a cluster with --address), what a run needs of
+it, and `preflight`: every check a single run, long run or sweep makes before anything starts."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+from trm.errors import TrmError
+
+if TYPE_CHECKING:
+    from trm.config import Config, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -14,8 +23,34 @@ log = logging.getLogger(__name__)
 DRIVER_RESOURCE = "TRAIN_DRIVER"
 
 
-class RayConnectError(RuntimeError):
-    pass
+class RayConnectError(TrmError, RuntimeError):
+    """Nothing answers at --address."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """The Ray Train workers of one run (or one trial) and what each of them holds."""
+    workers: int = 1
+    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1
+
+    @property
+    def cpus(self) -> float:
+        return self.workers * self.cpus_per_worker
+
+    @property
+    def gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+    @property
+    def billed_gpus(self) -> int:
+        """A fraction of a GPU bills a whole one."""
+        return math.ceil(self.gpus)
+
+    def describe(self, workers_flag: str = "--workers") -> str:
+        """The flags that asked for this, for messages."""
+        return (f"{workers_flag} {self.workers} x (--cpus-per-worker {self.cpus_per_worker:g}, "
+                f"--gpus-per-worker {self.gpus_per_worker:g})")
 
 
 def _check_answers(address: str, timeout: float = 5.0) -> None:
@@ -60,25 +95,25 @@ def is_remote(address: str | None) -> bool:
     return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
-def check_fits(what: str, cpus: float, gpus: float, address: str | None) -> None:
+def check_fits(what: str, spec: WorkerSpec, address: str | None) -> None:
     """On a local Ray, refuse work that can never be scheduled (it would wait forever); a remote
     cluster may autoscale, so there the work waits for nodes instead."""
     cap = cluster_capacity()
-    if is_remote(address) or (cap.get("CPU", 0) >= cpus and cap.get("GPU", 0) >= gpus):
+    if is_remote(address) or (cap.get("CPU", 0) >= spec.cpus and cap.get("GPU", 0) >= spec.gpus):
         return
     from trm.config import ConfigError
 
-    raise ConfigError(f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs; this machine's Ray has "
+    raise ConfigError(f"{what} needs {spec.cpus:g} CPUs and {spec.gpus:g} GPUs; this machine's Ray has "
                       f"{cap.get('CPU', 0):g} CPUs and {cap.get('GPU', 0):g} GPUs")
 
 
-def check_shared(tracking_uri: str, storage: str, address: str | None) -> None:
+def check_shared(tracking_uri: str | None, storage: str, address: str | None) -> None:
     """On a cluster the training workers run on other nodes: they must reach the tracking server
     and the checkpoint storage from there. A local SQLite file cannot be shared; a local folder
     can only if it is a shared filesystem (NFS), which cannot be checked from here."""
     if not is_remote(address):
         return
-    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+    if tracking_uri is not None and tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         from trm.tracking import TrackingError
 
         raise TrackingError(f"--tracking-uri {tracking_uri}: on a Ray cluster, rank 0 logs from a GPU node "
@@ -87,3 +122,40 @@ def check_shared(tracking_uri: str, storage: str, address: str | None) -> None:
     if "://" not in storage:
         log.warning("--storage %s is a local folder on a Ray cluster: checkpoints written on other nodes "
                     "are only found again if it is a shared filesystem; use s3://BUCKET/PREFIX", storage)
+
+
+def check_data(d: "DataConfig") -> None:
+    """A dataset that will not be generated must already be there: say so now, naming the flag,
+    rather than in every worker after Ray has started."""
+    if d.generate != "none" or "://" in d.path:
+        return
+    from pathlib import Path
+
+    from trm.data.dataset import DatasetError
+
+    if not (Path(d.path) / "meta.json").is_file():
+        raise DatasetError(f"--data {d.path}: no dataset there; build one with `trm data ...` (or set "
+                           f"data.generate=sudoku|maze to generate one)")
+
+
+def preflight(cfg: "Config", *, storage: str, tracking_uri: str | None, address: str | None, spec: WorkerSpec,
+              what: str, tracking: bool = True) -> str | None:
+    """Everything that can fail on a user's input, cheapest first, before any worker starts: the
+    dataset is there (unless generated), the storage is writable, the tracking server answers, Ray
+    answers, the workers can reach tracking and storage, and `spec` fits. Then the dataset is
+    built or uploaded once (`cfg.data.path` becomes where the workers read it). Returns the
+    resolved tracking URI (None without `tracking`)."""
+    from trm.data.build import stage_dataset
+    from trm.storage import check_storage
+    from trm.tracking import check_reachable, resolve_uri
+
+    check_data(cfg.data)
+    check_storage(storage)
+    uri = resolve_uri(tracking_uri) if tracking else None
+    if uri is not None:
+        check_reachable(uri)
+    connect_ray(address)
+    check_shared(uri, storage, address)
+    check_fits(what, spec, address)
+    cfg.data.path = stage_dataset(cfg.data, storage)
+    return uri

@@ -15,18 +15,19 @@ it rather than from a checkpoint, which for ARC holds a multi-GB puzzle-embeddin
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
-import math
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from trm.config import Config, ConfigError, apply_overrides, config_from_dict
-from trm.tracking import TAG_END_REASON, Tracker, resolve_uri, run_params
+from trm.cli_common import ArgumentParser, add_flags, overrides_from, require_positive, run_main
+from trm.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from trm.cost import RunLimits
+from trm.launch.cluster import WorkerSpec
 
 log = logging.getLogger(__name__)
 MANIFEST = "trm_run.json"
@@ -71,14 +72,10 @@ def parse_deadline(text: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
-def _storage(uri: str) -> str:
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
-
-
 def run_exists(root: str) -> bool:
-    from trm.storage import read_json
+    from trm.storage import join, read_json
 
-    return read_json(f"{root}/{MANIFEST}") is not None or read_json(f"{root}/{RAY_SNAPSHOT}") is not None
+    return read_json(join(root, MANIFEST)) is not None or read_json(join(root, RAY_SNAPSHOT)) is not None
 
 
 def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], given: LongRunSettings,
@@ -86,17 +83,18 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
     or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
     `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
-    from trm.cost import RunLimits
-    from trm.storage import check_storage, read_json, write_json
-    from trm.data.build import stage_dataset
-    from trm.sweep.cluster import check_fits, check_shared, connect_ray
-    from trm.sweep.trainer import make_trainer
-    from trm.tracking import check_reachable
+    import tempfile
+    from pathlib import Path
 
-    storage = _storage(storage)
+    from trm.launch.cluster import preflight
+    from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer
+    from trm.storage import check_storage, join, read_json, resolve, write_json
+    from trm.tracking import runs
+
+    storage = resolve(storage)
     check_storage(storage)
-    root = f"{storage.rstrip('/')}/{name}"
-    manifest = read_json(f"{root}/{MANIFEST}")
+    root = join(storage, name)
+    manifest = read_json(join(root, MANIFEST))
     if run_exists(root) and not resume:
         raise ConfigError(f"--name {name}: a run already exists at {root}; pass --resume to continue it, "
                           f"or choose another --name")
@@ -108,73 +106,43 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
         if resume:
             log.info("--resume: no run %s at %s yet; starting it", name, root)
         settings = _merge(given, DEFAULTS)
-    if settings.workers < 1:
-        raise ConfigError(f"--workers {settings.workers}: expected an integer >= 1")
-    gpus = math.ceil(settings.workers * settings.gpus_per_worker)  # a fraction of a GPU bills a whole one
-    try:
-        limits = RunLimits(settings.deadline, settings.budget_gpu_hours, gpus, settings.instance_type,
-                           settings.market, settings.prices)
-    except (ValueError, KeyError) as e:
-        raise ConfigError(str(e).strip("'\"")) from None
+    spec = WorkerSpec(settings.workers, settings.gpus_per_worker, settings.cpus_per_worker)
+    limits = RunLimits(settings.deadline, settings.budget_gpu_hours, spec.billed_gpus, settings.instance_type,
+                       settings.market, settings.prices)
     if limits.deadline is not None and limits.deadline <= time.time():
-        raise ConfigError(f"deadline {_when(limits.deadline)} has passed; give a later --deadline to continue")
+        raise ConfigError(f"--deadline: {_when(limits.deadline)} has passed; give a later --deadline to continue")
 
-    uri = resolve_uri(settings.tracking_uri)
-    check_reachable(uri)
-    connect_ray(address)
-    check_shared(uri, storage, address)
-    check_fits(f"--workers {settings.workers} x (--cpus-per-worker {settings.cpus_per_worker:g}, "
-               f"--gpus-per-worker {settings.gpus_per_worker:g})", settings.workers * settings.cpus_per_worker,
-               settings.workers * settings.gpus_per_worker, address)
+    uri = preflight(cfg, storage=storage, tracking_uri=settings.tracking_uri, address=address, spec=spec,
+                    what=spec.describe())
     settings.tracking_uri = uri
-    cfg.data.path = stage_dataset(cfg.data, storage)  # workers read it from S3 or this absolute path
+    driver_starts = int((manifest or {}).get("driver_starts", 0)) + 1
     if manifest is not None and resume:
-        tracker = Tracker(uri, manifest["mlflow_run_id"])
-        tracker.client.update_run(tracker.run_id, status="RUNNING")
-        tracker.set_tags({"driver_starts": int(manifest.get("driver_starts", 1)) + 1})
+        tracker = runs.reopen_long_run(uri, manifest["mlflow_run_id"], driver_starts)
     else:
-        tracker = Tracker.create(uri, settings.experiment, run_name=name,
-                                 tags={"trm.run_path": root, "instance_type": settings.instance_type,
-                                       "market": settings.market})
-        tracker.log_params({**run_params(cfg.flat(), cfg.effective_depth), "workers": settings.workers,
-                            "gpus_per_worker": settings.gpus_per_worker})
-        with tempfile.TemporaryDirectory() as d:
-            cfg.save(Path(d) / "config.yaml")
-            tracker.log_artifact(Path(d) / "config.yaml")
-    write_json(f"{root}/{MANIFEST}", {
+        tracker = runs.start_long_run(uri, settings.experiment, name, root, cfg, workers=spec.workers,
+                                      gpus_per_worker=spec.gpus_per_worker, instance_type=settings.instance_type,
+                                      market=settings.market)
+    write_json(join(root, MANIFEST), {
         "name": name, "config": cfg.to_dict(), "settings": asdict(settings), "mlflow_run_id": tracker.run_id,
-        "driver_starts": int((manifest or {}).get("driver_starts", 0)) + 1, "updated": time.time()})
+        "driver_starts": driver_starts, "updated": time.time()})
     log.info("run %s: MLflow run %s at %s; checkpoints in %s; %s", name, tracker.run_id, uri, root,
              _describe(limits))
 
-    trainer = make_trainer(
-        cfg, name=name, storage=storage, num_workers=settings.workers, gpus_per_worker=settings.gpus_per_worker,
-        cpus_per_worker=settings.cpus_per_worker, tracking_uri=uri, mlflow_run_id=tracker.run_id,
-        max_failures=settings.max_failures,
-        extra_loop_config={"limits": {"deadline": limits.deadline, "gpu_hours": limits.gpu_hours, "gpus": gpus,
-                                      "instance_type": limits.instance_type, "market": limits.market,
-                                      "prices": limits.prices}})
+    trainer = make_trainer(WorkerRun(cfg, uri, tracker.run_id, limits), name=name, storage=storage, spec=spec,
+                           max_failures=settings.max_failures)
     try:
         result = trainer.fit()
     except BaseException as e:
-        tracker.set_tags({TAG_END_REASON: "error"})
-        tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        runs.fail_run(tracker, e, tag_reason=True)
         raise
     metrics = dict(result.metrics or {})
     reason = metrics.get("stop_reason") or "completed"
-    tags = {TAG_END_REASON: reason}
-    if result.checkpoint is not None:
-        # Ray gives S3 paths without their scheme ("bucket/prefix/..."); tag a URI a user can paste
-        scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
-        tags["last_checkpoint"] = scheme + result.checkpoint.path
-        with tempfile.TemporaryDirectory() as d:  # the final weights as an artifact, wherever they are stored
-            folder = result.checkpoint.to_directory(d)
-            tracker.log_artifact(Path(folder) / "state.pt", "checkpoint")
-    tracker.set_tags(tags)
-    tracker.end()
+    checkpoint = checkpoint_location(storage, result.checkpoint)
+    with tempfile.TemporaryDirectory() as d:  # the final weights as an artifact, wherever they are stored
+        weights = Path(result.checkpoint.to_directory(d)) / "state.pt" if result.checkpoint is not None else None
+        runs.finish_run(tracker, reason=reason, checkpoint=checkpoint, artifact=weights)
     log.info("run %s ended (%s) at step %s", name, reason, metrics.get("step"))
-    return {"mlflow_run_id": tracker.run_id, "end_reason": reason,
-            "checkpoint": tags.get("last_checkpoint"), **metrics}
+    return {"mlflow_run_id": tracker.run_id, "end_reason": reason, "checkpoint": checkpoint, **metrics}
 
 
 def _merge(given: LongRunSettings, base: LongRunSettings) -> LongRunSettings:
@@ -194,32 +162,15 @@ def _describe(limits) -> str:
     return ", ".join(parts)
 
 
-def main(base: dict[str, Any], description: str, argv: list[str] | None = None) -> int:
-    """The command line of `sweeps/arc_long.py`: `base` is the config it starts a new run from."""
-    import argparse
-    import json
-    import sys
-
-    from trm.cost import PriceTableError, load_price_table
-    from trm.storage import StorageError
-    from trm.config import load_config, parse_set
-    from trm.data.dataset import DatasetError
-    from trm.sweep.cluster import RayConnectError
-    from trm.tracking import TrackingError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(description: str) -> argparse.ArgumentParser:
+    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="arc-long", help="run name: its folder under --storage and its MLflow run name")
-    p.add_argument("--storage", default="runs/long", help="checkpoints: a folder or s3://bucket/prefix")
     p.add_argument("--resume", action="store_true",
                    help="continue the run of this name (after losing the driver); starts it if there is none")
-    p.add_argument("--config", help="YAML config of a new run (default: the script's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--data", help="dataset folder or s3:// URI (sets data_path)")
+    add_flags(p, "storage", storage="runs/long")
+    add_flags(p, "config", "set", "data")
     p.add_argument("--workers", type=int, help="DDP workers (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, help="default 0 (CPU)")
-    p.add_argument("--cpus-per-worker", type=float, help="default 1")
+    add_flags(p, "gpus_per_worker", "cpus_per_worker")
     p.add_argument("--deadline", help="stop with a checkpoint at this time: 72h, 90m, 3d or 2026-11-26T12:00 (UTC)")
     p.add_argument("--budget-gpu-hours", type=float, help="stop with a checkpoint after this many GPU-hours")
     p.add_argument("--instance-type", help="for the cost estimate (default p5.4xlarge)")
@@ -227,29 +178,31 @@ def main(base: dict[str, Any], description: str, argv: list[str] | None = None) 
     p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cost.py)")
     p.add_argument("--max-failures", type=int, help="worker errors to recover from; -1: no limit (default 10; "
                    "spot preemptions are always retried)")
-    p.add_argument("--tracking-uri", help="MLflow (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--experiment", help="MLflow experiment (default trm-long)")
-    p.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS or a new local Ray)")
-    a = p.parse_args(argv)
-    try:
-        overrides = parse_set(a.set)
-        if a.data:
-            overrides["data_path"] = a.data
-        if a.resume and a.config:
-            raise ConfigError("--config with --resume: a resumed run keeps its config; change fields with --set")
-        # a new run's config; a resumed run takes its manifest's instead (with the --set overrides)
-        cfg = load_config(a.config, overrides) if a.config else apply_overrides(Config(), {**base, **overrides}).validate()
-        if a.budget_gpu_hours is not None and a.budget_gpu_hours <= 0:
-            raise ConfigError(f"--budget-gpu-hours {a.budget_gpu_hours}: expected a number > 0")
-        given = LongRunSettings(
-            workers=a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
-            deadline=parse_deadline(a.deadline) if a.deadline else None, budget_gpu_hours=a.budget_gpu_hours,
-            instance_type=a.instance_type, market=a.market,
-            prices=load_price_table(a.prices) if a.prices else None, max_failures=a.max_failures,
-            tracking_uri=a.tracking_uri, experiment=a.experiment)
-        result = run_long(a.name, a.storage, cfg, overrides, given, resume=a.resume, address=a.address)
-    except (ConfigError, DatasetError, StorageError, RayConnectError, TrackingError, PriceTableError) as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        return 2
+    add_flags(p, "tracking_uri", "experiment", "address")
+    return p
+
+
+def main(base: dict[str, Any], description: str, argv: list[str] | None = None) -> int:
+    """The command line of `sweeps/arc_long.py`: `base` is the config it starts a new run from."""
+    return run_main(parser(description), lambda a: _main(a, base), argv)
+
+
+def _main(a: argparse.Namespace, base: dict[str, Any]) -> None:
+    from trm.cost import load_price_table
+
+    overrides = overrides_from(a)
+    if a.resume and a.config:
+        raise ConfigError("--config with --resume: a resumed run keeps its config; change fields with --set")
+    require_positive(a, "--workers")
+    if a.budget_gpu_hours is not None and a.budget_gpu_hours <= 0:
+        raise ConfigError(f"--budget-gpu-hours {a.budget_gpu_hours}: expected a number > 0")
+    # a new run's config; a resumed run takes its manifest's instead (with the --set overrides)
+    cfg = load_config(a.config, overrides) if a.config else apply_overrides(Config(), {**base, **overrides}).validate()
+    given = LongRunSettings(
+        workers=a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
+        deadline=parse_deadline(a.deadline) if a.deadline else None, budget_gpu_hours=a.budget_gpu_hours,
+        instance_type=a.instance_type, market=a.market,
+        prices=load_price_table(a.prices) if a.prices else None, max_failures=a.max_failures,
+        tracking_uri=a.tracking_uri, experiment=a.experiment)
+    result = run_long(a.name, a.storage, cfg, overrides, given, resume=a.resume, address=a.address)
     print(json.dumps(result, indent=2, default=str))
-    return 0

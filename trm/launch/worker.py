@@ -1,69 +1,85 @@
 """Ray Train: the training loop of `trm.train` as a TorchTrainer (DDP: gloo on CPU, NCCL on GPU).
 
-Ray 2.60 runs Train V2: a TorchTrainer cannot be handed to a Tuner, so each
-Tune trial is a function that builds and fits its own TorchTrainer, with
-`TuneReportCallback` forwarding every `ray.train.report` to Tune (see
-`trm.sweep.tune`). Re-fitting a TorchTrainer with the same
-RunConfig(storage_path, name) resumes from its latest checkpoint, which is how
-restarted trials and restarted jobs pick up where they stopped.
+`make_trainer` builds the TorchTrainer of one run; `train_loop_per_worker` is what each of its
+workers runs, handed one typed `WorkerRun`; `RaySession` is the loop's `trm.train.session.Session`
+on a worker: Ray persists, restores and broadcasts checkpoints.
+
+Ray 2.60 runs Train V2: a TorchTrainer cannot be handed to a Tuner, so each Tune trial is a
+function that builds and fits its own TorchTrainer, with `TuneReportCallback` forwarding every
+`ray.train.report` to Tune (see `trm.sweep.tune`). Re-fitting a TorchTrainer with the same
+RunConfig(storage_path, name) resumes from its latest checkpoint, which is how restarted trials
+and restarted jobs pick up where they stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
 
-from trm.config import Config, config_from_dict
+from trm.config import Config
+from trm.cost import RunLimits
+from trm.launch.cluster import WorkerSpec
+from trm.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
 METRIC = "val/exact_accuracy"
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+@dataclass
+class WorkerRun:
+    """What every worker of one run is handed: the config, where to log, when to stop."""
+    cfg: Config
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None  # rank 0 logs into this run
+    limits: RunLimits = field(default_factory=RunLimits)
+    threads: int = 1  # torch threads per worker
+
+
+def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: one rank of DDP training."""
     import ray.train
     import torch
 
-    from trm.cost import RunLimits
     from trm.data.build import ensure_dataset
     from trm.tracking import Tracker
     from trm.train.loop import Trainer
-    from trm.train.session import RaySession
 
-    cfg = config_from_dict(config["trm_config"])
-    if config.get("threads_per_worker"):
-        torch.set_num_threads(int(config["threads_per_worker"]))
+    run: WorkerRun = config["run"]
+    cfg = run.cfg
+    torch.set_num_threads(run.threads)
     cfg.data.path = str(ensure_dataset(cfg.data))  # built or downloaded once per node (file-locked)
     rank = ray.train.get_context().get_world_rank()
-    tracker = None
-    if rank == 0 and config.get("mlflow_run_id"):
-        tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"])
-    trainer = Trainer(cfg, RaySession(tracker), RunLimits(**config.get("limits", {})))
-    if rank == 0 and config.get("mlflow_run_id"):
-        trainer.extra["mlflow_run_id"] = config["mlflow_run_id"]
+    tracker = Tracker(run.tracking_uri, run.mlflow_run_id) if rank == 0 and run.mlflow_run_id else None
+    trainer = Trainer(cfg, RaySession(tracker), run.limits)
+    if tracker is not None:
+        trainer.extra["mlflow_run_id"] = run.mlflow_run_id
     trainer.fit()
 
 
-def make_trainer(cfg: Config, *, name: str, storage: str, num_workers: int = 1, gpus_per_worker: float = 0,
-                 cpus_per_worker: float = 1, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-                 max_failures: int = 3, num_to_keep: int = 2, metric: str = METRIC, in_tune: bool = False,
-                 extra_loop_config: dict | None = None, max_preemption_failures: int = -1):
+def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, max_failures: int = 3,
+                 num_to_keep: int = 2, metric: str = METRIC, in_tune: bool = False,
+                 max_preemption_failures: int = -1):
+    """The TorchTrainer of run `name` under `storage`: `spec.workers` DDP workers running `run`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = gpus_per_worker > 0
-    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    use_gpu = spec.gpus_per_worker > 0
+    resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     callbacks = []
     if in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    loop_config = {"trm_config": cfg.to_dict(), "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
-                   "threads_per_worker": max(1, int(cpus_per_worker)), **(extra_loop_config or {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        train_loop_config={"run": replace(run, threads=max(1, int(spec.cpus_per_worker)))},
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=metric,
@@ -73,28 +89,107 @@ def make_trainer(cfg: Config, *, name: str, storage: str, num_workers: int = 1, 
     )
 
 
-def run_training(cfg: Config, *, name: str, storage: str, num_workers: int, gpus_per_worker: float = 0,
-                 tracking_uri: str | None = None, experiment: str = "trm-train", max_failures: int = 3,
-                 mlflow_run_id: str | None = None) -> dict:
-    """One DDP training run through Ray Train, outside Tune (`trm train --workers N`)."""
-    from trm.data.build import stage_dataset
-    from trm.sweep.cluster import connect_ray
-    from trm.tracking import Tracker, resolve_uri, run_params
+def checkpoint_location(storage: str, checkpoint) -> str | None:
+    """Where a Ray checkpoint lives, as a URI a user can paste: Ray gives S3 paths without their
+    scheme ("bucket/prefix/...")."""
+    if checkpoint is None:
+        return None
+    scheme = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+    return scheme + checkpoint.path
 
-    connect_ray(None)
-    cfg.data.path = stage_dataset(cfg.data, storage)  # an absolute path, or uploaded once to s3:// storage
-    uri = resolve_uri(tracking_uri)
-    tracker = Tracker(uri, mlflow_run_id) if mlflow_run_id else Tracker.create(uri, experiment, run_name=name)
-    tracker.log_params(run_params(cfg.flat(), cfg.effective_depth))
-    trainer = make_trainer(cfg, name=name, storage=storage, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
-                           tracking_uri=uri, mlflow_run_id=tracker.run_id, max_failures=max_failures)
-    try:
-        result = trainer.fit()
-    except Exception:
-        tracker.end("FAILED")
-        raise
-    if result.checkpoint is not None:
-        tracker.set_tags({"last_checkpoint": result.checkpoint.path})
-    tracker.end()
-    return {"mlflow_run_id": tracker.run_id, "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            **(result.metrics or {})}
+
+# ---------------------------------------------------------------- the loop's session on a worker
+TMP_PREFIX = "trm-ckpt-"
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Checkpoint staging folders of dead processes (a worker killed mid-write leaves one)."""
+    for d in root.glob(f"{TMP_PREFIX}*-*"):
+        try:
+            os.kill(int(d.name[len(TMP_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+class RaySession:
+    """Inside `TorchTrainer`'s train_loop_per_worker: Ray persists and restores checkpoints."""
+
+    def __init__(self, tracker=None):
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.tracker = tracker if self.rank == 0 else None
+        # checkpoint names Ray holds: after resuming below a corrupt one, a new checkpoint under
+        # its name would be deleted with it
+        self._taken: set[str] = set()
+        _remove_stale_tmp(Path(tempfile.gettempdir()))
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[Path | None]:
+        """The latest checkpoint whose state.pt matches its digest, else the newest older one kept by
+        Ray that does. Rank 0 chooses and every rank opens its choice: ranks must resume together."""
+        from ray.train.collective import broadcast_from_rank_zero
+
+        choice = self._choose() if self.rank == 0 else None
+        chosen, self._taken, error = broadcast_from_rank_zero(choice)
+        if error:
+            raise ckpt.CheckpointError(error)
+        if chosen is None:
+            yield None
+            return
+        with chosen.as_directory() as d:
+            yield Path(d)
+
+    def _choose(self) -> tuple:
+        """(checkpoint or None, names Ray holds, error or None), on rank 0."""
+        from ray.train import CheckpointConsistencyMode
+
+        latest = self._train.get_checkpoint()
+        if latest is None:
+            return None, set(), None
+        reported = [r.checkpoint for r in self._train.get_all_reported_checkpoints(
+            consistency_mode=CheckpointConsistencyMode.COMMITTED)]
+        taken = {Path(c.path).name for c in [latest, *reported]}
+        older = sorted((c for c in reported if c.path != latest.path), key=lambda c: c.path, reverse=True)
+        for checkpoint in [latest, *older]:
+            with checkpoint.as_directory() as d:
+                try:
+                    ckpt.verify(Path(d))
+                    return checkpoint, taken, None
+                except ckpt.CheckpointError as e:
+                    log.warning("skipping checkpoint %s: %s", checkpoint.path, e)
+        return None, taken, (f"no checkpoint of this run matches its digests (tried {1 + len(older)}, "
+                             f"newest {latest.path})")
+
+    def report(self, metrics: dict, step: int, write) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+        if write is None:
+            self._train.report(metrics)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+        try:
+            write(tmp)
+            ckpt.verify_digests(tmp)  # write, verify, then publish: Ray registers it once every rank's part is stored
+            name, n = ckpt.step_dir_name(step), 0
+            while name in self._taken:
+                n += 1
+                name = f"{ckpt.step_dir_name(step)}-{n}"
+            self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
+                               checkpoint_dir_name=name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def agree(self, decision: dict) -> dict:
+        from ray.train.collective import broadcast_from_rank_zero
+
+        # both are barriers: every rank calls them at the same steps
+        preempting = self._train.get_preemption_info() is not None
+        return {**broadcast_from_rank_zero(decision), "preempting": preempting}
+
+    def last_logged_step(self) -> int | None:
+        return self.tracker.last_logged_step() if self.tracker is not None else None

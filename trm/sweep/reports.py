@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from trm.tracking import Tracker
+from trm.tracking import ART_DEPTH_FIGURE, ART_DEPTH_TABLE, Tracker
 
 
 def depth_report(rows, parent: Tracker) -> str:
@@ -21,7 +21,7 @@ def depth_report(rows, parent: Tracker) -> str:
                      f"| {r.best:.4f} | {r.reason} |")
     table = "\n".join(lines)
     print("\nDepth vs accuracy (paper Table 3):\n" + table)
-    parent.log_text(table, "depth_table.md")
+    parent.log_text(table, ART_DEPTH_TABLE)
     fig, ax = plt.subplots(figsize=(6, 4))
     for reason in sorted({r.reason for r in rows}):
         pts = [(r.effective_depth, r.best) for r in rows if r.reason == reason and math.isfinite(r.best)]
@@ -32,6 +32,6 @@ def depth_report(rows, parent: Tracker) -> str:
     ax.set_title("Depth sweep")
     ax.legend()
     fig.tight_layout()
-    parent.log_figure(fig, "depth_vs_accuracy.png")
+    parent.log_figure(fig, ART_DEPTH_FIGURE)
     plt.close(fig)
     return table

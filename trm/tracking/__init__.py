@@ -6,10 +6,21 @@ restarted trial or job keeps logging into the same run. A reopened run never
 logs a step twice: a run resumed from a checkpoint recomputes the steps since
 that checkpoint, and those steps are already in MLflow.
 
+Here: the names below, `Tracker` (one run, by id) and `TrackingError`. In
+`trm.tracking.runs`: creating, finding and reopening each kind of run (local,
+single, long, sweep parent, trial child) and recording how it ended. In
+`trm.tracking.arc`: the records of an ARC vote.
+
 Names used across the project:
-  params   the flat config (`Config.flat()`: n, T, layers, arch, hidden, ema, ...) + effective_depth
-  metrics  train/*, val/*, throughput/*, eval/* (MLflow forbids '@': pass@k is eval/pass_at_k)
-  tags     trial_end_reason, ray_trial_id, git_commit, best_checkpoint
+  experiments  trm-train (`trm train`), trm-long (long runs), the sweep's name (a sweep)
+  runs         a sweep's parent `NAME-sweep` with one child per trial; a long run named as its folder
+  params       the flat config (`Config.flat()`: n, T, layers, arch, hidden, ema, ...) + effective_depth
+  metrics      train/*, val/*, throughput/*, run/*, cost/*, eval/* (MLflow forbids '@': pass@k is
+               eval/pass_at_k); a sweep's parent holds best_<metric>
+  tags         trial_end_reason, ray_trial_id, git_commit, best_checkpoint, last_checkpoint,
+               trm.sweep_path, trm.run_path, driver_starts, instance_type, market, eval_dataset
+  artifacts    checkpoint/ (final weights), best_checkpoint/ (a trial's), config.yaml, trials.json
+               (a sweep's table), depth_table.md and depth_vs_accuracy.png (the depth report)
 """
 from __future__ import annotations
 
@@ -20,18 +31,38 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from trm.errors import TrmError
+
+if TYPE_CHECKING:
+    from trm.config import Config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-END_REASONS = ("completed", "asha_pruned", "overfit_stopped", "diverged", "error")
-TAG_END_REASON, TAG_TRIAL_ID, TAG_COMMIT, TAG_BEST_CKPT = "trial_end_reason", "ray_trial_id", "git_commit", "best_checkpoint"
+EXPERIMENT_TRAIN, EXPERIMENT_LONG = "trm-train", "trm-long"
+END_REASONS = ("completed", "asha_pruned", "overfit_stopped", "diverged", "error")  # a trial's
+# tags
+TAG_END_REASON = "trial_end_reason"  # END_REASONS for trials; completed | deadline | gpu_budget | error for long runs
+TAG_TRIAL_ID = "ray_trial_id"
+TAG_COMMIT = "git_commit"
+TAG_BEST_CKPT = "best_checkpoint"  # a trial's best checkpoint (path or URI)
+TAG_LAST_CKPT = "last_checkpoint"  # a run's last checkpoint (path or URI)
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SWEEP = "trm.sweep_path"  # a sweep parent's storage location: how --resume finds it
+TAG_RUN_PATH = "trm.run_path"  # a long run's storage location
+TAG_DRIVER_STARTS = "driver_starts"
+TAG_INSTANCE_TYPE, TAG_MARKET = "instance_type", "market"
+TAG_EVAL_DATASET = "eval_dataset"
+# artifacts
+ART_CHECKPOINT, ART_BEST_CHECKPOINT, ART_CONFIG = "checkpoint", "best_checkpoint", "config.yaml"
+ART_TRIALS = "trials.json"
+ART_DEPTH_TABLE, ART_DEPTH_FIGURE = "depth_table.md", "depth_vs_accuracy.png"
 
 
-class TrackingError(RuntimeError):
-    pass
+class TrackingError(TrmError, RuntimeError):
+    """The tracking server cannot be used (the message names --tracking-uri)."""
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -92,6 +123,10 @@ class Tracker:
         return tracker
 
     # ---- logging ----
+    def log_config(self, cfg: "Config", **extra: Any) -> None:
+        """The run's params: the flat config, its effective depth, and `extra` (how it ran)."""
+        self.log_params({**run_params(cfg.flat(), cfg.effective_depth), **extra})
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -148,6 +183,17 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+    def fail(self, error: BaseException) -> None:
+        """End the run after `error`: KILLED for an interrupt, else FAILED."""
+        self.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+    def reopen(self) -> None:
+        """Mark a finished or failed run as running again (a resumed sweep or long run)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
 
     def history(self, key: str) -> list:
         return self.client.get_metric_history(self.run_id, key)

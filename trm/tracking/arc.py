@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trm.tracking import TAG_EVAL_DATASET
+
 if TYPE_CHECKING:  # the tracker and result types are only annotations here
     from trm.data.dataset import PuzzleDataset
     from trm.evaluate.vote import TestVote, VoteResult
@@ -33,7 +35,7 @@ def log_vote_result(tracker: "Tracker", result: "VoteResult", dataset: "PuzzleDa
     tracker.log_table(result.table(step), TABLE_FILE)  # appends: one block of rows per evaluation
     if dataset is not None:
         path = dataset.path if hasattr(dataset, "path") else Path(dataset)
-        tracker.set_tags({"eval_dataset": str(Path(path).resolve())})
+        tracker.set_tags({TAG_EVAL_DATASET: str(Path(path).resolve())})
     picked = pick_examples(result, max_tasks)
     if picked:
         fig = plot_votes(picked)

@@ -8,7 +8,8 @@ A checkpoint is a folder:
 Under Ray Train every rank writes into a folder of the same name and Ray merges
 them in storage. Locally, `save_local` writes into a temporary folder and
 renames it into place only when complete, so a crash mid-write never becomes
-the latest checkpoint; `latest_local` skips folders that fail verification.
+the latest checkpoint; `latest_local` skips folders whose state.pt fails its digest
+(the same check as a Ray Train worker's, `trm.launch.worker.RaySession`).
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from typing import Any
 
 import torch
 
+from trm.errors import TrmError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(TrmError, RuntimeError):
+    """A checkpoint that is missing, corrupt or does not fit this run's config."""
 
 
 # fields that change the shape or meaning of the weights; a resume must agree on them
@@ -72,7 +75,8 @@ def check_compatible(saved_model_cfg: dict, model_cfg: dict, where: str, data_me
 
 
 def verify(folder: Path) -> None:
-    read_file(folder, "state.pt")
+    """The checkpoint's state.pt is complete and matches its digest (no unpickling)."""
+    verify_digests(folder, ["state.pt"])
 
 
 def verify_digests(folder: Path, names: list[str] | None = None) -> None:
@@ -110,7 +114,8 @@ def save_local(root: Path, step: int, write: callable, keep: int) -> Path:
 
 
 def latest_local(root: Path) -> Path | None:
-    """Newest checkpoint under root that verifies; corrupt ones are reported and skipped."""
+    """Newest checkpoint under root whose state.pt matches its digest (no unpickling: the ARC puzzle
+    table makes it GBs); corrupt ones are reported and skipped."""
     if not root.is_dir():
         return None
     for folder in sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True):

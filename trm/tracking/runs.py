@@ -1,0 +1,162 @@
+"""Creating, finding and reopening the project's MLflow runs, and recording how each ended.
+
+  local run   `trm train` in one process: its id kept in OUT/mlflow_run_id, reopened when the run resumes
+  single run  `trm train --workers N`: created by the driver, logged to by rank 0 of the workers
+  long run    a multi-day run (`sweeps/arc_long.py`): its id kept in the run's manifest, reopened by
+              --resume after a lost driver; tagged with its end reason and last checkpoint
+  sweep       a parent run per sweep, found again by its storage location (--resume); one child run
+              per trial, found again by its Ray trial id when the trial restarts; each child tagged
+              with its end reason and best checkpoint, the parent with the trials table
+
+Callers pass a resolved tracking URI (`trm.tracking.resolve_uri`) and get `Tracker`s back; no
+other module names a tag or calls `MlflowClient` itself.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_TRIALS, TAG_BEST_CKPT,
+                          TAG_DRIVER_STARTS, TAG_END_REASON, TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT,
+                          TAG_RUN_PATH, TAG_SWEEP, TAG_TRIAL_ID, Tracker)
+
+if TYPE_CHECKING:
+    from trm.config import Config
+
+RUN_ID_FILE = "mlflow_run_id"  # in a local run's folder
+
+
+def best_metric_name(metric: str) -> str:
+    """The summary name of a metric's best value: val/exact_accuracy -> best_val_exact_accuracy."""
+    return "best_" + metric.replace("/", "_")
+
+
+# ---------------------------------------------------------------- local and single runs
+def local_run(uri: str, experiment: str, out_dir: Path, cfg: "Config") -> Tracker:
+    """The run of a `trm train` folder: reopened when the folder names one (a resumed run keeps
+    logging into its MLflow run), else created and named after the folder."""
+    run_id_file = Path(out_dir) / RUN_ID_FILE
+    if run_id_file.is_file():
+        tracker = Tracker(uri, run_id_file.read_text().strip())
+    else:
+        tracker = Tracker.create(uri, experiment, run_name=Path(out_dir).name)
+        run_id_file.write_text(tracker.run_id)
+    tracker.log_config(cfg)
+    return tracker
+
+
+def single_run(uri: str, experiment: str, name: str, cfg: "Config", run_id: str | None = None) -> Tracker:
+    """A run driven through Ray Train outside Tune: reopened by `run_id`, else created."""
+    tracker = Tracker(uri, run_id) if run_id else Tracker.create(uri, experiment, run_name=name)
+    tracker.log_config(cfg)
+    return tracker
+
+
+def finish_run(tracker: Tracker, *, reason: str | None = None, checkpoint: str | None = None,
+               artifact: str | Path | None = None) -> None:
+    """End a run that completed (or stopped at a limit): its end reason, its last checkpoint's
+    location, and `artifact` (the final weights: a checkpoint folder or its state.pt)."""
+    tags: dict[str, Any] = {}
+    if reason is not None:
+        tags[TAG_END_REASON] = reason
+    if checkpoint is not None:
+        tags[TAG_LAST_CKPT] = checkpoint
+    if artifact is not None:
+        tracker.log_artifact(artifact, ART_CHECKPOINT)
+    tracker.set_tags(tags)
+    tracker.end()
+
+
+def fail_run(tracker: Tracker, error: BaseException, *, tag_reason: bool = False) -> None:
+    """End a run that raised `error` (KILLED for an interrupt, else FAILED); `tag_reason` also tags
+    end reason "error" (long runs, whose end reason is always set)."""
+    if tag_reason:
+        tracker.set_tags({TAG_END_REASON: "error"})
+    tracker.fail(error)
+
+
+# ---------------------------------------------------------------- long runs
+def start_long_run(uri: str, experiment: str, name: str, root: str, cfg: "Config", *, workers: int,
+                   gpus_per_worker: float, instance_type: str, market: str) -> Tracker:
+    """A new long run: tagged with its storage location and what its GPUs cost, its config as params
+    and as the config.yaml artifact."""
+    tracker = Tracker.create(uri, experiment, run_name=name, tags={
+        TAG_RUN_PATH: root, TAG_INSTANCE_TYPE: instance_type, TAG_MARKET: market})
+    tracker.log_config(cfg, workers=workers, gpus_per_worker=gpus_per_worker)
+    with tempfile.TemporaryDirectory() as d:
+        cfg.save(Path(d) / ART_CONFIG)
+        tracker.log_artifact(Path(d) / ART_CONFIG)
+    return tracker
+
+
+def reopen_long_run(uri: str, run_id: str, driver_starts: int) -> Tracker:
+    """The long run a resumed driver continues: running again, with its count of driver starts."""
+    tracker = Tracker(uri, run_id)
+    tracker.reopen()
+    tracker.set_tags({TAG_DRIVER_STARTS: driver_starts})
+    return tracker
+
+
+# ---------------------------------------------------------------- sweeps
+def sweep_run(uri: str, experiment: str, sweep_path: str, resume: bool, params: dict[str, Any]) -> Tracker:
+    """The sweep's parent run: with `resume`, the latest one of this storage location (running
+    again), else a new one with the sweep's settings as params."""
+    if resume:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_path}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+            if found:
+                parent = Tracker(uri, found[0].info.run_id)
+                parent.reopen()
+                return parent
+    parent = Tracker.create(uri, experiment, run_name=f"{experiment}-sweep", tags={TAG_SWEEP: sweep_path})
+    parent.log_params(params)
+    return parent
+
+
+def trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str) -> Tracker:
+    """The trial's child run: found by its trial id (a restarted trial), else created."""
+    parent = Tracker(uri, parent_run_id)
+    exp_id = parent.experiment_id()
+    found = parent.client.search_runs(
+        [exp_id], filter_string=f"tags.{TAG_TRIAL_ID} = '{trial_id}' and tags.{TAG_PARENT} = '{parent_run_id}'",
+        max_results=1)
+    if found:
+        return Tracker(uri, found[0].info.run_id)
+    name = parent.client.get_experiment(exp_id).name
+    return Tracker.create(uri, name, run_name=trial_name, parent_run_id=parent_run_id, tags={TAG_TRIAL_ID: trial_id})
+
+
+def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, *, reason: str, errored: bool,
+                  metric: str, best: tuple[float, str] | None) -> None:
+    """Tag the trial's child run with its end reason and `best` (value, checkpoint), log that
+    checkpoint when it is a local folder, and end the run."""
+    tracker = trial_run(uri, parent_run_id, trial_id, trial_name)
+    tags: dict[str, Any] = {TAG_END_REASON: reason}
+    if best is not None:
+        value, path = best
+        tags[TAG_BEST_CKPT] = path
+        tags[best_metric_name(metric)] = value
+        if "://" not in path and Path(path).is_dir():
+            tracker.log_artifact(path, ART_BEST_CHECKPOINT)
+    tracker.set_tags(tags)
+    tracker.end("FAILED" if errored else "FINISHED")
+
+
+def trial_run_ids(parent: Tracker) -> dict[str, str]:
+    """Trial id -> child run id, for every child of a sweep's parent run."""
+    runs = parent.client.search_runs([parent.experiment_id()],
+                                     filter_string=f"tags.{TAG_PARENT} = '{parent.run_id}'")
+    return {r.data.tags.get(TAG_TRIAL_ID): r.info.run_id for r in runs}
+
+
+def record_sweep(parent: Tracker, metric: str, best: float, table: dict[str, list]) -> None:
+    """The parent's summary: the best value of `metric` over all trials (a resumed sweep updates
+    it) and the trials table."""
+    parent.log_metrics({best_metric_name(metric): best}, step=0, once_per_step=False)
+    parent.log_table(table, ART_TRIALS)
