@@ -65,3 +65,58 @@ def test_parameter_counts_match_the_paper():
     att = count_parameters(TRM(ModelConfig(arch="attention"), 11, 81, 1))
     mlp = count_parameters(TRM(ModelConfig(arch="mlp"), 11, 81, 1))
     assert abs(att - 6.83e6) < 0.01e6 and abs(mlp - 5.03e6) < 0.01e6
+
+
+def test_mixer_normalises_over_the_sequence_axis():
+    # reference: h^T = rms(h^T + mlp_t(h^T)) over the LAST axis of [B, D, L], i.e. over positions
+    from trm.model import Block
+
+    torch.manual_seed(0)
+    cfg = small(arch="mlp", hidden=16, expansion=2.0)
+    block = Block(cfg, seq_len=12, rotary=None)
+    h = torch.randn(3, 12, 16)
+    with torch.no_grad():
+        t = h.permute(0, 2, 1)  # [B, D, L]
+        mix = block.mix.gate_up.weight  # [2 * inner, L]
+        gate, up = (t @ mix.T).chunk(2, dim=-1)
+        t = t + (gate * torch.sigmoid(gate) * up) @ block.mix.down.weight.T
+        t = t / torch.sqrt((t * t).mean(dim=2, keepdim=True) + cfg.norm_eps)  # mean over the L positions
+        u = t.permute(0, 2, 1)  # back to [B, L, D]
+        gate, up = (u @ block.mlp.gate_up.weight.T).chunk(2, dim=-1)
+        u = u + (gate * torch.sigmoid(gate) * up) @ block.mlp.down.weight.T
+        expected = u / torch.sqrt((u * u).mean(dim=2, keepdim=True) + cfg.norm_eps)  # over D here
+        got = block(h)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_truncated_normal_init_has_the_nominal_std():
+    # the reference's rule (JAX/flax): the std of what is drawn is the nominal std; torch's
+    # nn.init.trunc_normal_ with the same std and +-2 std bounds gives ~0.88 of it
+    from trm.model import lecun_linear, trunc_normal_
+
+    torch.manual_seed(0)
+    w = trunc_normal_(torch.empty(1_000_000), std=0.5)
+    assert abs(w.std().item() / 0.5 - 1) < 0.01
+    assert w.abs().max().item() <= 2 * 0.5 / 0.8796 + 1e-6  # cut at 2 of the raised std
+    layer = lecun_linear(2048, 1024)  # a large linear layer: std 1/sqrt(fan_in)
+    assert abs(layer.weight.std().item() * 2048 ** 0.5 - 1) < 0.02
+    m = TRM(small(hidden=512, heads=8, layers=1, puzzle_emb_ndim=0), vocab_size=2000, seq_len=4)
+    block = m.net.blocks[0]
+    for name, w in [("lm_head", m.lm_head.weight), ("mlp", block.mlp.gate_up.weight), ("qkv", block.mix.qkv.weight),
+                    ("embed", m.embed.weight)]:  # all std 1/sqrt(512): fan_in 512, and the embedding's 1/sqrt(hidden)
+        assert abs(w.std().item() * 512 ** 0.5 - 1) < 0.02, name
+    inits = []
+    for seed in range(8):  # y_init / z_init (the reference's H_init / L_init): std 1, 512 values each
+        torch.manual_seed(seed)
+        m = TRM(small(hidden=512, heads=8, layers=1, puzzle_emb_ndim=0, arch="mlp"), vocab_size=11, seq_len=4)
+        inits += [m.y_init, m.z_init]
+    assert abs(torch.cat(inits).std().item() - 1) < 0.02
+
+
+def test_swiglu_width_rounds_like_the_reference():
+    # round(expansion * d * 2/3) up to a multiple of 256: 123 * 3.125 * 2/3 = 256.25 -> 256 (not 512)
+    from trm.model import SwiGLU
+
+    assert SwiGLU(123, 3.125).down.in_features == 256
+    assert SwiGLU(97, 4.0).down.in_features == 512  # Sudoku mixer: 81 cells + 16 prefix positions
+    assert SwiGLU(512, 4.0).down.in_features == 1536

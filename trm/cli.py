@@ -5,6 +5,7 @@
     trm data maze --out DIR ...
     trm train [--config FILE] [--set key=value ...] [--out runs/NAME] [--workers N]
     trm eval --checkpoint DIR [--data DIR]
+    trm import --checkpoint FILE [--config all_config.yaml] --out RUN_DIR [--data DIR]
     trm params
 """
 from __future__ import annotations
@@ -141,6 +142,22 @@ def _eval_run(a: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint": str(folder), "step": state["step"], "data": str(data), **scores}, indent=2))
 
 
+# ---------------------------------------------------------------- import
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file of the reference implementation "
+                   "(SamsungSAILMontreal/TinyRecursiveModels: checkpoints/PROJECT/RUN/step_N)")
+    p.add_argument("--config", help="its hydra config (default: all_config.yaml beside the checkpoint)")
+    p.add_argument("--out", required=True, help="run folder to create (what `trm eval --checkpoint` reads)")
+    p.add_argument("--data", help="dataset folder built by `trm data` (default: the config's data_paths[0]); "
+                   "needed for an attention model's sequence length when data_paths[0] is not here")
+
+
+def _import_run(a: argparse.Namespace) -> None:
+    from trm.official import import_checkpoint
+
+    print(json.dumps(import_checkpoint(a.checkpoint, a.out, a.config, a.data), indent=2))
+
+
 # ---------------------------------------------------------------- params
 def _params_run(a: argparse.Namespace) -> None:
     from trm.config import ModelConfig
@@ -170,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     _eval_args(p)
     p.set_defaults(fn=_eval_run)
+    p = sub.add_parser("import", help="a reference-implementation checkpoint as a run folder")
+    _import_args(p)
+    p.set_defaults(fn=_import_run)
     p = sub.add_parser("params", help="parameter counts of the paper's configurations")
     p.set_defaults(fn=_params_run)
     return parser

@@ -10,8 +10,25 @@ Names follow the paper:
 
 `net` is `layers` post-norm blocks (RMSNorm without weights, SwiGLU, RoPE, no
 biases) whose token mixer is self-attention or, for small fixed contexts, an
-MLP over the sequence (MLP-mixer, paper 4.5). The input is *added* to the
-state before the blocks, as in the reference implementation.
+MLP over the sequence (MLP-mixer, paper 4.5).
+
+With the same weights this gives the reference implementation's logits and
+halting logits (SamsungSAILMontreal/TinyRecursiveModels, `trm.py` and `layers.py`;
+`trm.official` maps its checkpoints here). Each choice follows it:
+  - reference H_cycles = T, L_cycles = n, L_layers = layers; one network `L_level` (= `net`);
+  - net(h, inj) = blocks(h + inj): the input is added to the state before the blocks;
+  - post-norm: h = rms(h + mix(h)); h = rms(h + mlp(h)); RMSNorm in float32, no weights;
+  - MLP-mixer (`mlp_t`): transpose to [B, D, L], h + mlp_t(h), RMSNorm there (over L), transpose back;
+  - SwiGLU inner width: round(expansion * d * 2/3) rounded up to a multiple of 256;
+  - attention: one fused qkv (q heads, k heads, v heads), non-causal SDPA, o_proj; no biases;
+  - RoPE on (puzzle prefix + seq) positions, rotate-half, applied in float32;
+  - init: truncated normal whose actual std is the nominal std (JAX/flax rule, `trunc_normal_`):
+    linear layers std 1/sqrt(fan_in), token embedding 1/sqrt(hidden), y_init/z_init (H_init/L_init) 1;
+  - q_head: zero weights, bias -5, read at position 0; lm_head without bias, on positions after the prefix;
+  - puzzle embedding: zero init, padded to puzzle_emb_len * hidden, viewed as a prefix of tokens;
+  - embeddings (tokens and prefix) scaled by sqrt(hidden) after concatenation;
+  - dtype: under autocast the embeddings, residual stream and carry are in the autocast dtype (the
+    reference's forward_dtype=bfloat16); the q logits are float32.
 """
 from __future__ import annotations
 
@@ -31,16 +48,32 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
 
 
+def trunc_normal_(t: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
+    """Truncated normal in [-bound*s, bound*s] whose *actual* std is `std` (the JAX/flax rule).
+
+    torch's `nn.init.trunc_normal_(std=s)` cuts a normal of std s, so what it draws has a
+    smaller std (0.88 s at 2 sigma); here s is raised by the truncated normal's std first.
+    """
+    with torch.no_grad():
+        if std == 0:
+            return t.zero_()
+        mass = math.erf(bound / math.sqrt(2))  # P(|N(0,1)| < bound)
+        pdf = math.exp(-bound ** 2 / 2) / math.sqrt(2 * math.pi)
+        s = std / math.sqrt(1 - 2 * bound * pdf / mass)  # var of N(0,1) cut at +-bound: 1 - 2 b pdf(b) / mass
+        # inverse-CDF sampling: sqrt(2) erfinv(U(-mass, mass)) is N(0,1) restricted to (-bound, bound)
+        return t.uniform_(-mass, mass).erfinv_().mul_(math.sqrt(2) * s).clamp_(-bound * s, bound * s)
+
+
 def lecun_linear(d_in: int, d_out: int) -> nn.Linear:
     layer = nn.Linear(d_in, d_out, bias=False)
-    nn.init.trunc_normal_(layer.weight, std=1.0 / math.sqrt(d_in), a=-2 / math.sqrt(d_in), b=2 / math.sqrt(d_in))
+    trunc_normal_(layer.weight, std=1.0 / math.sqrt(d_in))
     return layer
 
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, expansion: float):
         super().__init__()
-        inner = 256 * math.ceil(expansion * dim * 2 / 3 / 256)  # reference rounding
+        inner = 256 * math.ceil(round(expansion * dim * 2 / 3) / 256)  # reference rounding
         self.gate_up = lecun_linear(dim, 2 * inner)
         self.down = lecun_linear(inner, dim)
 
@@ -59,11 +92,10 @@ class Rotary(nn.Module):
         self.register_buffer("sin", emb.sin(), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos.to(q.dtype), self.sin.to(q.dtype)  # [L, head_dim], q: [B, H, L, head_dim]
-
-        def rotate(t):
-            t1, t2 = t.chunk(2, dim=-1)
-            return t * cos + torch.cat((-t2, t1), dim=-1) * sin
+        def rotate(t):  # t: [B, H, L, head_dim], cos/sin: [L, head_dim], in their (float32) dtype
+            x = t.to(self.cos.dtype)
+            x1, x2 = x.chunk(2, dim=-1)
+            return (x * self.cos + torch.cat((-x2, x1), dim=-1) * self.sin).to(t.dtype)
 
         return rotate(q), rotate(k)
 
@@ -100,8 +132,9 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.arch == "attention":
             h = rms_norm(h + self.mix(h), self.eps)
-        else:
-            h = rms_norm(h + self.mix(h.transpose(1, 2)).transpose(1, 2), self.eps)
+        else:  # as the reference: the norm runs while h is [B, D, L], i.e. over the sequence
+            t = h.transpose(1, 2)
+            h = rms_norm(t + self.mix(t), self.eps).transpose(1, 2)
         return rms_norm(h + self.mlp(h), self.eps)
 
 
@@ -166,7 +199,7 @@ class TRM(nn.Module):
         D = cfg.hidden
         self.embed_scale = math.sqrt(D)
         self.embed = nn.Embedding(vocab_size, D)
-        nn.init.trunc_normal_(self.embed.weight, std=1 / self.embed_scale)
+        trunc_normal_(self.embed.weight, std=1 / self.embed_scale)
         self.puzzle_emb = PuzzleEmbedding(num_puzzle_ids, cfg.puzzle_emb_ndim) if self.prefix else None
         rotary = Rotary(D // cfg.heads, total_len, cfg.rope_theta) if cfg.arch == "attention" else None
         self.net = Net(cfg, total_len, rotary)
@@ -175,16 +208,23 @@ class TRM(nn.Module):
         self.q_head = nn.Linear(D, 2)  # [halt, continue] logits, read at position 0
         nn.init.zeros_(self.q_head.weight)
         nn.init.constant_(self.q_head.bias, -5.0)  # start by never halting
-        self.register_buffer("y_init", torch.nn.init.trunc_normal_(torch.empty(D), std=1.0))
-        self.register_buffer("z_init", torch.nn.init.trunc_normal_(torch.empty(D), std=1.0))
+        self.register_buffer("y_init", trunc_normal_(torch.empty(D), std=1.0))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0))
 
     # ---- pieces ----
-    def embed_input(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The autocast dtype when autocast is on (the reference's forward_dtype), else the weights'."""
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.embed.weight.dtype
+
+    def embed_input(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor, dtype: torch.dtype | None = None):
+        dtype = dtype or self.compute_dtype(tokens.device)
+        x = self.embed(tokens).to(dtype)
         if self.prefix:
-            p = self.puzzle_emb(puzzle_ids)  # [B, ndim]
+            p = self.puzzle_emb(puzzle_ids).to(dtype)  # [B, ndim]
             p = F.pad(p, (0, self.prefix * self.cfg.hidden - p.shape[-1])).view(-1, self.prefix, self.cfg.hidden)
-            x = torch.cat((p.to(x.dtype), x), dim=1)
+            x = torch.cat((p, x), dim=1)
         return self.embed_scale * x
 
     def initial_carry(self, batch_size: int, device: torch.device | None = None) -> Carry:
@@ -227,8 +267,9 @@ class TRM(nn.Module):
 
     def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> tuple[Carry, StepOutput]:
         """One supervision step. Returns the detached carry to feed the next step."""
-        x = self.embed_input(tokens, puzzle_ids)
-        y, z = self.deep_recursion(x, carry.y, carry.z)
+        dtype = self.compute_dtype(tokens.device)
+        x = self.embed_input(tokens, puzzle_ids, dtype)
+        y, z = self.deep_recursion(x, carry.y.to(dtype), carry.z.to(dtype))
         return Carry(y.detach(), z.detach()), self.heads(y)
 
 
