@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trm.cost import RunLimits
-from trm.config import Config, config_from_dict
+from trm.config import Config, ConfigError, config_from_dict
 from trm.data.dataset import PuzzleDataset, make_stream
 from trm.evaluate import VAL_KEYS, evaluate
 from trm.model import TRM, Carry
@@ -37,7 +37,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda: no CUDA device is visible")
+        raise ConfigError("train.device=cuda: no CUDA device is visible (set device=auto or device=cpu)")
     if name == "cuda" and dist.is_initialized():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
@@ -73,7 +73,7 @@ class Trainer:
         self.stop_reason: str | None = None  # "deadline" | "gpu_budget" when the limits ended the run
         t = cfg.train
         if t.batch_size % session.world_size:
-            raise ValueError(f"train.batch_size={t.batch_size}: expected a multiple of the "
+            raise ConfigError(f"train.batch_size={t.batch_size}: expected a multiple of the "
                              f"number of workers ({session.world_size})")
         self.local_batch = t.batch_size // session.world_size
         self.device = pick_device(t.device)
