@@ -86,12 +86,8 @@ def _train_run(a: argparse.Namespace) -> None:
     trainer = Trainer(cfg, session)
     log.info("model: %s, %.2fM parameters, effective depth %d", cfg.model.arch,
              count_parameters(trainer.model) / 1e6, cfg.effective_depth)
-    try:
+    with runs.guard(tracker):
         metrics = trainer.fit()
-    except BaseException as e:
-        if tracker is not None:
-            runs.fail_run(tracker, e)
-        raise
     if tracker is not None:
         runs.finish_run(tracker, artifact=session.last_checkpoint)
     print(json.dumps(metrics, indent=2))

@@ -130,11 +130,8 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
 
     trainer = make_trainer(WorkerRun(cfg, uri, tracker.run_id, limits), name=name, storage=storage, spec=spec,
                            max_failures=settings.max_failures)
-    try:
+    with runs.guard(tracker, tag_reason=True):
         result = trainer.fit()
-    except BaseException as e:
-        runs.fail_run(tracker, e, tag_reason=True)
-        raise
     metrics = dict(result.metrics or {})
     reason = metrics.get("stop_reason") or "completed"
     checkpoint = checkpoint_location(storage, result.checkpoint)

@@ -26,12 +26,8 @@ def run_training(cfg: Config, *, name: str, storage: str, spec: WorkerSpec, trac
     tracker = runs.single_run(uri, experiment, name, cfg, mlflow_run_id) if tracking else None
     trainer = make_trainer(WorkerRun(cfg, uri, tracker.run_id if tracker else None), name=name, storage=storage,
                            spec=spec, max_failures=max_failures)
-    try:
+    with runs.guard(tracker):
         result = trainer.fit()
-    except BaseException as e:
-        if tracker is not None:
-            runs.fail_run(tracker, e)
-        raise
     checkpoint = checkpoint_location(storage, result.checkpoint)
     if tracker is not None:
         runs.finish_run(tracker, checkpoint=checkpoint)

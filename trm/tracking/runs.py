@@ -13,9 +13,10 @@ other module names a tag or calls `MlflowClient` itself.
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_TRIALS, TAG_BEST_CKPT,
                           TAG_DRIVER_STARTS, TAG_END_REASON, TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT,
@@ -74,6 +75,17 @@ def fail_run(tracker: Tracker, error: BaseException, *, tag_reason: bool = False
     if tag_reason:
         tracker.set_tags({TAG_END_REASON: "error"})
     tracker.fail(error)
+
+
+@contextlib.contextmanager
+def guard(tracker: Tracker | None, *, tag_reason: bool = False) -> Iterator[None]:
+    """Around a run's training: an exception ends the run (`fail_run`) and goes on up."""
+    try:
+        yield
+    except BaseException as e:
+        if tracker is not None:
+            fail_run(tracker, e, tag_reason=tag_reason)
+        raise
 
 
 # ---------------------------------------------------------------- long runs
