@@ -30,6 +30,8 @@ BAD_INPUTS = [
     (TRM + ["data", "sudoku", "--out", "d", "--num-train", "0"], "--num-train"),
     (TRM + ["data", "maze", "--out", "d", "--num-test", "0"], "--num-test"),
     (TRM + ["data", "arc", "--src", "no-such-folder", "--out", "d"], "no-such-folder"),
+    (TRM + ["import", "--checkpoint", "no-such-file", "--out", "d"], "--checkpoint no-such-file"),
+    ([sys.executable, "-m", "trm.cost", "--prices", "no-such-prices.json"], "--prices no-such-prices.json"),
     (script("depth_sweep.py") + ["--preset", "sudoku-extreme"], ("--data ", "data/sudoku-extreme: no dataset there")),
     (script("depth_sweep.py") + ["--num-samples", "0"], "--num-samples 0"),
     (script("regularization_sweep.py") + ["--tracking-uri", "http://127.0.0.1:9"], "--tracking-uri http://127.0.0.1:9"),
@@ -44,8 +46,8 @@ BAD_INPUTS = [
 
 def _id(case) -> str:
     cmd = case[0]
-    where = "trm" if cmd[1:3] == ["-m", "trm.cli"] else Path(cmd[1]).stem
-    return " ".join([where, *cmd[3 if where == "trm" else 2:]])[:60]
+    where = cmd[2].removeprefix("trm.").replace("cli", "trm") if cmd[1] == "-m" else Path(cmd[1]).stem
+    return " ".join([where, *cmd[3 if cmd[1] == "-m" else 2:]])[:60]
 
 
 def _files(root: Path) -> list[str]:

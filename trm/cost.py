@@ -7,12 +7,13 @@ keeps its state as a plain dict so it can ride along in a training checkpoint. `
 (deadline, GPU-hour budget) is what the training loop checks; it is the typed handoff from a
 long run's driver to its workers.
 
-Run ``python -m trm.cost [PRICES.json|yaml]`` to print the cost of the paper's ARC run
+Run ``python -m trm.cost [--prices PRICES.json|yaml]`` to print the cost of the paper's ARC run
 (4 H100 for 3 days).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -302,5 +303,15 @@ def paper_arc_run_cost(prices: Mapping[str, Mapping[str, float]] | None = None) 
     return {**rows, "head m6i.2xlarge on_demand": head}
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trm.cost [--prices FILE]`: the paper's ARC run at these prices."""
+    from trm.cli_common import ArgumentParser, run_main
+
+    p = ArgumentParser(prog="python -m trm.cost", description=main.__doc__)
+    p.add_argument("--prices", help="JSON/YAML price table overriding the defaults")
+    p.add_argument("prices_file", nargs="?", help=argparse.SUPPRESS)  # the old positional spelling
+    return run_main(p, lambda a: paper_arc_run_cost(load_price_table(a.prices or a.prices_file)), argv)
+
+
 if __name__ == "__main__":
-    paper_arc_run_cost(load_price_table(sys.argv[1] if len(sys.argv) > 1 else None))
+    sys.exit(main())
