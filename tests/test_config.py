@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from trm.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, parse_set
@@ -47,3 +49,86 @@ def test_flat_names_round_trip():
     flat = c.flat()
     assert flat["n"] == 3 and flat["lr"] == 2e-4 and flat["data_path"] == "x"
     assert config_from_dict(c.to_dict()) == c
+
+
+def test_config_error_is_a_user_facing_value_error():
+    from trm.errors import TrmError
+
+    assert issubclass(ConfigError, TrmError) and issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("section,name,value,needle", [
+    ("model", "arch", "rnn", "model.arch='rnn': expected one of ['attention', 'mlp']"),
+    ("train", "optimizer", "sgd", "train.optimizer='sgd': expected one of ['adam_atan2', 'adamw']"),
+    ("train", "device", "tpu", "train.device='tpu': expected one of ['auto', 'cpu', 'cuda']"),
+    ("data", "generate", "arc", "data.generate='arc': expected one of ['none', 'sudoku', 'maze']"),
+    ("train", "epochs", 1.5, "train.epochs=1.5: expected an integer"),
+])
+def test_validate_checks_choices_from_the_types(section, name, value, needle):
+    """A value set in Python (not through overrides) is checked by the same type hints."""
+    c = Config()
+    setattr(getattr(c, section), name, value)
+    with pytest.raises(ConfigError) as e:
+        c.validate()
+    assert needle in str(e.value)
+
+
+# ---------------------------------------------------------------- the reference's recipes
+REPO = Path(__file__).resolve().parents[1]
+# the reference README's commands, with config/cfg_pretrain.yaml and config/arch/trm.yaml for what they leave out
+REFERENCE = {
+    "sudoku-extreme-mlp": dict(arch="mlp", n=6, epochs=50_000, eval_every_epochs=5_000, weight_decay=1.0,
+                               puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0),
+    "sudoku-extreme-att": dict(arch="attention", n=6, epochs=50_000, eval_every_epochs=5_000, weight_decay=1.0,
+                               puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0),
+    "maze-hard": dict(arch="attention", n=4, epochs=50_000, eval_every_epochs=5_000, weight_decay=1.0,
+                      puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0),
+    "arc-agi-1": dict(arch="attention", n=4, epochs=100_000, eval_every_epochs=10_000, weight_decay=0.1,
+                      puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1),
+    "arc-agi-2": dict(arch="attention", n=4, epochs=100_000, eval_every_epochs=10_000, weight_decay=0.1,
+                      puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1),
+}
+COMMON = dict(T=3, layers=2, hidden=512, heads=8, expansion=4.0, N_sup=16, halt_exploration=0.1,
+              puzzle_emb_ndim=512, puzzle_emb_len=16, batch_size=768, lr=1e-4, lr_warmup_steps=2000,
+              lr_schedule="constant", beta1=0.9, beta2=0.95, ema=0.999, optimizer="adam_atan2")
+# presets and recipes may differ only in where the data is and how often a run evaluates / checkpoints
+SCHEDULE = {"data_path", "generate", "num_train", "num_test", "augmentations", "steps", "epochs",
+            "eval_every", "eval_every_epochs", "eval_samples", "checkpoint_every"}
+
+
+@pytest.mark.parametrize("recipe", sorted(REFERENCE))
+def test_recipes_are_the_reference_commands(recipe):
+    c = load_config(REPO / "configs" / f"{recipe}.yaml")
+    flat = {**c.flat(), **c.to_dict()["train"]}
+    for k, v in {**COMMON, **REFERENCE[recipe]}.items():
+        assert flat[k] == v, (recipe, k, flat[k], v)
+    if recipe != "arc-agi-1" and recipe != "arc-agi-2":  # 1000 puzzle groups of one example each
+        t = c.resolve_epochs(1000.0).train
+        assert (t.steps, t.eval_every) == (65_104, 6_511)
+
+
+@pytest.mark.parametrize("preset,recipe", [
+    ("sudoku", "sudoku-extreme-mlp"), ("sudoku-extreme", "sudoku-extreme-mlp"),
+    ("sudoku-extreme-att", "sudoku-extreme-att"), ("maze-hard", "maze-hard"), ("arc-agi-1", "arc-agi-1"),
+    ("arc-agi-2", "arc-agi-2")])
+def test_presets_match_their_recipes(preset, recipe):
+    from trm.sweep.presets import PRESETS
+
+    c = load_config(REPO / "configs" / f"{recipe}.yaml")
+    p = load_config(None, PRESETS[preset].overrides)
+    want, got = c.flat(), {**p.flat(), **p.to_dict()["train"]}
+    assert {k: v for k, v in want.items() if k not in SCHEDULE} == \
+        {k: got[k] for k in want if k not in SCHEDULE}
+    if c.train.epochs and not p.train.epochs:  # a puzzle preset: the recipe's length, counted in steps
+        assert p.train.steps == c.resolve_epochs(1000.0).train.steps
+
+
+def test_recipe_parameter_counts_are_the_references():
+    """The network's nn.Parameters (the reference's count: its puzzle-embedding table is a buffer)."""
+    from trm.model import TRM
+
+    expected = {"sudoku-extreme-mlp": (11, 81, 5_028_866), "sudoku-extreme-att": (11, 81, 6_828_034),
+                "maze-hard": (6, 900, 6_822_914), "arc-agi-1": (12, 900, 6_829_058)}
+    for recipe, (vocab, seq_len, count) in expected.items():
+        model = TRM(load_config(REPO / "configs" / f"{recipe}.yaml").model, vocab, seq_len, 1)
+        assert sum(p.numel() for p in model.parameters()) == count, recipe

@@ -6,7 +6,10 @@ leaf names (`n`, `T`, `lr`, ...) for MLflow params and Tune search spaces.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from trm.errors import TrmError
 
-class ConfigError(ValueError):
+
+class ConfigError(TrmError, ValueError):
     """A config value is missing, unknown or out of range. The message names the field."""
 
 
@@ -41,8 +46,13 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 50_000  # optimizer steps (one supervision step each)
+    steps: int = 50_000  # optimizer steps (one supervision step each); derived from `epochs` when that is > 0
+    # The reference counts training in epochs: one epoch = every puzzle group once, one augmentation,
+    # all its examples. steps = floor(epochs * epoch_samples / batch_size), as the reference's total_steps.
+    epochs: int = 0  # 0: train `steps`
+    epoch_samples: float = 0.0  # samples in one training epoch; filled in from the dataset when training starts
     batch_size: int = 768  # global, split across DDP workers
+    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"  # the reference's AdamATan2, or torch's AdamW
     lr: float = 1e-4
     lr_warmup_steps: int = 2000
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -57,9 +67,10 @@ class TrainConfig:
     bf16: bool = False  # autocast on CUDA
     compile: bool = False  # torch.compile the network
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 50
-    eval_every: int = 1000
+    eval_every: int = 1000  # steps; derived from `eval_every_epochs` when that is > 0
+    eval_every_epochs: int = 0  # > 0: evaluate every this many epochs (the reference's eval_interval)
     eval_samples: int = 2048  # validation samples per evaluation (0 = all)
     checkpoint_every: int = 1000  # steps
     checkpoint_minutes: float = 30.0  # also checkpoint after this much wall time
@@ -88,10 +99,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> "Config":
+        """Types and choices (from the type hints, as `apply_overrides`), then ranges; returns self."""
+        for section in SECTIONS:
+            _check_types(section, getattr(self, section))
         m, t, d = self.model, self.train, self.data
-        _in("model.arch", m.arch, ("attention", "mlp"))
-        _in("model.gradient", m.gradient, ("full", "one_step"))
-        _in("model.halting", m.halting, ("bce", "q_learning"))
         for name in ("hidden", "heads", "layers", "n", "T", "N_sup"):
             _range(f"model.{name}", getattr(m, name), lo=1)
         _range("model.puzzle_emb_ndim", m.puzzle_emb_ndim, lo=0)
@@ -109,7 +120,8 @@ class Config:
         _range("train.lr", t.lr, lo=0, lo_open=True)
         _range("train.puzzle_emb_lr", t.puzzle_emb_lr, lo=0)
         _range("train.lr_warmup_steps", t.lr_warmup_steps, lo=0)
-        _in("train.lr_schedule", t.lr_schedule, ("constant", "cosine"))
+        for name in ("epochs", "epoch_samples", "eval_every_epochs"):
+            _range(f"train.{name}", getattr(t, name), lo=0)
         _range("train.lr_min_ratio", t.lr_min_ratio, lo=0, hi=1)
         _range("train.beta1", t.beta1, lo=0, hi=1, hi_open=True)
         _range("train.beta2", t.beta2, lo=0, hi=1, hi_open=True)
@@ -119,8 +131,6 @@ class Config:
         _range("train.grad_clip", t.grad_clip, lo=0)
         _range("train.eval_samples", t.eval_samples, lo=0)
         _range("train.checkpoint_minutes", t.checkpoint_minutes, lo=0, lo_open=True)
-        _in("train.device", t.device, ("auto", "cpu", "cuda"))
-        _in("data.generate", d.generate, ("none", "sudoku", "maze"))
         for name in ("num_train", "num_test", "augmentations"):
             _range(f"data.{name}", getattr(d, name), lo=0 if name == "augmentations" else 1)
         _range("data.min_givens", d.min_givens, lo=17, hi=81)
@@ -129,12 +139,45 @@ class Config:
         _range("data.min_path", d.min_path, lo=1)
         return self
 
+    # ---- epochs -> steps ----
+    @property
+    def counts_epochs(self) -> bool:
+        """True when `steps` or `eval_every` come from epochs, which need the dataset's epoch size."""
+        return self.train.epochs > 0 or self.train.eval_every_epochs > 0
+
+    def resolve_epochs(self, epoch_samples: float) -> "Config":
+        """A copy with `steps` (from `epochs`) and `eval_every` (from `eval_every_epochs`) derived from
+        the samples in one training epoch (`trm.data.dataset.epoch_size`), as the reference:
+        steps = floor(epochs * epoch_samples / batch_size); evaluations every ceil(eval_every_epochs *
+        epoch_samples / batch_size) steps, so that the last periodic one is the final step's.
+        Unchanged (but for `epoch_samples`) when neither is set."""
+        cfg = copy.deepcopy(self)
+        t = cfg.train
+        t.epoch_samples = float(epoch_samples)
+        if t.epoch_samples <= 0 and self.counts_epochs:
+            name = "epochs" if t.epochs > 0 else "eval_every_epochs"
+            raise ConfigError(f"train.{name}={getattr(t, name)}: the training set yields no samples per epoch")
+        if t.epochs > 0:
+            t.steps = max(1, int(t.epochs * t.epoch_samples / t.batch_size))
+        if t.eval_every_epochs > 0:
+            t.eval_every = max(1, math.ceil(t.eval_every_epochs * t.epoch_samples / t.batch_size))
+        return cfg.validate()
+
     # ---- flat view: unique leaf names for MLflow params and Tune spaces ----
     def flat(self) -> dict[str, Any]:
+        """Every leaf by its bare name. While epochs are not yet resolved (`resolve_epochs`), the
+        fields they determine are left out rather than shown with values the run will not use;
+        the trainer logs them once it has read the dataset."""
         out: dict[str, Any] = {}
         for section in SECTIONS:
             out.update(dataclasses.asdict(getattr(self, section)))
         out["data_path"] = out.pop("path")
+        if self.counts_epochs and self.train.epoch_samples <= 0:
+            del out["epoch_samples"]
+            if self.train.epochs > 0:
+                del out["steps"]
+            if self.train.eval_every_epochs > 0:
+                del out["eval_every"]
         return out
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -167,9 +210,20 @@ def _field_owner() -> dict[str, str]:
 FIELD_OWNER = _field_owner()
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_types(section: str, obj: Any) -> None:
+    """Every field of a section against its type hint (choices included), coerced in place."""
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, _coerce(f"{section}.{f.name}", getattr(obj, f.name), type(obj)))
+
+
 def _coerce(key: str, value: Any, cls: type) -> Any:
     name = key.split(".")[-1]
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     if name not in hints:
         allowed = ", ".join(sorted(hints))
         raise ConfigError(f"{key}: unknown field; expected one of: {allowed}")
@@ -260,11 +314,6 @@ def config_from_dict(d: dict[str, dict[str, Any]]) -> Config:
     cfg = Config()
     apply_overrides(cfg, {f"{s}.{k}": v for s, vals in d.items() for k, v in vals.items()})
     return cfg.validate()
-
-
-def _in(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r}: expected one of {list(allowed)}")
 
 
 def _range(name: str, value: float, lo: float | None = None, hi: float | None = None,

@@ -2,9 +2,21 @@
 
 smoke           tiny models on a small generated Sudoku set: a whole sweep in minutes on 2 CPU cores.
                 Exact accuracy is 0 for every trial at that size, so it ranks by cell accuracy.
-sudoku          the paper's sizes (hidden 512, batch 768) on 1000 generated puzzles x 1000 shuffles.
-sudoku-extreme  the paper's sizes on the Sudoku-Extreme files (`trm data sudoku --csv-train ...`
-                into data/sudoku-extreme first; `--data` points elsewhere).
+sudoku          the Sudoku-Extreme MLP recipe on 1000 generated puzzles x 1000 shuffles.
+sudoku-extreme  the Sudoku-Extreme MLP recipe on the Sudoku-Extreme-1K files (configs/sudoku-extreme-mlp.yaml;
+                `trm data sudoku --csv-train ... --subsample 1000` into data/sudoku-extreme first;
+                `--data` points elsewhere).
+sudoku-extreme-att  the same with self-attention (configs/sudoku-extreme-att.yaml).
+maze-hard       the Maze-Hard recipe (configs/maze-hard.yaml) on data/maze-hard.
+arc-agi-1, arc-agi-2  the ARC recipes (configs/arc-agi-*.yaml) on data/arc1, data/arc2.
+
+Every preset but smoke has its recipe's model and optimiser values (the reference README's commands;
+tests/test_config.py checks them against configs/). The puzzle presets train the recipe's length as
+steps: 50000 epochs of 1000 puzzle groups with one example each, 65104 steps at batch 768; ASHA needs
+the length before any trial reads the data. They evaluate more often than the recipe (every 1/50th, on
+`eval_samples`) to give ASHA its rungs. The ARC presets count epochs, whose size only the dataset knows:
+each trial derives its steps, but ASHA's horizon is the configured `steps` (default 50000), where it
+stops every trial still running; --set steps=N moves it.
 """
 from __future__ import annotations
 
@@ -23,6 +35,27 @@ class Preset:
     overfit_patience: int = 3
 
 
+# The reference recipes' shared values (configs/*.yaml)
+_RECIPE = {"hidden": 512, "heads": 8, "expansion": 4.0, "layers": 2, "T": 3, "N_sup": 16, "halt_exploration": 0.1,
+           "puzzle_emb_ndim": 512, "puzzle_emb_len": 16, "batch_size": 768, "optimizer": "adam_atan2", "lr": 1e-4,
+           "lr_warmup_steps": 2000, "lr_schedule": "constant", "beta1": 0.9, "beta2": 0.95, "ema": 0.999,
+           "bf16": True, "seed": 0}
+PUZZLE_STEPS = 65_104  # 50000 epochs x 1000 samples per epoch // 768
+
+
+def _puzzles(arch: str, n: int) -> dict:
+    """Sudoku-Extreme / Maze-Hard: weight decay 1.0 everywhere, puzzle-embedding lr 1e-4."""
+    every = PUZZLE_STEPS // 50
+    return {**_RECIPE, "arch": arch, "n": n, "weight_decay": 1.0, "puzzle_emb_lr": 1e-4,
+            "puzzle_emb_weight_decay": 1.0, "steps": PUZZLE_STEPS, "eval_every": every, "checkpoint_every": every}
+
+
+def _arc() -> dict:
+    """ARC-AGI: weight decay 0.1, puzzle-embedding lr 1e-2, 100000 epochs evaluated every 10000."""
+    return {**_RECIPE, "arch": "attention", "n": 4, "weight_decay": 0.1, "puzzle_emb_lr": 1e-2,
+            "puzzle_emb_weight_decay": 0.1, "epochs": 100_000, "eval_every_epochs": 10_000, "generate": "none"}
+
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         overrides={"data_path": "data/sudoku-smoke", "generate": "sudoku", "num_train": 64, "num_test": 64,
@@ -33,11 +66,14 @@ PRESETS: dict[str, Preset] = {
                    "log_every": 8},
         metric="val/cell_accuracy", evals=6, grace=1, reduction_factor=2, num_samples=6,
         overfit_margin=0.02, overfit_patience=2),
-    "sudoku": Preset(
-        overrides={"data_path": "data/sudoku", "generate": "sudoku", "num_train": 1000, "num_test": 1000,
-                   "augmentations": 1000, "arch": "mlp", "steps": 50_000, "eval_every": 1000,
-                   "checkpoint_every": 1000}),
-    "sudoku-extreme": Preset(
-        overrides={"data_path": "data/sudoku-extreme", "generate": "none", "arch": "mlp", "steps": 50_000,
-                   "eval_every": 1000, "checkpoint_every": 1000}),
+    "sudoku": Preset(overrides={**_puzzles("mlp", 6), "data_path": "data/sudoku", "generate": "sudoku",
+                                "num_train": 1000, "num_test": 1000, "augmentations": 1000}),
+    "sudoku-extreme": Preset(overrides={**_puzzles("mlp", 6), "data_path": "data/sudoku-extreme",
+                                        "generate": "none"}),
+    "sudoku-extreme-att": Preset(overrides={**_puzzles("attention", 6),
+                                            "data_path": "data/sudoku-extreme", "generate": "none"}),
+    "maze-hard": Preset(overrides={**_puzzles("attention", 4), "data_path": "data/maze-hard",
+                                   "generate": "none"}),
+    "arc-agi-1": Preset(overrides={**_arc(), "data_path": "data/arc1"}),
+    "arc-agi-2": Preset(overrides={**_arc(), "data_path": "data/arc2"}),
 }

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trm.cost import RunLimits
 from trm.config import Config, ConfigError, config_from_dict
-from trm.data.dataset import PuzzleDataset, make_stream
+from trm.data.dataset import PuzzleDataset, epoch_size, make_stream
 from trm.evaluate import VAL_KEYS, evaluate
 from trm.model import TRM, Carry
 from trm.train import checkpoint as ckpt
@@ -82,6 +82,9 @@ class Trainer:
         self.val_ds = PuzzleDataset(cfg.data.path, "test")
         meta = self.train_ds.meta
         self.meta = {k: meta[k] for k in ("vocab_size", "seq_len", "num_puzzle_ids")}
+        if cfg.counts_epochs:  # steps and eval interval from the reference's epochs of this training set
+            self.cfg = cfg = self._resolve_epochs(cfg)
+            t = cfg.train
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = TRM(cfg.model, **self.meta).to(self.device)
@@ -103,6 +106,24 @@ class Trainer:
         self.best: dict = {}
 
     # ---------------------------------------------------------------- setup
+    def _resolve_epochs(self, cfg: Config) -> Config:
+        """`cfg` with steps / eval_every derived from its epochs, logged and added to the run's params
+        (the launcher logged the config without them: MLflow params are written once)."""
+        given = cfg.train.epoch_samples
+        cfg = cfg.resolve_epochs(epoch_size(self.train_ds.meta))
+        t = cfg.train
+        if given and given != t.epoch_samples:
+            log.warning("train.epoch_samples=%g given, but %s yields %g per epoch: using the dataset's",
+                        given, cfg.data.path, t.epoch_samples)
+        if self.session.rank == 0:
+            log.info("%g samples per epoch, batch %d: %s steps; evaluation every %d steps%s", t.epoch_samples,
+                     t.batch_size, f"{t.epochs} epochs = {t.steps}" if t.epochs else t.steps, t.eval_every,
+                     f" ({t.eval_every_epochs} epochs)" if t.eval_every_epochs else "")
+            tracker = getattr(self.session, "tracker", None)
+            if tracker is not None:
+                tracker.log_config(cfg)
+        return cfg
+
     def _build_ema(self) -> AveragedModel:
         # The puzzle-embedding table is trained by sign-SGD, not averaged: share it
         # instead of deep-copying what may be a million rows.

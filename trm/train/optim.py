@@ -1,7 +1,9 @@
-"""AdamW with warmup, and the sparse sign-SGD that trains puzzle embeddings."""
+"""The network's optimiser (AdamATan2, the reference's, or AdamW) with warmup, and the sparse
+sign-SGD that trains puzzle embeddings."""
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -20,9 +22,79 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class AdamATan2(torch.optim.Optimizer):
+    """Adam with atan2 in place of the division by sqrt(v) + eps (Everett et al., 2024), with the
+    update rule of the `adam-atan2` package that the reference trains with. At step t, for each
+    parameter p with gradient g:
+
+        p <- p * (1 - lr * weight_decay)                     decoupled, scaled by lr (as AdamW)
+        m <- beta1 * m + (1 - beta1) * g
+        v <- beta2 * v + (1 - beta2) * g^2
+        p <- p - lr / (1 - beta1^t) * atan2(m, sqrt(v / (1 - beta2^t)))
+
+    The first moment's bias correction multiplies the step outside atan2 (as torch's Adam step
+    size), not m inside it; no eps, no a/b scale constants. Hand-written because the package is
+    a CUDA-only extension and the pure-PyTorch `adam-atan2-pytorch` computes a different rule
+    (a * atan2(m_hat, b * sqrt(v_hat)), weight decay not scaled by lr). The state (`step`,
+    `exp_avg`, `exp_avg_sq` per parameter) has torch's Adam layout, so `state_dict` resumes exactly.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
+                 weight_decay: float = 0.0):
+        if lr < 0:
+            raise ValueError(f"lr={lr}: expected >= 0")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas={betas}: expected 0 <= beta < 1")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay={weight_decay}: expected >= 0")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
+            grads, ms, vs, counts = [], [], [], []
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamATan2 does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                grads.append(p.grad)
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+                counts.append(state["step"])
+            torch._foreach_add_(counts, 1.0)
+            if wd != 0:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+            torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), 1.0 - beta2)
+            denoms = torch._foreach_sqrt(vs)
+            for p, m, den, t in zip(params, ms, denoms, counts):
+                t = float(t)  # per parameter, as the reference (a parameter may skip steps)
+                den.div_(math.sqrt(1.0 - beta2 ** t))
+                p.add_(torch.atan2(m, den), alpha=-lr / (1.0 - beta1 ** t))
+        return loss
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay, fused=False)
+    """The network's optimiser (`train.optimizer`) and its warmup/decay schedule. The puzzle-embedding
+    table is a buffer, trained apart by `PuzzleEmbeddingSGD`."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adam_atan2":
+        opt = AdamATan2(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay,
+                                fused=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     return opt, sched
 
