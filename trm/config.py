@@ -74,7 +74,11 @@ class TrainConfig:
     eval_samples: int = 2048  # validation samples per evaluation (0 = all)
     checkpoint_every: int = 1000  # steps
     checkpoint_minutes: float = 30.0  # also checkpoint after this much wall time
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the latest N are kept, and the best (by the dataset's primary metric) besides
+    # Fine-tuning / test-time training: start from this checkpoint's weights (a checkpoint folder, or a run
+    # folder: its best checkpoint); puzzle ids it lacks start at the mean of its trained puzzle embeddings
+    init_from: str = ""
+    freeze_weights: bool = False  # with init_from: train only the puzzle embeddings
 
 
 @dataclass

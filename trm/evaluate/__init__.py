@@ -2,6 +2,12 @@
 
 `predict` is the one place that runs a model for evaluation; the ARC
 augmentation vote (`trm.evaluate.vote`) builds on its per-sample outputs.
+`primary_metric` names, per kind of dataset, the one number that picks the best
+checkpoint, drives Tune/ASHA and the overfitting stopper.
+
+Inference-time compute: `predict(n_sup=K)` runs K supervision steps (more or fewer than
+trained); `halt=True` freezes each sample's answer at the first step its halting head says
+"done"; `curve=True` keeps every step's answer (accuracy against supervision steps).
 """
 from __future__ import annotations
 
@@ -21,43 +27,109 @@ class Predictions:
     tokens: np.ndarray  # [N, L] argmax prediction after the last step
     halt_steps: np.ndarray  # [N] first step whose halting logit says "done" (N_sup if never)
     confidence: np.ndarray  # [N] sigmoid of the final halting logit
+    step_tokens: np.ndarray | None = None  # [K, N, L] uint8 answer after each step (predict(curve=True))
+
+
+# ---------------------------------------------------------------- the metric that picks "best"
+ARC_METRIC = "eval/task_pass_at_2"  # ARC: a task counts when all its test inputs are in the top-2 of the vote
+MAZE_METRIC = "eval/maze_valid_path_accuracy"  # Maze: the predicted path is a valid shortest path
+EXACT_METRIC = "val/exact_accuracy"  # everything else: the whole answer right
+
+
+def primary_metric(meta: dict | None) -> str:
+    """The one metric (higher is better) that picks the best checkpoint, ranks trials (Tune,
+    ASHA, the overfitting stopper) and is tagged as a run's best score, by dataset kind."""
+    kind = (meta or {}).get("name")
+    return {"arc": ARC_METRIC, "maze": MAZE_METRIC}.get(kind, EXACT_METRIC)
+
+
+def check_n_sup(n_sup: int | None, flag: str = "--N-sup") -> None:
+    from trm.errors import TrmError
+
+    if n_sup is not None and (not isinstance(n_sup, int) or n_sup < 1):
+        raise TrmError(f"{flag} {n_sup}: expected a number of supervision steps >= 1")
 
 
 @torch.no_grad()
 def predict(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device, limit: int = 0,
-            rank: int = 0, world_size: int = 1, autocast: bool = False) -> Predictions:
+            rank: int = 0, world_size: int = 1, autocast: bool = False, n_sup: int | None = None,
+            halt: bool = False, curve: bool = False) -> Predictions:
+    """Run `n_sup` supervision steps (default: the model's N_sup) on this rank's shard of the
+    first `limit` rows. halt: a sample's answer (and confidence) is that of the first step whose
+    halting logit says "done"; curve: keep every step's answer too."""
+    check_n_sup(n_sup)
     model.eval()
-    out = {"index": [], "tokens": [], "halt_steps": [], "confidence": []}
-    N_sup = model.cfg.N_sup
+    out = {"index": [], "tokens": [], "halt_steps": [], "confidence": [], "steps": []}
+    N_sup = model.cfg.N_sup if n_sup is None else n_sup
     for idx, batch in iterate_batches(ds, batch_size, limit, rank, world_size):
         tokens = torch.as_tensor(batch["inputs"], device=device).long()
         pids = torch.as_tensor(batch["puzzle_ids"], device=device).long()
         carry = model.initial_carry(len(idx), device)
         halt_at = torch.full((len(idx),), N_sup, device=device)
+        answer = conf = None
+        steps = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             for step in range(1, N_sup + 1):
                 carry, o = model(carry, tokens, pids)
-                halt_at = torch.where((halt_at == N_sup) & (o.q_halt > 0) & (step < N_sup), step, halt_at)
+                now, c = o.logits.argmax(-1), torch.sigmoid(o.q_halt.float())
+                live = halt_at == N_sup  # not halted before this step
+                if answer is None or not halt:
+                    answer, conf = now, c
+                else:
+                    answer = torch.where(live[:, None], now, answer)
+                    conf = torch.where(live, c, conf)
+                halt_at = torch.where(live & (o.q_halt > 0) & (step < N_sup), step, halt_at)
+                if curve:
+                    steps.append(answer.to(torch.uint8).cpu().numpy())
         out["index"].append(idx)
-        out["tokens"].append(o.logits.argmax(-1).cpu().numpy())
+        out["tokens"].append(answer.cpu().numpy())
         out["halt_steps"].append(halt_at.cpu().numpy())
-        out["confidence"].append(torch.sigmoid(o.q_halt.float()).cpu().numpy())
+        out["confidence"].append(conf.cpu().numpy())
+        if curve:
+            out["steps"].append(np.stack(steps))
     model.train()
     if not out["index"]:
         L = ds.meta["seq_len"]
-        return Predictions(np.empty(0, int), np.empty((0, L), int), np.empty(0, int), np.empty(0, float))
-    return Predictions(*(np.concatenate(out[k]) for k in ("index", "tokens", "halt_steps", "confidence")))
+        return Predictions(np.empty(0, int), np.empty((0, L), int), np.empty(0, int), np.empty(0, float),
+                           np.empty((N_sup, 0, L), np.uint8) if curve else None)
+    return Predictions(*(np.concatenate(out[k]) for k in ("index", "tokens", "halt_steps", "confidence")),
+                       np.concatenate(out["steps"], axis=1) if curve else None)
+
+
+def gather_predictions(pred: Predictions, world_size: int) -> Predictions:
+    """Every rank's predictions on every rank, in row order (torch.distributed.all_gather_object);
+    `pred` itself without a process group."""
+    if world_size <= 1 or not dist.is_initialized():
+        return pred
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, pred)
+    order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
+    steps = None
+    if parts[0].step_tokens is not None:
+        steps = np.concatenate([p.step_tokens for p in parts], axis=1)[:, order]
+    return Predictions(*(np.concatenate([getattr(p, f) for p in parts])[order]
+                         for f in ("index", "tokens", "halt_steps", "confidence")), steps)
 
 VAL_KEYS = ("val/cell_accuracy", "val/exact_accuracy", "val/mean_halt_steps")  # what evaluate() returns
 
 
 def score(pred: Predictions, ds: PuzzleDataset) -> dict[str, float]:
-    """Sums (not means) so that ranks can be added: cells, correct cells, exact, halt steps."""
+    """Sums (not means) so that ranks can be added: cells, correct cells, exact, halt steps. Rows
+    with no scored cell (labels all IGNORE: an ARC test input whose output is unknown) are left out."""
     labels = np.asarray(ds.arrays["labels"][pred.index])
     mask = labels != IGNORE
+    scored = mask.any(-1)
     correct = (pred.tokens == labels) & mask
-    return {"samples": float(len(pred.index)), "cells": float(mask.sum()), "correct_cells": float(correct.sum()),
-            "exact": float((correct.sum(-1) == mask.sum(-1)).sum()), "halt_steps": float(pred.halt_steps.sum())}
+    return {"samples": float(scored.sum()), "cells": float(mask.sum()), "correct_cells": float(correct.sum()),
+            "exact": float(((correct.sum(-1) == mask.sum(-1)) & scored).sum()),
+            "halt_steps": float(pred.halt_steps[scored].sum())}
+
+
+def means(sums: dict[str, float]) -> dict[str, float]:
+    """VAL_KEYS from the sums of `score`."""
+    n = max(sums["samples"], 1.0)
+    return dict(zip(VAL_KEYS, (sums["correct_cells"] / max(sums["cells"], 1.0), sums["exact"] / n,
+                               sums["halt_steps"] / n)))
 
 
 def evaluate(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device, limit: int = 0,
@@ -71,6 +143,4 @@ def evaluate(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.devic
                          device=device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t)
         sums = dict(zip(keys, t.tolist()))
-    n = max(sums["samples"], 1.0)
-    return dict(zip(VAL_KEYS, (sums["correct_cells"] / max(sums["cells"], 1.0), sums["exact"] / n,
-                               sums["halt_steps"] / n)))
+    return means(sums)

@@ -42,8 +42,9 @@ class VoteSamples:
     dihedral: np.ndarray  # [N]
     colors: np.ndarray  # [N, 10]
     task_ids: list[str]
-    targets: dict[tuple[int, int], np.ndarray]
+    targets: dict[tuple[int, int], np.ndarray]  # labelled test inputs only
     inputs: dict[tuple[int, int], np.ndarray]
+    unlabelled: set = None  # (task, test) whose output is unknown: voted on, never scored
 
     @classmethod
     def from_dataset(cls, ds: PuzzleDataset) -> "VoteSamples":
@@ -56,17 +57,23 @@ class VoteSamples:
             raise DatasetError(f"{ds.path}/{ds.split}: missing per-sample arrays {missing}")
         a = {k: np.asarray(ds.arrays[k]) for k in need}
         s = cls(a["task_index"], a["test_index"], a["aug_index"], a["dihedral"], a["colors"],
-                list(ds.meta["task_ids"]), {}, {})
+                list(ds.meta["task_ids"]), {}, {}, set())
         # one row per test input suffices: every augmented copy inverts to the same grids
         key = s.task_index.astype(np.int64) * 1024 + s.test_index
         first = np.sort(np.unique(key, return_index=True)[1])
+        labelled = (np.asarray(ds.arrays["labelled"][first]).astype(bool) if "labelled" in ds.arrays
+                    else np.ones(len(first), bool))
         inputs = arc.decode_batch(np.asarray(ds.arrays["inputs"][first]))
         labels = arc.decode_batch(np.asarray(ds.arrays["labels"][first]))
-        for row, inp, lab in zip(first, inputs, labels):
-            if inp is None or lab is None:
-                raise DatasetError(f"{ds.path}/{ds.split}: row {row} does not decode to a grid")
+        for row, inp, lab, known in zip(first, inputs, labels, labelled):
             k = (int(s.task_index[row]), int(s.test_index[row]))
-            s.inputs[k], s.targets[k] = s.invert(row, inp), s.invert(row, lab)
+            if inp is None or (known and lab is None):
+                raise DatasetError(f"{ds.path}/{ds.split}: row {row} does not decode to a grid")
+            s.inputs[k] = s.invert(row, inp)
+            if known:
+                s.targets[k] = s.invert(row, lab)
+            else:
+                s.unlabelled.add(k)
         return s
 
     def invert(self, row: int, grid: np.ndarray) -> np.ndarray:
@@ -91,13 +98,15 @@ class TestVote:
     task_index: int
     test_index: int
     input: np.ndarray | None
-    target: np.ndarray
+    target: np.ndarray | None  # None: unknown (an unlabelled test input, not scored)
     candidates: list[Candidate]  # ranked, best first (top _KEEP)
     predictions: int  # augmented copies answered
     invalid: int  # answers that did not decode to a grid
     distinct: int  # distinct valid answers
 
     def correct_at(self, k: int) -> bool:
+        if self.target is None:
+            return False
         return any(c.grid.shape == self.target.shape and np.array_equal(c.grid, self.target)
                    for c in self.candidates[:k])
 
@@ -181,18 +190,21 @@ class Vote:
         s = self.s
         tests = []
         for key in sorted(self.counts):
-            if key not in s.targets:
+            if key not in s.targets and key not in (s.unlabelled or ()):
                 raise DatasetError(f"test input {key} (task, test) has predictions but no target")
             tally = self.tally.get(key, {})
             # votes, then mean confidence, then the grid bytes: a total order, so ranking is reproducible
             ranked = sorted(tally.items(), key=lambda kv: (-kv[1][0], -kv[1][1] / kv[1][0], kv[0]))
             cands = [Candidate(g, v, c / v) for _, (v, c, g) in ranked[:_KEEP]]
-            tests.append(TestVote(s.task_ids[key[0]], key[0], key[1], s.inputs.get(key), s.targets[key], cands,
+            tests.append(TestVote(s.task_ids[key[0]], key[0], key[1], s.inputs.get(key), s.targets.get(key), cands,
                                   self.counts[key][0], self.counts[key][1], len(tally)))
         return VoteResult(_metrics(tests), tests, predictions)
 
 
-def _metrics(tests: list[TestVote]) -> dict[str, float]:
+def _metrics(all_tests: list[TestVote]) -> dict[str, float]:
+    """Scores over the labelled test inputs (tasks with an unknown output are voted on, not scored)."""
+    unknown = {t.task_id for t in all_tests if t.target is None}
+    tests = [t for t in all_tests if t.task_id not in unknown]
     n = max(len(tests), 1)
     by_task: dict[str, list[TestVote]] = {}
     for t in tests:

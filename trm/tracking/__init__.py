@@ -17,7 +17,8 @@ Names used across the project:
   params       the flat config (`Config.flat()`: n, T, layers, arch, hidden, ema, ...) + effective_depth
   metrics      train/*, val/*, throughput/*, run/*, cost/*, eval/* (MLflow forbids '@': pass@k is
                eval/pass_at_k); a sweep's parent holds best_<metric>
-  tags         trial_end_reason, ray_trial_id, git_commit, best_checkpoint, last_checkpoint,
+  tags         trial_end_reason, ray_trial_id, git_commit, best_checkpoint, best_score, best_metric,
+               best_step, last_checkpoint, init_from_checkpoint,
                trm.sweep_path, trm.run_path, driver_starts, instance_type, market, eval_dataset
   artifacts    checkpoint/ (final weights), best_checkpoint/ (a trial's), config.yaml, trials.json
                (a sweep's table), depth_table.md and depth_vs_accuracy.png (the depth report)
@@ -49,6 +50,10 @@ TAG_TRIAL_ID = "ray_trial_id"
 TAG_COMMIT = "git_commit"
 TAG_BEST_CKPT = "best_checkpoint"  # a trial's best checkpoint (path or URI)
 TAG_LAST_CKPT = "last_checkpoint"  # a run's last checkpoint (path or URI)
+TAG_BEST_SCORE = "best_score"  # the best checkpoint's score (by TAG_BEST_METRIC)
+TAG_BEST_METRIC = "best_metric"  # the metric that picks a run's best checkpoint (trm.evaluate.primary_metric)
+TAG_BEST_STEP = "best_step"
+TAG_INIT_FROM = "init_from_checkpoint"  # a fine-tuned run's parent checkpoint (trm train --init-from)
 TAG_PARENT = "mlflow.parentRunId"
 TAG_SWEEP = "trm.sweep_path"  # a sweep parent's storage location: how --resume finds it
 TAG_RUN_PATH = "trm.run_path"  # a long run's storage location

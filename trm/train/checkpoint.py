@@ -108,9 +108,62 @@ def save_local(root: Path, step: int, write: callable, keep: int) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    best = best_local(root, verified=False)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != best:  # the latest `keep` for resume, and never the best
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# ---------------------------------------------------------------- the best checkpoint
+SCORE_FILE = "score.json"  # {"metric", "value", "step"}: the evaluation this checkpoint was written after
+
+
+def write_score(folder: Path, metric: str, value: float, step: int) -> None:
+    import json
+
+    (folder / SCORE_FILE).write_text(json.dumps({"metric": metric, "value": value, "step": step}))
+
+
+def read_score(folder: Path) -> dict | None:
+    import json
+    import math
+
+    try:
+        s = json.loads((folder / SCORE_FILE).read_text())
+        return s if isinstance(s.get("value"), (int, float)) and math.isfinite(s["value"]) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def best_local(root: Path, verified: bool = True) -> Path | None:
+    """The checkpoint under root with the highest score (the later one on a tie), None if none is
+    scored; with `verified`, only one whose state.pt matches its digest."""
+    if not root.is_dir():
+        return None
+    scored = [(s["value"], p.name, p) for p in root.glob("step_*") if p.is_dir() and (s := read_score(p))]
+    for _, _, folder in sorted(scored, key=lambda x: (x[0], x[1]), reverse=True):
+        try:
+            if verified:
+                verify(folder)
+            return folder
+        except CheckpointError as e:
+            log.warning("skipping checkpoint: %s", e)
+    return None
+
+
+def resolve(path: str | Path, flag: str = "--checkpoint", prefer: str = "best") -> Path:
+    """A checkpoint folder from what a user gives: the folder itself (it holds state.pt), or a run
+    folder (runs/NAME, or its checkpoints/): its best checkpoint by default, else its latest."""
+    folder = Path(path)
+    if (folder / "state.pt").is_file():
+        return folder
+    for root in (folder / "checkpoints", folder):
+        found = (best_local(root) if prefer == "best" else None) or latest_local(root)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{flag} {path}: no checkpoint there (expected a checkpoint folder with state.pt, "
+                          f"or a run folder with checkpoints/step_*)")
 
 
 def latest_local(root: Path) -> Path | None:

@@ -43,7 +43,8 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """Checkpoints in `out_dir/checkpoints`, metrics appended to `out_dir/metrics.jsonl`."""
+    """Checkpoints in `out_dir/checkpoints` (the latest `keep` and the best by its score file, tagged
+    best_checkpoint / best_score in MLflow), metrics appended to `out_dir/metrics.jsonl`."""
 
     rank, world_size = 0, 1
 
@@ -60,7 +61,15 @@ class LocalSession:
 
     def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
         if write is not None:
-            self.last_checkpoint = ckpt.save_local(self.out_dir / "checkpoints", step, write, self.keep)
+            root = self.out_dir / "checkpoints"
+            self.last_checkpoint = ckpt.save_local(root, step, write, self.keep)
+            best = ckpt.best_local(root, verified=False)
+            score = ckpt.read_score(best) if best is not None else None
+            if self.tracker is not None and best == self.last_checkpoint and score is not None:
+                from trm.tracking import TAG_BEST_CKPT, TAG_BEST_METRIC, TAG_BEST_SCORE, TAG_BEST_STEP
+
+                self.tracker.set_tags({TAG_BEST_CKPT: str(best.resolve()), TAG_BEST_SCORE: score["value"],
+                                       TAG_BEST_METRIC: score["metric"], TAG_BEST_STEP: score["step"]})
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         if self.tracker is not None:
