@@ -159,7 +159,8 @@ SMALL = ["--set", "generate=sudoku", "--set", "num_train=48", "--set", "num_test
          "--set", "expansion=2", "--set", "N_sup=2", "--set", "n=2", "--set", "T=2", "--set", "puzzle_emb_ndim=16",
          "--set", "puzzle_emb_len=1", "--set", "batch_size=16", "--set", "lr=2e-3", "--set", "lr_warmup_steps=10",
          "--set", "ema=0.9", "--set", "eval_every=10", "--set", "eval_samples=32", "--set", "log_every=5",
-         "--set", "checkpoint_every=20"]
+         "--set", "checkpoint_every=20",
+         "--set", "epochs=0", "--set", "eval_every_epochs=0"]  # count steps: the ARC base counts epochs
 
 
 def arc_long(*args, cwd, env=None, **kw):
