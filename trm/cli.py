@@ -4,7 +4,8 @@
     trm data arc --src DIR [--src DIR ...] --out DIR --augmentations N
     trm data maze --out DIR ...
     trm train [--config FILE] [--set key=value ...] [--out runs/NAME] [--workers N]
-    trm eval --checkpoint DIR [--data DIR]
+    trm eval --checkpoint DIR [--data DIR] [--N-sup K] [--halt] [--curve] [--latest]
+    trm submit --checkpoint RUN --challenges arc-agi_test_challenges.json --out submission.json
     trm import --checkpoint FILE [--config all_config.yaml] --out RUN_DIR [--data DIR]
     trm params
 """
@@ -43,12 +44,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_flags(p, "storage", "address")  # with --workers
     add_flags(p, "tracking_uri", "experiment", experiment="trm-train")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--init-from", metavar="RUN_OR_CHECKPOINT",
+                   help="fine-tune: start from this run's best checkpoint (or this checkpoint folder); puzzle ids "
+                   "it lacks start at the mean of its puzzle embeddings (--set freeze_weights=true: train only those)")
 
 
 def _train_run(a: argparse.Namespace) -> None:
     from trm.config import ConfigError, load_config
 
-    cfg = load_config(a.config, overrides_from(a))
+    overrides = overrides_from(a)
+    if a.init_from:
+        from trm.train.checkpoint import resolve
+
+        overrides["init_from"] = str(resolve(a.init_from, "--init-from").resolve())  # checked before anything runs
+    cfg = load_config(a.config, overrides)
     if a.workers < 0:
         raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
     out = Path(a.out)
@@ -94,48 +103,101 @@ def _train_run(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- eval
-def _eval_args(p: argparse.ArgumentParser) -> None:
+def _positive(flag: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number of supervision steps >= 1")
+        return v
+    parse.__name__ = flag
+    return parse
+
+
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--N-sup", dest="n_sup", type=_positive("--N-sup"), metavar="K",
+                   help="supervision steps at inference (default: as trained; more or fewer is allowed)")
+    p.add_argument("--halt", action="store_true",
+                   help="stop each sample at the first step its halting head says 'done'")
+
+
+def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (runs/NAME/checkpoints/step_...)"
-                   " or a run folder (its latest checkpoint)")
+                   " or a run folder (its best checkpoint by the dataset's metric; its latest with --latest)")
+    p.add_argument("--latest", action="store_true", help="a run folder's latest checkpoint instead of its best")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_flag(p)
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="test")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N samples (0 = all)")
     p.add_argument("--device", default="auto")
+    _compute_args(p)
+    p.add_argument("--curve", action="store_true",
+                   help="also the metric after each supervision step 1..K (logged to MLflow with --tracking-uri)")
+    p.add_argument("--tracking-uri", help="log this evaluation as an MLflow run (the curve as a metric by step)")
+    p.add_argument("--experiment", default="trm-eval")
 
 
 def _eval_run(a: argparse.Namespace) -> None:
+    """The same evaluation as training's (trm.evaluate.task): the number `trm train` logged for a
+    checkpoint is the number printed here (same batch size: float sums depend on batch shapes)."""
     import torch
 
     from trm.data.dataset import PuzzleDataset
-    from trm.evaluate import evaluate
-    from trm.train.checkpoint import CheckpointError, latest_local
+    from trm.evaluate.task import evaluate_task
+    from trm.train.checkpoint import resolve
     from trm.train.loop import load_for_eval, pick_device
 
-    folder = Path(a.checkpoint)
-    if not (folder / "state.pt").is_file():
-        found = latest_local(folder / "checkpoints") or latest_local(folder)
-        if found is None:
-            raise CheckpointError(f"--checkpoint {folder}: no checkpoint there")
-        folder = found
+    folder = resolve(a.checkpoint, prefer="latest" if a.latest else "best")
     device = pick_device(a.device)
     model, cfg, state = load_for_eval(folder, str(device), use_ema=not a.no_ema)
     data = a.data or cfg.data.path
     ds = PuzzleDataset(data, a.split)
-    kind = ds.meta.get("name")
     with torch.no_grad():
-        if kind == "arc":
-            from trm.evaluate.vote import evaluate_arc
+        r = evaluate_task(model, ds, a.batch_size, device, limit=a.limit, n_sup=a.n_sup, halt=a.halt,
+                          curve=a.curve)
+    out = {"checkpoint": str(folder), "step": state["step"], "data": str(data), "metric": r.metric, **r.metrics}
+    if a.curve:
+        out["curve"] = {str(k): v for k, v in r.curve.items()}
+    if a.tracking_uri:
+        from trm.tracking.arc import log_eval_run
 
-            scores = evaluate_arc(model, data, a.batch_size, device).metrics
-        elif kind == "maze":
-            from trm.evaluate.maze import evaluate_maze
+        out["mlflow_run_id"] = log_eval_run(a.tracking_uri, a.experiment, folder, state["step"], r, data)
+    print(json.dumps(out, indent=2))
 
-            scores = evaluate_maze(model, data, a.batch_size, device, limit=a.limit).metrics
-        else:
-            scores = evaluate(model, ds, a.batch_size, device, a.limit)
-    print(json.dumps({"checkpoint": str(folder), "step": state["step"], "data": str(data), **scores}, indent=2))
+
+# ---------------------------------------------------------------- submit
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_flag(p)
+    p.add_argument("--challenges", required=True, help="Kaggle challenges file (arc-agi_test_challenges.json)")
+    p.add_argument("--out", default="submission.json", help="submission file, written atomically when complete")
+    p.add_argument("--data", help="the dataset whose task ids the challenges' tasks are (default: the "
+                   "checkpoint's; a fine-tuned run's is built from the challenges)")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    _compute_args(p)
+
+
+def _submit_run(a: argparse.Namespace) -> None:
+    from trm.evaluate.submit import submit
+    from trm.train.checkpoint import resolve
+    from trm.train.loop import load_for_eval, pick_device
+
+    from trm.evaluate.submit import read_challenges
+
+    read_challenges(a.challenges)  # a bad file is refused before a model is loaded
+    folder = resolve(a.checkpoint, prefer="latest" if a.latest else "best")
+    device = pick_device(a.device)
+    model, cfg, state = load_for_eval(folder, str(device), use_ema=not a.no_ema)
+    summary = submit(model, a.data or cfg.data.path, a.challenges, a.out, a.batch_size, device, a.n_sup, a.halt)
+    print(json.dumps({"checkpoint": str(folder), "step": state["step"], **summary}, indent=2))
 
 
 # ---------------------------------------------------------------- import
@@ -188,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     _eval_args(p)
     p.set_defaults(fn=_eval_run)
+    p = sub.add_parser("submit", help="an ARC Prize submission.json from a challenges file")
+    _submit_args(p)
+    p.set_defaults(fn=_submit_run)
     p = sub.add_parser("import", help="a reference-implementation checkpoint as a run folder")
     _import_args(p)
     p.set_defaults(fn=_import_run)

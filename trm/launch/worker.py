@@ -28,7 +28,10 @@ from trm.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
-METRIC = "val/exact_accuracy"
+# The loop reports its dataset's primary metric (trm.evaluate.primary_metric: ARC task pass@2 after the
+# vote, maze path validity, exact accuracy) also as "score": Ray keeps the best checkpoints by it, and,
+# Train V2's CheckpointManager, always the latest besides (what a resume uses).
+METRIC = "score"
 
 
 @dataclass
@@ -181,6 +184,12 @@ class RaySession:
                 name = f"{ckpt.step_dir_name(step)}-{n}"
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
                                checkpoint_dir_name=name)
+            score = metrics.get("score")
+            if self.tracker is not None and score is not None and score == metrics.get("best/score"):
+                from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE, TAG_BEST_STEP
+
+                # the folder's name under the run's storage; the run's end tags the full location
+                self.tracker.set_tags({TAG_BEST_CKPT: name, TAG_BEST_SCORE: score, TAG_BEST_STEP: step})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -42,6 +42,32 @@ def log_vote_result(tracker: "Tracker", result: "VoteResult", dataset: "PuzzleDa
         tracker.log_figure(fig, FIGURE_FILE)
 
 
+CURVE_PREFIX = "eval/curve/"  # eval/curve/<metric> at step k = the metric after k supervision steps
+
+
+def log_eval_run(uri: str | None, experiment: str, checkpoint, step: int, result, dataset=None) -> str:
+    """`trm eval` as an MLflow run: its metrics, the curve (metric against supervision steps 1..K,
+    plotted by MLflow as the metric's history) and, for ARC, the vote's table and figure. Returns the run id."""
+    from pathlib import Path as _P
+
+    from trm.tracking import TAG_EVAL_DATASET, Tracker
+
+    tracker = Tracker.create(uri, experiment, run_name=f"eval-{_P(str(checkpoint)).name}",
+                             tags={"eval_checkpoint": str(checkpoint), "eval_checkpoint_step": str(step),
+                                   "eval_metric": result.metric})
+    try:
+        if result.vote is not None:
+            log_vote_result(tracker, result.vote, dataset, step=step)
+        elif dataset is not None:
+            tracker.set_tags({TAG_EVAL_DATASET: str(dataset)})
+        tracker.log_metrics(result.metrics, step, once_per_step=False)
+        for k, v in sorted(result.curve.items()):
+            tracker.log_metrics({CURVE_PREFIX + result.metric: v}, k, once_per_step=False)
+    finally:
+        tracker.end()
+    return tracker.run_id
+
+
 def pick_examples(result: "VoteResult", n: int) -> list["TestVote"]:
     """Half solved, half unsolved where both exist (first by task order): a picture of only
     failures or only successes says little."""
