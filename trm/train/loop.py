@@ -23,7 +23,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from trm.cost import RunLimits
 from trm.config import Config, ConfigError, config_from_dict
 from trm.data.dataset import PuzzleDataset, epoch_size, make_stream
-from trm.evaluate import VAL_KEYS, evaluate
+from trm.evaluate import VAL_KEYS, primary_metric
+from trm.evaluate.task import evaluate_task
 from trm.model import TRM, Carry
 from trm.train import checkpoint as ckpt
 from trm.train.losses import supervision_losses
@@ -133,6 +134,9 @@ class Trainer:
         return ema
 
     def _wrap_ddp(self, model: TRM):
+        if self.cfg.train.freeze_weights:  # only the puzzle embeddings train (their sign-SGD syncs itself)
+            model.requires_grad_(False)
+            return model
         if self.session.world_size == 1 or not dist.is_initialized():
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -269,6 +273,8 @@ class Trainer:
         with self.session.restore() as folder:
             if folder is not None:
                 self.restore(folder)
+        if folder is None and t.init_from:  # a fresh fine-tuning run; a resumed one has its own weights
+            self.init_from(t.init_from)
         rank0 = self.session.rank == 0
         if rank0:
             self._count_restart(folder is not None)
@@ -302,17 +308,26 @@ class Trainer:
             # a spot notice leaves about two minutes: checkpoint at once, without an evaluation; its
             # val/* are NaN, which Ray ranks last, Tune's stoppers skip and MLflow does not log
             evaluate = not jit or final
-            val = self.evaluate() if evaluate else dict.fromkeys(VAL_KEYS, float("nan"))
+            val = self.evaluate() if evaluate else dict.fromkeys((*VAL_KEYS, self.metric), float("nan"))
             metrics = {**window.flush(t.batch_size), **val, **self._run_metrics(), "step": self.step,
                        "effective_depth": cfg.effective_depth}
             if not math.isfinite(metrics["train/loss"]):
                 metrics["diverged"] = 1.0
-            if evaluate and metrics["val/exact_accuracy"] >= self.best.get("val/exact_accuracy", -1):
-                self.best = {"val/exact_accuracy": metrics["val/exact_accuracy"], "step": self.step}
+            # "best" by the dataset's primary metric (the ARC vote's task pass@2, maze path validity); every
+            # checkpoint carries its evaluation's score, so sessions keep the latest `keep` and the best
+            # besides (checkpoint_every <= eval_every: every evaluation is checkpointed)
+            score = metrics.get(self.metric, float("nan"))
+            metrics["score"] = score  # the same number under one name: Ray's CheckpointConfig ranks by it
+            new_best = evaluate and math.isfinite(score) and score >= self.best.get("value", -math.inf)
+            if new_best:
+                self.best = {"metric": self.metric, "value": score, "step": self.step}
+            if "value" in self.best:
+                metrics["best/score"], metrics["best/step"] = self.best["value"], self.best["step"]
             if agreed["stop"] is not None:
                 metrics["stop_reason"] = agreed["stop"]
             due = forced or final or self.step - last_ckpt_step >= t.checkpoint_every
-            self.session.report(metrics, self.step, self.write_checkpoint if due else None)
+            write = (lambda folder, s=score: self._write_scored(folder, s)) if due else None
+            self.session.report(metrics, self.step, write)
             if due:
                 last_ckpt_step, last_ckpt_time = self.step, time.time()
             if agreed["stop"] is not None:
@@ -338,10 +353,75 @@ class Trainer:
         m = {"run/restarts": self.extra.get("restarts", 0), "run/recomputed_steps": self.extra.get("recomputed_steps", 0)}
         return {**m, **(self.meter.metrics() if self.meter is not None else {})}
 
+    @property
+    def metric(self) -> str:
+        """The metric that picks the best checkpoint (trm.evaluate.primary_metric of the test split)."""
+        return primary_metric(self.val_ds.meta)
+
     def evaluate(self) -> dict[str, float]:
+        """The dataset kind's evaluation on the EMA weights (trm.evaluate.task, as `trm eval`): ARC votes
+        over every test input x all its augmentations (train.eval_samples does not cut it), spread over
+        the ranks; other kinds score the first train.eval_samples rows."""
         t = self.cfg.train
-        return evaluate(self.eval_model, self.val_ds, self.local_batch, self.device, t.eval_samples,
-                        self.session.rank, self.session.world_size, self.autocast)
+        limit = 0 if self.val_ds.meta.get("name") == "arc" else t.eval_samples
+        return evaluate_task(self.eval_model, self.val_ds, self.local_batch, self.device, limit=limit,
+                             rank=self.session.rank, world_size=self.session.world_size,
+                             autocast=self.autocast).metrics
+
+    def _write_scored(self, folder: Path, value: float) -> None:
+        """The checkpoint, and the score of the evaluation just before it (what keeps the best)."""
+        self.write_checkpoint(folder)
+        if self.session.rank == 0:
+            ckpt.write_score(folder, self.metric, value, self.step)
+
+    def init_from(self, source: str) -> None:
+        """Fine-tuning: weights (EMA weights when saved) from another run's checkpoint, as the reference's
+        load_checkpoint: the puzzle-embedding table is copied when it has this dataset's shape and the
+        same task ids, otherwise every row starts at the mean of the checkpoint's trained rows."""
+        folder = ckpt.resolve(source, "--init-from (train.init_from)")
+        state = ckpt.read_file(folder, "state.pt")
+        where = f"--init-from {source} ({folder})"
+        diffs = [f"model.{k}: checkpoint {state['config']['model'].get(k)!r} vs this run {v!r}"
+                 for k, v in self.cfg.to_dict()["model"].items()
+                 if k in ckpt.ARCH_FIELDS and state["config"]["model"].get(k) != v]
+        diffs += [f"data {k}: checkpoint {state['meta'].get(k)!r} vs this dataset {self.meta[k]!r}"
+                  for k in ("vocab_size", "seq_len") if state["meta"].get(k) != self.meta[k]]
+        if diffs:
+            raise ckpt.CheckpointError(f"{where}: another architecture or vocabulary:\n  " + "\n  ".join(diffs))
+        weights = dict(state["model"])
+        if state.get("ema"):
+            prefix = "module."
+            weights.update({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+        table_key = "puzzle_emb.weight"
+        table = weights.pop(table_key, None)
+        self.model.load_state_dict(weights, strict=False)
+        if self.ema is not None:
+            self._ema_updates = 0  # the EMA starts from the loaded weights at the first step
+        emb = self.model.puzzle_emb
+        if emb is not None and table is not None:
+            old_ids = self._checkpoint_task_ids(state)
+            same = table.shape == emb.weight.shape and old_ids is not None and old_ids == self.val_ds.meta.get("task_ids")
+            with torch.no_grad():
+                if same:
+                    emb.weight.copy_(table)
+                else:  # the reference: mean of the trained rows for every id (row 0 is the blank id)
+                    trained = table[1:] if table.shape[0] > 1 else table
+                    emb.weight.copy_(trained.float().mean(0, keepdim=True).expand_as(emb.weight))
+        self.extra["init_from"] = str(folder)
+        tracker = getattr(self.session, "tracker", None)
+        if tracker is not None:
+            from trm.tracking import TAG_INIT_FROM
+
+            tracker.set_tags({TAG_INIT_FROM: str(folder.resolve())})
+        log.info("initialised from %s (step %s)%s", folder, state.get("step"),
+                 "; training only the puzzle embeddings" if self.cfg.train.freeze_weights else "")
+
+    @staticmethod
+    def _checkpoint_task_ids(state: dict) -> list | None:
+        try:
+            return PuzzleDataset(config_from_dict(state["config"]).data.path, "test").meta.get("task_ids")
+        except Exception:  # noqa: BLE001 - the parent's dataset need not be here
+            return None
 
 
 class _Window:
