@@ -625,3 +625,134 @@ def test_subset_names_and_test_sets_as_the_reference(tmp_path: Path) -> None:
     out = _arc_cli("--src", str(tmp_path / "k"), "--subsets", "training2", "concept", "--test-set", "concept",
                    "--out", str(tmp_path / "ds"))
     assert read_meta(out)["test_sets"] == ["concept"] and read_meta(out)["subsets"] == ["concept", "training2"]
+
+
+# ---------------------------------------------------------------- vote during training, best kept, inference compute
+def test_unlabelled_rows_are_voted_not_scored(tmp_path: Path) -> None:
+    """Held-out tasks whose test outputs are unknown (a challenges file without solutions): the vote
+    still ranks their candidates (what `trm submit` needs), scores leave them out, and plain accuracy
+    does not count their all-IGNORE rows as exact."""
+    from trm.evaluate import Predictions, score
+
+    subsets = _subsets()
+    _write_combined(tmp_path / "k", subsets, solutions=True)
+    (tmp_path / "k" / "arc-agi_evaluation_solutions.json").unlink()
+    out = _arc_cli("--src", str(tmp_path / "k"), "--out", str(tmp_path / "ds"), "--test-set", "evaluation",
+                   "--test-set", "training")
+    # held out: training (labelled) and evaluation (no solutions file: unlabelled)
+    ds = PuzzleDataset(out, "test")
+    s = VoteSamples.from_dataset(ds)
+    assert {s.task_ids[k[0]] for k in s.unlabelled} == {"e1", "e2"} and len(s.targets) == 3
+    rows = np.arange(len(ds))
+    tokens = np.stack([_aug_tokens(s, r, s.targets.get((int(s.task_index[r]), int(s.test_index[r])),
+                                                       s.inputs[(int(s.task_index[r]), int(s.test_index[r]))]))
+                       for r in rows])
+    r = vote(tokens, np.full(len(rows), 0.5), s, rows)
+    assert len(r.tests) == 6 and all(t.candidates for t in r.tests)  # every input voted on
+    assert r.metrics["eval/num_tasks"] == 2 and r.metrics["eval/task_pass_at_2"] == 1.0  # only a0, b1 scored
+    sums = score(Predictions(rows, tokens, np.ones(len(rows), int), np.ones(len(rows))), ds)
+    assert sums["samples"] == float(np.asarray(ds.arrays["labelled"]).sum()) == sums["exact"]
+
+
+def test_primary_metric_by_dataset_kind() -> None:
+    from trm.evaluate import primary_metric
+
+    assert primary_metric({"name": "arc"}) == "eval/task_pass_at_2"
+    assert primary_metric({"name": "maze"}) == "eval/maze_valid_path_accuracy"
+    assert primary_metric({"name": "sudoku"}) == primary_metric(None) == "val/exact_accuracy"
+
+
+def test_trainer_votes_and_eval_matches_training(small, tmp_path: Path, capsys) -> None:
+    """A tiny ARC run: every evaluation is the vote over all test inputs x augmentations, logged as
+    eval/* with the time it took; `trm eval` on the checkpoint prints the same numbers; --N-sup,
+    --halt and --curve change the compute as asked."""
+    from trm.cli import main
+    from trm.config import load_config
+    from trm.train.loop import Trainer
+    from trm.train.session import LocalSession
+
+    path, _ = small
+    cfg = load_config(None, {"hidden": 16, "heads": 2, "expansion": 2, "layers": 1, "n": 1, "T": 1, "N_sup": 3,
+                             "puzzle_emb_ndim": 16, "puzzle_emb_len": 1, "batch_size": 8, "steps": 4,
+                             "eval_every": 2, "checkpoint_every": 2, "log_every": 2, "eval_samples": 16,
+                             "ema": 0.9, "device": "cpu", "data_path": str(path), "generate": "none"})
+    reports = []
+    trainer = Trainer(cfg, LocalSession(tmp_path / "run", on_report=lambda m, s: reports.append(dict(m))))
+    trainer.fit()
+    last = reports[-1]
+    assert last["eval/num_augmentations"] == 10.0 and last["eval/num_test_inputs"] == 8  # all rows, not 16
+    assert last["score"] == last["eval/task_pass_at_2"] and last["eval/seconds"] > 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--latest", "--batch-size", "8", "--device",
+                 "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for k in ("eval/pass_at_1", "eval/pass_at_2", "eval/task_pass_at_2", "eval/valid_fraction",
+              "val/exact_accuracy", "val/cell_accuracy", "val/mean_halt_steps"):
+        assert printed[k] == pytest.approx(last[k]), k
+    assert printed["step"] == 4 and printed["metric"] == "eval/task_pass_at_2"
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--batch-size", "8", "--device", "cpu",
+                 "--N-sup", "5", "--curve", "--halt"]) == 0
+    curved = json.loads(capsys.readouterr().out)
+    assert curved["eval/supervision_steps"] == 5 and list(curved["curve"]) == ["1", "2", "3", "4", "5"]
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--checkpoint", str(tmp_path / "run"), "--N-sup", "0"])
+    assert e.value.code == 2 and "--N-sup" in capsys.readouterr().err
+
+
+def test_halt_freezes_the_answer_at_the_halting_step(small) -> None:
+    """--halt: a sample's answer is the one of the first step whose halting logit is > 0; curve: the
+    answer after each step, whose last equals the plain prediction."""
+    import torch
+
+    from trm.config import ModelConfig
+    from trm.evaluate import predict
+    from trm.model import TRM
+
+    path, _ = small
+    ds = PuzzleDataset(path, "test")
+    meta = ds.meta
+    torch.manual_seed(0)
+    model = TRM(ModelConfig(hidden=16, heads=2, layers=1, n=1, T=1, N_sup=4, puzzle_emb_ndim=16, puzzle_emb_len=1),
+                meta["vocab_size"], meta["seq_len"], meta["num_puzzle_ids"])
+    with torch.no_grad():
+        model.q_head.bias.fill_(0.0)
+        model.q_head.weight.normal_(0, 1.0)  # some samples halt early, some do not
+    plain = predict(model, ds, 16, torch.device("cpu"), limit=32, curve=True)
+    halted = predict(model, ds, 16, torch.device("cpu"), limit=32, halt=True, curve=True)
+    assert np.array_equal(plain.step_tokens[-1], plain.tokens)
+    assert 1 <= halted.halt_steps.min() and halted.halt_steps.max() <= 4 and (halted.halt_steps < 4).any()
+    for i, h in enumerate(halted.halt_steps):
+        assert np.array_equal(halted.tokens[i], plain.step_tokens[h - 1][i])
+    more = predict(model, ds, 16, torch.device("cpu"), limit=32, n_sup=6, curve=True)
+    assert more.step_tokens.shape[0] == 6 and np.array_equal(more.step_tokens[3], plain.tokens)
+
+
+def test_best_checkpoint_kept_when_later_ones_score_lower(tiny_config, tmp_path: Path, monkeypatch) -> None:
+    """A synthetic metric stream (0.2, 0.9, 0.4, 0.1, 0.3): with keep_checkpoints=1 the session keeps
+    the latest (for resume) and the best (0.9); MLflow tags it; `trm eval` defaults to it."""
+    from mlflow.tracking import MlflowClient
+
+    from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE, Tracker
+    from trm.train import checkpoint as ckpt
+    from trm.train.loop import Trainer
+    from trm.train.session import LocalSession
+
+    stream = iter([0.2, 0.9, 0.4, 0.1, 0.3])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"val/exact_accuracy": next(stream),
+                                                           "val/cell_accuracy": 0.0, "val/mean_halt_steps": 1.0})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.create(uri, "best", run_name="synthetic")
+    cfg = tiny_config(steps=10, eval_every=2, checkpoint_every=2, log_every=2, keep_checkpoints=1)
+    session = LocalSession(tmp_path / "run", keep=1, tracker=tracker)
+    trainer = Trainer(cfg, session)
+    trainer.fit()
+    root = tmp_path / "run" / "checkpoints"
+    kept = sorted(p.name for p in root.glob("step_*"))
+    assert kept == [ckpt.step_dir_name(4), ckpt.step_dir_name(10)]
+    assert ckpt.best_local(root).name == ckpt.step_dir_name(4) == ckpt.resolve(tmp_path / "run").name
+    assert ckpt.latest_local(root).name == ckpt.step_dir_name(10)  # what a resume uses
+    assert trainer.best == {"metric": "val/exact_accuracy", "value": 0.9, "step": 4}
+    tags = MlflowClient(uri).get_run(tracker.run_id).data.tags
+    assert float(tags[TAG_BEST_SCORE]) == 0.9 and tags[TAG_BEST_CKPT].endswith(ckpt.step_dir_name(4))
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "best/score")
+    assert [m.value for m in history] == [0.2, 0.9, 0.9, 0.9, 0.9]
