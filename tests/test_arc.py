@@ -756,3 +756,103 @@ def test_best_checkpoint_kept_when_later_ones_score_lower(tiny_config, tmp_path:
     assert float(tags[TAG_BEST_SCORE]) == 0.9 and tags[TAG_BEST_CKPT].endswith(ckpt.step_dir_name(4))
     history = MlflowClient(uri).get_metric_history(tracker.run_id, "best/score")
     assert [m.value for m in history] == [0.2, 0.9, 0.9, 0.9, 0.9]
+
+
+def _ddp_eval(rank: int, world: int, port: int, path: str, state: dict, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from trm.config import ModelConfig
+    from trm.evaluate.task import evaluate_task
+    from trm.model import TRM
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ds = PuzzleDataset(path, "test")
+        model = TRM(ModelConfig(**state["cfg"]), 12, 900, ds.meta["num_puzzle_ids"])
+        model.load_state_dict(state["weights"])
+        r = evaluate_task(model, ds, 7, "cpu", rank=rank, world_size=world)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(r.metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vote_spread_over_ddp_ranks_equals_one_process(small, tmp_path: Path) -> None:
+    """Two gloo ranks each predict half of every chunk; the gathered vote on every rank is the
+    single process's (the loop's "best" decision must agree across ranks)."""
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    from trm.config import ModelConfig
+    from trm.evaluate.task import evaluate_task
+    from trm.model import TRM
+
+    path, _ = small
+    ds = PuzzleDataset(path, "test")
+    cfg = dict(hidden=16, heads=2, layers=1, n=1, T=1, N_sup=2, puzzle_emb_ndim=16, puzzle_emb_len=1)
+    torch.manual_seed(1)
+    model = TRM(ModelConfig(**cfg), 12, 900, ds.meta["num_puzzle_ids"])
+    with torch.no_grad():
+        model.puzzle_emb.weight.normal_()
+    one = evaluate_task(model, ds, 7, "cpu").metrics
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_eval, args=(2, port, str(path), {"cfg": cfg, "weights": model.state_dict()}, str(tmp_path)),
+             nprocs=2, join=True)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for k, v in one.items():
+            if k != "eval/seconds":
+                assert got[k] == pytest.approx(v), (rank, k)
+
+
+@pytest.mark.slow
+@needs_arc
+def test_arc_run_logs_the_vote_keeps_best_and_submits(tmp_path: Path, capsys) -> None:
+    """End to end on shared ARC-AGI-1 tasks: `trm train` with MLflow; the training-time eval/* read back
+    through MlflowClient equal `trm eval`'s on the best checkpoint (the default); best tagged; the
+    curve of `trm eval --curve` logged as a metric history; `trm submit` from the run validates."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_submit import EVAL_IDS, TRAIN_IDS, build, check_submission_format, train, write_kaggle
+    from trm.cli import main
+    from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE
+
+    write_kaggle(tmp_path / "src", "training", TRAIN_IDS, "training", solutions=True)
+    challenges = write_kaggle(tmp_path / "src", "evaluation", EVAL_IDS, "evaluation", solutions=True)
+    data = build(tmp_path / "src", tmp_path / "data", augmentations=3)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = train(data, tmp_path / "run", 6, "--set", "eval_every=3", "--set", "checkpoint_every=3",
+                tracking=uri)
+    client = MlflowClient(uri)
+    (r,) = client.search_runs(client.get_experiment_by_name("trm-train").experiment_id)
+    best_dir = Path(r.data.tags[TAG_BEST_CKPT])
+    step = int(best_dir.name.split("_")[1])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--batch-size", "8", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert Path(printed["checkpoint"]).resolve() == best_dir and printed["step"] == step
+    assert float(r.data.tags[TAG_BEST_SCORE]) == pytest.approx(printed["eval/task_pass_at_2"])
+    for k in ("eval/task_pass_at_2", "eval/pass_at_2", "eval/task_pass_at_1", "eval/valid_fraction",
+              "eval/num_augmentations", "val/exact_accuracy"):
+        logged = {m.step: m.value for m in client.get_metric_history(r.info.run_id, k)}
+        assert logged[step] == pytest.approx(printed[k]), k
+    assert printed["eval/num_tasks"] == 3 and printed["eval/num_augmentations"] == 4.0
+    assert client.get_metric_history(r.info.run_id, "eval/seconds")
+
+    assert main(["eval", "--checkpoint", str(run), "--batch-size", "8", "--device", "cpu", "--curve", "--N-sup",
+                 "3", "--tracking-uri", uri]) == 0
+    curved = json.loads(capsys.readouterr().out)
+    hist = client.get_metric_history(curved["mlflow_run_id"], "eval/curve/eval/task_pass_at_2")
+    assert [m.step for m in hist] == [1, 2, 3] and [m.value for m in hist] == list(curved["curve"].values())
+
+    out = tmp_path / "submission.json"
+    assert main(["submit", "--checkpoint", str(run), "--challenges", str(challenges), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    check_submission_format(json.loads(out.read_text()), json.loads(challenges.read_text()))
+    assert summary["eval/task_pass_at_2"] == pytest.approx(printed["eval/task_pass_at_2"])
