@@ -168,10 +168,15 @@ class PuzzleEmbedding(nn.Module):
         self.last_rows: torch.Tensor | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.weight[ids]
         if torch.is_grad_enabled() and self.training:
-            rows = rows.detach().requires_grad_(True)
-            self.last_ids, self.last_rows = ids, rows
+            return self.training_rows(ids)
+        return self.weight[ids]
+
+    def training_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of `ids` as a leaf tensor, remembered for the sign-SGD step. The trainer calls it
+        before a compiled forward (and passes the rows in): a leaf made inside would break the graph."""
+        rows = self.weight[ids].detach().requires_grad_(True)
+        self.last_ids, self.last_rows = ids, rows
         return rows
 
 
@@ -218,11 +223,12 @@ class TRM(nn.Module):
             return torch.get_autocast_dtype(device.type)
         return self.embed.weight.dtype
 
-    def embed_input(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor, dtype: torch.dtype | None = None):
+    def embed_input(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor, dtype: torch.dtype | None = None,
+                    puzzle_rows: torch.Tensor | None = None):
         dtype = dtype or self.compute_dtype(tokens.device)
         x = self.embed(tokens).to(dtype)
-        if self.prefix:
-            p = self.puzzle_emb(puzzle_ids).to(dtype)  # [B, ndim]
+        if self.prefix:  # puzzle_rows: the rows of puzzle_ids, gathered by the caller
+            p = (self.puzzle_emb(puzzle_ids) if puzzle_rows is None else puzzle_rows).to(dtype)  # [B, ndim]
             p = F.pad(p, (0, self.prefix * self.cfg.hidden - p.shape[-1])).view(-1, self.prefix, self.cfg.hidden)
             x = torch.cat((p, x), dim=1)
         return self.embed_scale * x
@@ -265,10 +271,13 @@ class TRM(nn.Module):
         q = self.q_head(y[:, 0]).float()
         return StepOutput(logits, q[:, 0], q[:, 1] if self.cfg.halting == "q_learning" else None)
 
-    def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor) -> tuple[Carry, StepOutput]:
-        """One supervision step. Returns the detached carry to feed the next step."""
+    def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor,
+                puzzle_rows: torch.Tensor | None = None) -> tuple[Carry, StepOutput]:
+        """One supervision step. Returns the detached carry to feed the next step.
+        `puzzle_rows`: the puzzle embeddings of `puzzle_ids` when the caller gathered them
+        (`PuzzleEmbedding.training_rows`), so that a compiled forward has no graph break."""
         dtype = self.compute_dtype(tokens.device)
-        x = self.embed_input(tokens, puzzle_ids, dtype)
+        x = self.embed_input(tokens, puzzle_ids, dtype, puzzle_rows)
         y, z = self.deep_recursion(x, carry.y.to(dtype), carry.z.to(dtype))
         return Carry(y.detach(), z.detach()), self.heads(y)
 

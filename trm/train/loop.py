@@ -6,6 +6,13 @@ halts (the halting head says its answer is right, or N_sup steps are spent)
 takes the next sample from the stream and restarts from (y_init, z_init).
 This is the reference implementation's scheme, except that no sample of the
 stream is skipped.
+
+A step never waits for the device: halted slots take their samples from a ring the
+host fills ahead of time (`trm.train.feed`), exploration draws from a device
+generator, the puzzle-embedding update and the EMA are shape-static, statistics
+are summed on the device until a report. With `train.compile`, the supervision
+step (the T-1 no-grad recursions, the last one, the heads) and the losses with
+the halting decision are compiled as whole graphs.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from trm.evaluate.task import evaluate_task
 from trm.model import TRM, Carry
 from trm.train import checkpoint as ckpt
 from trm.train.losses import supervision_losses
+from trm.train.feed import DeviceFeed
 from trm.train.optim import PuzzleEmbeddingSGD, build_optimizer
 from trm.train.session import Session
 
@@ -64,6 +72,32 @@ class Slots:
         return cls(Carry(s["y"], s["z"]), s["tokens"], s["labels"], s["puzzle_ids"], s["steps"], s["halted"])
 
 
+class DevicePuzzleEmbeddingSGD(PuzzleEmbeddingSGD):
+    """`PuzzleEmbeddingSGD` without `unique()`, which waits for the device: a row's gradient is summed
+    into its id's first occurrence in the (all-gathered) batch, found by comparing the N ids with each
+    other, and every occurrence writes the same updated row. Same sums in the same order, so the same
+    update, with shapes known in advance."""
+
+    @torch.no_grad()
+    def step(self, lr_scale: float = 1.0) -> None:
+        rows, ids = self.emb.last_rows, self.emb.last_ids
+        if rows is None or rows.grad is None:
+            return
+        grad = rows.grad
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            g_all = [torch.empty_like(grad) for _ in range(dist.get_world_size())]
+            i_all = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+            dist.all_gather(g_all, grad.contiguous())
+            dist.all_gather(i_all, ids.contiguous())
+            grad, ids = torch.cat(g_all), torch.cat(i_all)
+        first = (ids[:, None] == ids[None, :]).to(torch.uint8).argmax(-1)  # [N] first index of the same id
+        summed = torch.zeros_like(grad).index_add_(0, first, grad)
+        w = self.emb.weight
+        lr = self.lr * lr_scale
+        w[ids] = w[ids] * (1 - lr * self.weight_decay) - lr * summed[first].sign()
+        self.emb.last_rows = self.emb.last_ids = None
+
+
 class Trainer:
     """Owns the model, its EMA, optimizers, data stream and carried slots on one rank."""
 
@@ -90,17 +124,27 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = TRM(cfg.model, **self.meta).to(self.device)
         self.ema = self._build_ema() if t.ema > 0 else None
-        if t.compile:
-            for block in self.model.net.blocks:
-                block.compile()
+        self._ema_updates = 0  # the EMA's n_averaged, mirrored on the host
+        if self.device.type == "cuda":  # TF32 for the matmuls left in float32 (all of them with bf16=false)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.ddp = self._wrap_ddp(self.model)
+        # train.compile: the whole supervision step is one graph (embedding, the T-1 no-grad recursions,
+        # the last one with gradients, the heads, the detached carry; and its backward), and so are the
+        # losses with the halting decision. Evaluation runs the (uncompiled) EMA copy.
+        self._forward = torch.compile(self.ddp, dynamic=False) if t.compile else self.ddp
+        self._bootstrap = (torch.compile(self.model, dynamic=False) if t.compile else self.model) \
+            if cfg.model.halting == "q_learning" else None
+        if t.compile:
+            self._score = torch.compile(self._score, dynamic=False)
         self.opt, self.sched = build_optimizer(self.model, t)
-        self.emb_opt = (PuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
+        self.emb_opt = (DevicePuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
                         if self.model.puzzle_emb is not None else None)
         # the reference's epochs (every puzzle group once, one augmentation, all its examples
-        # together) when the dataset records groups; rows uniformly otherwise
-        self.stream = make_stream(self.train_ds, t.seed, session.rank, session.world_size)
-        self.explore = torch.Generator().manual_seed(t.seed * 1000 + session.rank)
+        # together) when the dataset records groups; rows uniformly otherwise; taken on the device
+        self.feed = DeviceFeed(self.train_ds, make_stream(self.train_ds, t.seed, session.rank, session.world_size),
+                               self.device, self.local_batch)
+        self.explore = torch.Generator(self.device).manual_seed(t.seed * 1000 + session.rank)
         self.slots = self._empty_slots()
         self.step = 0
         self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, restart counts
@@ -131,6 +175,9 @@ class Trainer:
         emb, self.model.puzzle_emb = self.model.puzzle_emb, None
         ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema))
         self.model.puzzle_emb = ema.module.puzzle_emb = emb
+        self._ema_pairs = (list(ema.module.parameters()), list(self.model.parameters()))
+        self._ema_buffers = [(a, b) for a, b in zip(ema.module.buffers(), self.model.buffers())
+                             if a is not b]  # y_init, z_init, RoPE; the puzzle table is shared
         return ema
 
     def _wrap_ddp(self, model: TRM):
@@ -147,7 +194,10 @@ class Trainer:
 
     def _empty_slots(self) -> Slots:
         B, L, dev = self.local_batch, self.meta["seq_len"], self.device
-        return Slots(self.model.initial_carry(B, dev), torch.zeros(B, L, dtype=torch.long, device=dev),
+        carry = self.model.initial_carry(B, dev)
+        if self.autocast:  # the carry's dtype from the first step on: one compiled graph, not two
+            carry = Carry(carry.y.bfloat16(), carry.z.bfloat16())
+        return Slots(carry, torch.zeros(B, L, dtype=torch.long, device=dev),
                      torch.zeros(B, L, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev),
                      torch.zeros(B, dtype=torch.long, device=dev), torch.ones(B, dtype=torch.bool, device=dev))
 
@@ -155,36 +205,49 @@ class Trainer:
     def eval_model(self) -> TRM:
         return self.ema.module if self.ema is not None else self.model
 
+    @property
+    def stream(self):
+        """The training stream, positioned after the samples the slots have taken (waits for the device)."""
+        self.feed.sync()
+        return self.feed.stream
+
     # ---------------------------------------------------------------- one step
+    # Nothing here reads a device value on the host: refill, halting, exploration, the puzzle-embedding
+    # update and the EMA stay on the device, and statistics are summed there (`_Window`) until a report.
     def _refill(self) -> None:
+        """Halted slots take the stream's next samples (in slot order) and restart from (y_init, z_init)."""
         s = self.slots
-        free = s.halted.nonzero().squeeze(-1)
-        if len(free) == 0:
-            return
-        batch = self.train_ds.batch(self.stream.take(len(free)))
-        s.tokens[free] = torch.as_tensor(batch["inputs"], device=self.device).long()
-        s.labels[free] = torch.as_tensor(batch["labels"], device=self.device).long()
-        s.puzzle_ids[free] = torch.as_tensor(batch["puzzle_ids"], device=self.device).long()
-        s.steps[free] = 0
-        s.carry = self.model.reset_carry(s.carry, s.halted)
+        free = s.halted
+        new = self.feed.next(free)
+        s.tokens = torch.where(free[:, None], new["inputs"].long(), s.tokens)
+        s.labels = torch.where(free[:, None], new["labels"].long(), s.labels)
+        s.puzzle_ids = torch.where(free, new["puzzle_ids"].long(), s.puzzle_ids)
+        s.steps = torch.where(free, 0, s.steps)
+        s.carry = self.model.reset_carry(s.carry, free)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         cfg, s = self.cfg, self.slots
         self._refill()
+        emb = self.model.puzzle_emb
+        rows = emb.training_rows(s.puzzle_ids) if emb is not None else None  # the sign-SGD's leaf
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            carry, out = self.ddp(s.carry, s.tokens, s.puzzle_ids)
-        s.steps += 1
-        last = s.steps >= cfg.model.N_sup
+            carry, out = self._forward(s.carry, s.tokens, s.puzzle_ids, puzzle_rows=rows)
+        steps = s.steps + 1
         target_q = None
         if out.q_continue is not None:  # HRM's ACT: bootstrap from one more (gradient-free) step
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                _, nxt = self.model(carry, s.tokens, s.puzzle_ids)
-            target_q = torch.sigmoid(torch.where(last, nxt.q_halt, torch.maximum(nxt.q_halt, nxt.q_continue)))
-        loss, parts, is_correct, token_correct = supervision_losses(
-            out.logits, s.labels, out.q_halt, out.q_continue, target_q)
+                _, nxt = self._bootstrap(carry, s.tokens, s.puzzle_ids, puzzle_rows=rows)
+            target_q = torch.sigmoid(torch.where(steps >= cfg.model.N_sup, nxt.q_halt,
+                                                 torch.maximum(nxt.q_halt, nxt.q_continue)))
+        explore = None
+        if cfg.model.N_sup > 1:  # a random minimum number of steps for some samples, drawn on the device
+            B = self.local_batch
+            explore = (torch.rand(B, generator=self.explore, device=self.device),
+                       torch.randint(2, cfg.model.N_sup + 1, (B,), generator=self.explore, device=self.device))
+        loss, stats, halted = self._score(out.logits, s.labels, out.q_halt, out.q_continue, target_q, steps, explore)
         loss.backward()
         if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip, foreach=True)
         lr_scale = self.sched.get_last_lr()[0] / cfg.train.lr
         self.opt.step()
         if self.emb_opt is not None:
@@ -192,25 +255,42 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self._update_ema()
         self.step += 1
+        s.carry, s.steps, s.halted = carry, steps, halted
+        return stats
 
-        with torch.no_grad():  # halting decision for the next step
-            halted = last.clone()
-            if cfg.model.N_sup > 1:
-                stop = out.q_halt > 0 if out.q_continue is None else out.q_halt > out.q_continue
-                explore = torch.rand(len(stop), generator=self.explore) < cfg.model.halt_exploration
-                min_steps = torch.randint(2, cfg.model.N_sup + 1, (len(stop),), generator=self.explore)
-                min_steps = torch.where(explore, min_steps, 0).to(self.device)
-                halted |= stop & (s.steps >= min_steps)
+    def _score(self, logits, labels, q_halt, q_continue, target_q, steps, explore):
+        """Loss, the statistics of the step and the halting decision for the next (compiled as one graph)."""
+        m = self.cfg.model
+        loss, parts, is_correct, token_correct = supervision_losses(logits, labels, q_halt, q_continue, target_q)
+        with torch.no_grad():
+            halted = steps >= m.N_sup
+            if explore is not None:
+                stop = q_halt > 0 if q_continue is None else q_halt > q_continue
+                min_steps = torch.where(explore[0] < m.halt_exploration, explore[1], 0)
+                halted = halted | (stop & (steps >= min_steps))
             done = halted.float()
-            mask_counts = (s.labels != -100).sum(-1).clamp_min(1)
+            mask_counts = (labels != -100).sum(-1).clamp_min(1)
             stats = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
                      "halted": done.sum(), "exact": (is_correct.float() * done).sum(),
                      "cells": ((token_correct.sum(-1) / mask_counts) * done).sum(),
-                     "halt_steps": (s.steps.float() * done).sum()}
-        s.carry, s.halted = carry, halted
-        return stats
+                     "halt_steps": (steps.float() * done).sum()}
+        return loss, stats, halted
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """AveragedModel.update_parameters without its host reads of n_averaged: the first update
+        copies the weights, later ones lerp by 1 - decay (one foreach kernel per dtype)."""
+        ema_params, params = self._ema_pairs
+        if self._ema_updates == 0:
+            torch._foreach_copy_(ema_params, params)
+        else:
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.cfg.train.ema)
+        if self._ema_buffers:  # as AveragedModel(use_buffers=False): buffers follow the model
+            torch._foreach_copy_([a for a, _ in self._ema_buffers], [b for _, b in self._ema_buffers])
+        self.ema.n_averaged += 1  # a host tensor
+        self._ema_updates += 1
 
     # ---------------------------------------------------------------- checkpoints
     def write_checkpoint(self, folder: Path) -> None:
@@ -224,7 +304,7 @@ class Trainer:
                      "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
                      "extra": self.extra, "best": self.best}
             ckpt.write_file(folder, "state.pt", state)
-        ckpt.write_file(folder, f"rank{r}.pt", {"slots": self.slots.state_dict(), "stream": self.stream.state_dict(),
+        ckpt.write_file(folder, f"rank{r}.pt", {"slots": self.slots.state_dict(), "stream": self.feed.state_dict(),
                                                 "explore": self.explore.get_state(),
                                                 "python_rng": random.getstate()})
 
@@ -242,6 +322,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"], strict=False)
         elif self.ema is not None:
             log.warning("%s: checkpoint has no EMA; starting the EMA from the restored weights", folder)
+        if self.ema is not None:
+            self._ema_updates = int(self.ema.n_averaged)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -251,14 +333,18 @@ class Trainer:
                 raise ckpt.CheckpointError(f"saved with {state['world_size']} workers, now {self.session.world_size}")
             mine = ckpt.read_file(folder, f"rank{self.session.rank}.pt")
             self.slots = Slots.from_state(mine["slots"], self.device)
-            self.stream.load_state_dict(mine["stream"])
-            self.explore.set_state(mine["explore"])
+            self.feed.load_state_dict(mine["stream"])
+            try:
+                self.explore.set_state(mine["explore"])
+            except RuntimeError:  # a CPU generator's state on CUDA, or the reverse
+                log.warning("%s: exploration RNG state from another device type; drawing from this run's seed",
+                            folder)
             random.setstate(mine["python_rng"])
         except ckpt.CheckpointError as e:
             # weights and optimizer are intact; carried samples restart, the stream
             # moves to the next epoch so no sample is seen twice in a row
             log.warning("%s: %s; carried slots restart from y_init/z_init", folder, e)
-            self.stream.load_state_dict({"epoch": self.step + 1, "pos": 0})
+            self.feed.load_state_dict({"epoch": self.step + 1, "pos": 0})
         log.info("resumed from %s at step %d", folder, self.step)
 
     # ---------------------------------------------------------------- loop
