@@ -67,8 +67,8 @@ def test_search_space_is_validated():
         validate_space({"n": tune.choice([0, 1])}, base)
     with pytest.raises(ConfigError, match="expected lower < upper"):
         validate_space({"lr": tune.loguniform(1e-2, 1e-2 + 1e-9)} | {"weight_decay": tune.uniform(2, 1)}, base)
-    with pytest.raises(ConfigError, match="--preset 'tiny'"):
-        base_config(SweepOptions(name="x", preset="tiny"))
+    with pytest.raises(ConfigError, match="--preset 'huge'"):
+        base_config(SweepOptions(name="x", preset="huge"))
 
 
 def run_script(script, *args, cwd, timeout=600, env=None):
@@ -102,7 +102,7 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     from trm.evaluate import evaluate
     from trm.train.loop import load_for_eval
 
-    r = run_script("depth_sweep.py", "--num-samples", "5", "--max-concurrent", "2", "--storage",
+    r = run_script("depth_sweep.py", "--preset", "tiny", "--num-samples", "5", "--max-concurrent", "2", "--storage",
                    str(tmp_path / "runs"), "--tracking-uri", mlflow_server, "--seed", "1", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Depth vs accuracy" in r.stdout
@@ -117,7 +117,7 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     assert len(children) == 5
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"depth_table.md", "depth_vs_accuracy.png"}
 
-    metric = PRESETS["smoke"].metric
+    metric = PRESETS["tiny"].metric
     for child in children:
         p = child.data.params
         for key in ("n", "T", "layers", "arch", "hidden", "ema", "weight_decay", "lr", "N_sup"):
@@ -153,8 +153,8 @@ def test_sweep_driver_lost_then_restored(tmp_path):
     from tests.processes import kill_session
 
     storage, db = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--num-samples", "4", "--max-concurrent", "2", "--storage", str(storage), "--tracking-uri", db,
-            "--seed", "3"]
+    args = ["--preset", "tiny", "--num-samples", "4", "--max-concurrent", "2", "--storage", str(storage),
+            "--tracking-uri", db, "--seed", "3"]
     proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})

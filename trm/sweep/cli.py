@@ -22,6 +22,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name (default: the script's)")
     add_flags(p, "data", "set")
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run each configuration with training seeds 0..K-1; the report shows mean +- std")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="Optuna RDB storage (default: sqlite optuna.db beside a SQLite MLflow DB); "
+                        "watch it with `optuna-dashboard URL`")
+    p.add_argument("--multi-objective", action="store_true",
+                   help="Optuna: maximise the metric and minimise each trial's device-hours (Pareto front)")
+    p.add_argument("--verbose", action="store_true", help="Ray's per-report and checkpoint logs, Tune's results")
     return p
 
 
@@ -32,12 +40,14 @@ def main(name: str, spaces: dict[str, dict[str, Any]], description: str,
     def sweep(a: argparse.Namespace) -> None:
         from trm.sweep.tune import SweepOptions, run_sweep
 
-        require_positive(a, "--num-samples", "--max-concurrent", "--workers-per-trial")
+        require_positive(a, "--num-samples", "--max-concurrent", "--workers-per-trial", "--seeds")
         opts = SweepOptions(name=a.name or name, preset=a.preset, num_samples=a.num_samples,
                             max_concurrent=a.max_concurrent, workers_per_trial=a.workers_per_trial,
                             gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
                             storage=a.storage, tracking_uri=a.tracking_uri, address=a.address, resume=a.resume,
-                            seed=a.seed, overrides=overrides_from(a))
+                            seed=a.seed, overrides=overrides_from(a), seeds=a.seeds,
+                            optuna_storage=a.optuna_storage, multi_objective=a.multi_objective,
+                            verbose=a.verbose)
         run_sweep(opts, spaces[a.preset if a.preset in spaces else "default"], report)
 
     return run_main(parser(description), sweep, argv)

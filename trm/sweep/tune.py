@@ -16,11 +16,12 @@ import copy
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
 
 from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides
 from trm.launch.cluster import WorkerSpec
@@ -46,6 +47,10 @@ class SweepOptions:
     resume: bool = False
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)  # --set on top of the preset
+    seeds: int = 1  # repeat each configuration with training seeds 0..seeds-1
+    optuna_storage: str | None = None  # Optuna RDB URL (default: optuna.db beside a SQLite MLflow DB)
+    multi_objective: bool = False  # Optuna: maximise the metric and minimise each trial's device-hours
+    verbose: bool = False  # Ray's per-report and checkpoint logs
 
     @property
     def spec(self) -> WorkerSpec:
@@ -61,6 +66,7 @@ class TrialSetup:
     trial_storage: str  # each trial's TorchTrainer runs under TRIAL_STORAGE/TRIAL_ID
     spec: WorkerSpec
     metric: str
+    verbose: bool = False
 
     def config(self, proposed: dict[str, Any]) -> Config:
         return with_values(self.base, proposed)
@@ -80,6 +86,62 @@ class TrialRow:
     reason: str
     run_id: str | None
     effective_depth: int
+    history: dict[int, float] = field(default_factory=dict)  # step -> metric at each evaluation
+    hours: float = 0.0  # device-hours (GPU-hours, or CPU-hours on CPUs)
+
+    @property
+    def label(self) -> str:
+        return trial_label(self.params)
+
+    @property
+    def steps(self) -> int:
+        return max(self.history, default=0)
+
+
+# ---------------------------------------------------------------- names
+_DEPTH_KEYS = (("layers", "L"), ("n", "n"), ("T", "T"))
+
+
+def trial_label(params: dict[str, Any], with_seed: bool = True) -> str:
+    """A trial's name from its proposed values: layers=2 n=3 T=2 -> L2-n3-T2; others key=value."""
+    parts = [f"{short}{params[k]}" for k, short in _DEPTH_KEYS if k in params]
+    for k, v in sorted(params.items()):
+        if k in ("layers", "n", "T", "seed"):
+            continue
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    if with_seed and "seed" in params:
+        parts.append(f"s{params['seed']}")
+    return "-".join(parts) or "trial"
+
+
+def describe_space(space: dict[str, Any]) -> str:
+    """The search space as a reader writes it: layers in [1, 2]; lr ~ loguniform(0.0001, 0.01)."""
+    out = []
+    for k, d in space.items():
+        if hasattr(d, "categories"):
+            out.append(f"{k} in {list(d.categories)}")
+        elif hasattr(d, "lower") and hasattr(d, "upper"):
+            kind = "loguniform" if "Log" in type(d.get_sampler()).__name__ else "uniform"
+            out.append(f"{k} ~ {kind}({d.lower:g}, {d.upper:g})")
+        else:
+            out.append(f"{k} = {d}")
+    return "; ".join(out)
+
+
+def discrete_size(space: dict[str, Any]) -> int | None:
+    """Configurations in a space of choices only (None when a range is in it)."""
+    if not all(hasattr(d, "categories") for d in space.values()):
+        return None
+    return math.prod(len(d.categories) for d in space.values())
+
+
+def optuna_storage_url(given: str | None, tracking_uri: str) -> str:
+    """--optuna-storage, else optuna.db beside a SQLite MLflow DB, else ./optuna.db."""
+    if given:
+        return given
+    if tracking_uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).with_name("optuna.db"))
+    return "sqlite:///" + str(Path("optuna.db").resolve())
 
 
 # ---------------------------------------------------------------- validation
@@ -125,28 +187,108 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """One Tune trial: a TorchTrainer over the config the searcher proposed."""
     from trm.launch.worker import WorkerRun, make_trainer
 
+    if not setup.verbose:
+        quiet_ray_logs()
     ctx = tune.get_context()
     cfg = setup.config(config)
-    tracker = runs.trial_run(setup.tracking_uri, setup.parent_run_id, ctx.get_trial_id(), ctx.get_trial_name())
+    tracker = runs.trial_run(setup.tracking_uri, setup.parent_run_id, ctx.get_trial_id(), trial_label(config))
     tracker.log_config(cfg)
-    trainer = make_trainer(WorkerRun(cfg, setup.tracking_uri, tracker.run_id), name=ctx.get_trial_id(),
-                           storage=setup.trial_storage, spec=setup.spec, metric=setup.metric, in_tune=True)
+    try:
+        runs.log_dataset(tracker, cfg.data.path, Path(cfg.data.path).name, asdict(cfg.data), "train")
+    except Exception:  # noqa: BLE001 - a dataset record must never take the trial down
+        log.warning("could not log the dataset of trial %s", ctx.get_trial_id(), exc_info=True)
+    trainer = make_trainer(WorkerRun(cfg, setup.tracking_uri, tracker.run_id, quiet=not setup.verbose),
+                           name=ctx.get_trial_id(), storage=setup.trial_storage, spec=setup.spec,
+                           metric=setup.metric, in_tune=True)
     trainer.fit()
 
 
+def quiet_ray_logs() -> None:
+    """Ray Train's per-report and per-checkpoint INFO lines off (warnings and errors stay)."""
+    for name in ("ray.train", "ray.tune", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class UniqueOptunaSearch(OptunaSearchBase):
+    """Optuna (TPE) that never proposes a configuration twice, and with `seeds` > 1 runs each new
+    configuration with training seeds 0..seeds-1 (Optuna learns from seed 0; the others are
+    repeats that the report averages). A duplicate proposal is told to Optuna as failed and
+    asked again; when every configuration of a discrete space has run, the search is finished."""
+
+    def __init__(self, *args, seeds: int = 1, size: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seeds, self.size = seeds, size
+        self._seen: set[tuple] = set()
+        self._queue: list[dict] = []
+        self._repeats: set[str] = set()
+
+    def suggest(self, trial_id: str):
+        from optuna.trial import TrialState
+        from ray.tune.search import Searcher
+
+        if self._queue:
+            self._repeats.add(trial_id)
+            return self._queue.pop(0)
+        if self.size is not None and len(self._seen) >= self.size:
+            return Searcher.FINISHED
+        for _ in range(500):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            key = tuple(sorted((k, repr(v)) for k, v in config.items()))
+            if key not in self._seen:
+                break
+            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+        else:
+            return Searcher.FINISHED
+        self._seen.add(key)
+        if self.seeds > 1:
+            self._queue += [{**config, "seed": s} for s in range(1, self.seeds)]
+            config = {**config, "seed": 0}
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id not in self._repeats:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id not in self._repeats:
+            super().on_trial_complete(trial_id, result, error)
+
+
 class MlflowTrialCallback(tune.Callback):
-    """Driver side: remembers each trial's best checkpoint, and when the trial ends tags its
-    child run with the end reason and logs that checkpoint (or its S3 URI)."""
+    """Driver side: remembers each trial's best checkpoint and its evaluations, and when the trial
+    ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
+    Prints one line per trial event (started, evaluation, ended and why)."""
 
     def __init__(self, uri: str, parent_run_id: str, metric: str, stopper: OverfitStopper,
-                 scheduler: RecordingASHA):
+                 scheduler: RecordingASHA, spec: WorkerSpec | None = None, echo: bool = True):
         self.uri, self.parent_run_id, self.metric = uri, parent_run_id, metric
-        self.stopper, self.scheduler = stopper, scheduler
+        self.stopper, self.scheduler, self.spec, self.echo = stopper, scheduler, spec, echo
         self.best: dict[str, tuple[float, str | None]] = {}
         self.reasons: dict[str, str] = {}
+        self.hours: dict[str, float] = {}
+
+    def _say(self, trial, text: str) -> None:
+        if self.echo:
+            import time
+
+            print(f"{time.strftime('%H:%M:%S')} {trial_label(trial.config):14s} {text}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        depth = ""
+        try:
+            depth = f" (effective depth {trial.config['layers'] * (trial.config['n'] + 1) * trial.config['T']})"
+        except (KeyError, TypeError):
+            pass
+        self._say(trial, f"started{depth}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value, path = result.get(self.metric), result.get("checkpoint_path")
+        if value is not None and math.isfinite(value):
+            cell = result.get("val/cell_accuracy")
+            extra = f", val/cell_accuracy {cell:.3f}" if cell is not None and self.metric != "val/cell_accuracy" else ""
+            self._say(trial, f"step {result.get('step', '?')}: {self.metric} {value:.3f}{extra}")
         if value is None or path is None or not math.isfinite(value):
             return
         if value >= self.best.get(trial.trial_id, (-math.inf, None))[0]:
@@ -161,11 +303,35 @@ class MlflowTrialCallback(tune.Callback):
     def _finish(self, trial, errored: bool) -> None:
         reason = end_reason(trial.trial_id, self.stopper, self.scheduler, errored)
         self.reasons[trial.trial_id] = reason
+        last = trial.last_result or {}
+        seconds = float(last.get("time_total_s") or 0.0)
+        cost = trial_cost(seconds, self.spec) if self.spec is not None else {}
+        self.hours[trial.trial_id] = cost.get("cost/device_hours", 0.0)
+        best = self.best.get(trial.trial_id)
+        why = {"asha_pruned": "pruned by ASHA", "overfit_stopped": "stopped: overfitting",
+               "diverged": "stopped: diverged", "error": "failed", "completed": "completed"}.get(reason, reason)
+        self._say(trial, f"{why} at step {last.get('step', '?')}" + (f", best {self.metric} {best[0]:.3f}"
+                                                                    if best else "") + f", {seconds:.0f} s")
         try:
-            runs.end_trial_run(self.uri, self.parent_run_id, trial.trial_id, str(trial), reason=reason,
-                               errored=errored, metric=self.metric, best=self.best.get(trial.trial_id))
+            runs.end_trial_run(self.uri, self.parent_run_id, trial.trial_id, trial_label(trial.config),
+                               reason=reason, errored=errored, metric=self.metric, best=best, cost=cost)
         except Exception:  # noqa: BLE001 - tracking must never take the sweep down
             log.exception("could not record the end of trial %s in MLflow", trial.trial_id)
+
+
+def trial_cost(seconds: float, spec: WorkerSpec) -> dict[str, float]:
+    """A trial's cost from its wall time: GPU-hours (or CPU-hours on CPUs), and dollars for GPUs
+    at the price table's p5.4xlarge spot rate (per GPU)."""
+    from trm.cost import DEFAULT_PRICES
+
+    hours = seconds / 3600.0
+    out = {"cost/wall_hours": hours, "cost/cpu_hours": hours * spec.workers * spec.cpus_per_worker,
+           "cost/gpu_hours": hours * spec.workers * spec.gpus_per_worker}
+    out["cost/device_hours"] = out["cost/gpu_hours"] or out["cost/cpu_hours"]
+    if spec.gpus_per_worker > 0:
+        entry = DEFAULT_PRICES["p5.4xlarge"]
+        out["cost/usd_estimate"] = out["cost/gpu_hours"] * entry["spot"] / max(entry["gpus"], 1)
+    return out
 
 
 # ---------------------------------------------------------------- the sweep
@@ -192,24 +358,44 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
               report: Callable[[list[TrialRow], Tracker], None] | None = None) -> list[TrialRow]:
     """Validate everything, start (or resume) the sweep, return one row per trial."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     from trm.launch.cluster import DRIVER_RESOURCE, preflight
     from trm.storage import join, resolve
 
+    if not opts.verbose:
+        quiet_ray_logs()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     base, preset = base_config(opts)
     validate_space(space, base)
+    if opts.seeds > 1 and "seed" in space:
+        raise ConfigError("--seeds: the search space already sweeps `seed`")
     storage = resolve(opts.storage)
     uri = preflight(base, storage=storage, tracking_uri=opts.tracking_uri, address=opts.address, spec=opts.spec,
                     what=f"one trial ({opts.spec.describe('--workers-per-trial')})")
     sweep_path = join(storage, opts.name)
+    size = discrete_size(space)
     num_samples = opts.num_samples or preset.num_samples
+    if size is not None and size * opts.seeds < num_samples:
+        log.info("the space holds %d configurations: running each once%s (not %d trials)", size,
+                 f" per seed ({opts.seeds} seeds)" if opts.seeds > 1 else "", num_samples)
+        num_samples = size * opts.seeds
     max_concurrent = opts.max_concurrent or _default_concurrency(opts)
+    optuna_url = optuna_storage_url(opts.optuna_storage, uri)
     parent = runs.sweep_run(uri, opts.name, sweep_path, opts.resume, {
         "preset": opts.preset, "num_samples": num_samples, "max_concurrent": max_concurrent,
-        "workers_per_trial": opts.workers_per_trial, "metric": preset.metric,
-        "search_space": ", ".join(f"{k}={v}" for k, v in space.items())[:6000]})
-    log.info("sweep %s: MLflow parent run %s at %s; storage %s", opts.name, parent.run_id, uri, sweep_path)
+        "workers_per_trial": opts.workers_per_trial, "metric": preset.metric, "seeds": opts.seeds,
+        "objectives": f"max {preset.metric}, min device-hours" if opts.multi_objective else f"max {preset.metric}",
+        "search_space": describe_space(space)[:6000], "optuna_storage": optuna_url,
+        "asha": f"rungs every {preset.grace * base.train.eval_every} x {preset.reduction_factor}^k steps "
+                f"up to {base.train.steps}"})
+    study = f"{opts.name}-{parent.run_id[:8]}"
+    parent.set_tags({"optuna_study": study})
+    try:
+        runs.log_dataset(parent, base.data.path, Path(base.data.path).name, asdict(base.data), "train")
+    except Exception:  # noqa: BLE001
+        log.warning("could not log the sweep's dataset", exc_info=True)
+    log.info("sweep %s: MLflow parent run %s at %s; storage %s; Optuna study %s in %s", opts.name, parent.run_id,
+             uri, sweep_path, study, optuna_url)
 
     stopper = OverfitStopper(metric=preset.metric, train_metric=preset.metric.replace("val/", "train/"),
                              margin=preset.overfit_margin, patience=preset.overfit_patience)
@@ -219,34 +405,79 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
                               max_t=base.train.steps,
                               grace_period=min(preset.grace * base.train.eval_every, base.train.steps),
                               reduction_factor=preset.reduction_factor)
-    callback = MlflowTrialCallback(uri, parent.run_id, preset.metric, stopper, scheduler)
-    setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, preset.metric)
+    callback = MlflowTrialCallback(uri, parent.run_id, preset.metric, stopper, scheduler, opts.spec)
+    setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, preset.metric, opts.verbose)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
     if opts.resume and tune.Tuner.can_restore(sweep_path):
         log.info("resuming sweep from %s", sweep_path)
         tuner = tune.Tuner.restore(sweep_path, trainable, resume_errored=True, param_space=space)
     else:
-        searcher = OptunaSearch(metric=preset.metric, mode="max",
-                                sampler=optuna.samplers.TPESampler(seed=opts.seed))
+        metric, mode = ((preset.metric, "time_total_s"), ("max", "min")) if opts.multi_objective \
+            else (preset.metric, "max")
+        searcher = UniqueOptunaSearch(
+            metric=list(metric) if opts.multi_objective else metric, mode=list(mode) if opts.multi_objective
+            else mode, sampler=optuna.samplers.TPESampler(seed=opts.seed), study_name=study,
+            storage=optuna.storages.RDBStorage(optuna_url), seeds=opts.seeds, size=size)
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                        max_concurrent_trials=max_concurrent),
+                                        max_concurrent_trials=max_concurrent,
+                                        trial_name_creator=lambda t: trial_label(t.config),
+                                        trial_dirname_creator=lambda t: f"{trial_label(t.config)}_{t.trial_id}"),
             run_config=tune.RunConfig(name=opts.name, storage_path=storage, stop=stopper, callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=1), verbose=1))
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      verbose=2 if opts.verbose else 1))
     grid = tuner.fit()
 
     rows = _rows(grid, preset.metric, base, callback, runs.trial_run_ids(parent))
     best = max((r.best for r in rows if math.isfinite(r.best)), default=float("nan"))
+    total = {k: sum(_trial_metric(parent, r.run_id, k) for r in rows)
+             for k in ("cost/cpu_hours", "cost/gpu_hours", "cost/usd_estimate")}
     runs.record_sweep(parent, preset.metric, best,
                       {k: [getattr(r, k) if k != "params" else str(r.params) for r in rows]
-                       for k in ("trial_id", "params", "best", "reason", "run_id", "effective_depth")})
+                       for k in ("trial_id", "label", "params", "best", "reason", "run_id", "effective_depth",
+                                 "steps")},
+                      extra={k.replace("cost/", "cost/total_"): v for k, v in total.items()})
     if report is not None:
-        report(rows, parent)
+        report(rows, parent, preset.metric)
+    _register_best(rows, uri, opts.name)
     parent.end()
     _print_rows(rows, preset.metric)
+    print(f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
+          + (f", ${total['cost/usd_estimate']:.2f} (p5.4xlarge spot)" if total["cost/usd_estimate"] else ""))
+    print(f"MLflow: mlflow ui --backend-store-uri {uri}   Optuna: optuna-dashboard {optuna_url}")
+    sys.stdout.flush()
     return rows
+
+
+def _trial_metric(parent: Tracker, run_id: str | None, key: str) -> float:
+    if run_id is None:
+        return 0.0
+    return float(parent.client.get_run(run_id).data.metrics.get(key, 0.0))
+
+
+def _register_best(rows: list[TrialRow], uri: str, name: str) -> None:
+    """The best trial's best checkpoint (EMA weights) as an MLflow model in its child run,
+    registered under the sweep's name with alias `best`."""
+    from trm.train.loop import load_for_eval
+
+    done = [r for r in rows if math.isfinite(r.best) and r.run_id]
+    if not done:
+        return
+    top = max(done, key=lambda r: r.best)
+    try:
+        run = Tracker(uri, top.run_id)
+        path = run.client.get_run(top.run_id).data.tags.get("best_checkpoint")
+        if not path or "://" in path or not Path(path).is_dir():
+            return
+        model, cfg, state = load_for_eval(path)
+        version = runs.register_best_model(uri, top.run_id, model, name, {
+            **top.params, "step": state.get("step"), "best": top.best})
+        log.info("registered %s version %s (alias best): trial %s", name, version, top.label)
+        print(f"best model: models:/{name}@best (version {version}, trial {top.label}, step {state.get('step')})")
+    except Exception:  # noqa: BLE001 - registration must never take the sweep down
+        log.warning("could not register the best model", exc_info=True)
 
 
 def _rows(grid, metric: str, base: Config, callback: MlflowTrialCallback, run_ids: dict[str, str]) -> list[TrialRow]:
@@ -257,16 +488,18 @@ def _rows(grid, metric: str, base: Config, callback: MlflowTrialCallback, run_id
         best = float(df[metric].max()) if df is not None and metric in df else float("nan")
         cfg = apply_overrides(copy.deepcopy(base), dict(result.config or {}))
         reason = callback.reasons.get(trial_id, "error" if result.error else "completed")
+        history = {}
+        if df is not None and metric in df and "step" in df:
+            history = {int(s): float(v) for s, v in zip(df["step"], df[metric]) if v == v}
         rows.append(TrialRow(trial_id, dict(result.config or {}), best, dict(result.metrics or {}), reason,
-                             run_ids.get(trial_id), cfg.effective_depth))
+                             run_ids.get(trial_id), cfg.effective_depth, history,
+                             callback.hours.get(trial_id, 0.0)))
     return rows
 
 
 def _print_rows(rows: list[TrialRow], metric: str) -> None:
-    keys = sorted({k for r in rows for k in r.params})
-    header = f"{'trial':10s} " + " ".join(f"{k:>9s}" for k in keys) + f" {'depth':>6s} {metric:>20s}  end"
-    print(header)
+    print(f"\nTrials ranked by best {metric} (each at its own budget; see the compute-matched table above):")
+    print(f"{'trial':16s} {'depth':>6s} {'steps':>6s} {'best ' + metric:>26s}  end")
     for r in sorted(rows, key=lambda r: -r.best if math.isfinite(r.best) else math.inf):
-        print(f"{r.trial_id:10s} " + " ".join(f"{str(r.params.get(k)):>9s}" for k in keys)
-              + f" {r.effective_depth:6d} {r.best:20.4f}  {r.reason}")
+        print(f"{r.label:16s} {r.effective_depth:6d} {r.steps:6d} {r.best:26.4f}  {r.reason}")
     sys.stdout.flush()

@@ -20,6 +20,10 @@ Names used across the project:
   tags         trial_end_reason, ray_trial_id, git_commit, best_checkpoint, best_score, best_metric,
                best_step, last_checkpoint, init_from_checkpoint,
                trm.sweep_path, trm.run_path, driver_starts, instance_type, market, eval_dataset
+  experiments  tagged mlflow.experimentKind=custom_model_development (the UI's model-training view)
+  inputs       a sweep's parent and every trial log their dataset (`runs.log_dataset`)
+  models       a sweep's best trial logs `model` (mlflow.pytorch), registered as the sweep's name, alias best
+  system       every trial's rank 0 logs system/* (CPU, memory, GPU when present)
   artifacts    checkpoint/ (final weights), best_checkpoint/ (a trial's), config.yaml, trials.json
                (a sweep's table), depth_table.md and depth_vs_accuracy.png (the depth report)
 """
@@ -60,6 +64,9 @@ TAG_RUN_PATH = "trm.run_path"  # a long run's storage location
 TAG_DRIVER_STARTS = "driver_starts"
 TAG_INSTANCE_TYPE, TAG_MARKET = "instance_type", "market"
 TAG_EVAL_DATASET = "eval_dataset"
+# experiment tag MLflow's UI (3.x) reads to open an experiment in its model-training view, not GenAI's
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+MODEL_ALIAS = "best"  # alias of a sweep's registered best model version
 # artifacts
 ART_CHECKPOINT, ART_BEST_CHECKPOINT, ART_CONFIG = "checkpoint", "best_checkpoint", "config.yaml"
 ART_TRIALS = "trials.json"
@@ -118,7 +125,8 @@ class Tracker:
         check_reachable(uri)
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+            experiment, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         all_tags = {TAG_COMMIT: git_commit(), **(tags or {})}
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id

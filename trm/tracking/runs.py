@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_TRIALS, TAG_BEST_CKPT,
-                          TAG_DRIVER_STARTS, TAG_END_REASON, TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT,
-                          TAG_RUN_PATH, TAG_SWEEP, TAG_TRIAL_ID, Tracker)
+from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_TRIALS, EXPERIMENT_KIND,
+                          MODEL_ALIAS, TAG_BEST_CKPT, TAG_DRIVER_STARTS, TAG_END_REASON, TAG_EXPERIMENT_KIND,
+                          TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT, TAG_RUN_PATH, TAG_SWEEP,
+                          TAG_TRIAL_ID, Tracker)
 
 if TYPE_CHECKING:
     from trm.config import Config
@@ -127,8 +128,59 @@ def sweep_run(uri: str, experiment: str, sweep_path: str, resume: bool, params: 
                 parent.reopen()
                 return parent
     parent = Tracker.create(uri, experiment, run_name=f"{experiment}-sweep", tags={TAG_SWEEP: sweep_path})
+    # an experiment created before the kind tag existed opens in the GenAI view: tag it too
+    parent.client.set_experiment_tag(parent.experiment_id(), TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     parent.log_params(params)
     return parent
+
+
+def log_dataset(tracker: Tracker, data_path: str, name: str, digest_of: dict[str, Any], context: str) -> None:
+    """The run's dataset as an MLflow run input (the UI's "Datasets used"): its folder or S3 prefix,
+    a name, and a digest of what built it (`digest_of`: the data config)."""
+    import hashlib
+    import json
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    digest = hashlib.sha256(json.dumps(digest_of, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(data_path)
+    dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+    tracker.client.log_inputs(tracker.run_id, datasets=[
+        DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+
+def start_system_metrics(uri: str, run_id: str, interval: float = 10.0):
+    """Log system/* (CPU, memory, disk, network; GPU with nvidia-ml-py) into `run_id` every
+    `interval` seconds from this process until `.finish()`; None when psutil is missing."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
+                                   resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def register_best_model(uri: str, run_id: str, model, name: str, params: dict[str, Any]) -> str:
+    """Log `model` (a torch module) into run `run_id` with mlflow.pytorch and register it as
+    `name` with alias `best`; returns the model version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=name, params=params,
+                                        serialization_format="pickle")  # pt2 needs an input example
+    client = MlflowClient(uri)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, MODEL_ALIAS, version)
+    return version
 
 
 def trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str) -> Tracker:
@@ -145,10 +197,13 @@ def trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str) -> T
 
 
 def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, *, reason: str, errored: bool,
-                  metric: str, best: tuple[float, str] | None) -> None:
+                  metric: str, best: tuple[float, str] | None, cost: dict[str, float] | None = None) -> None:
     """Tag the trial's child run with its end reason and `best` (value, checkpoint), log that
-    checkpoint when it is a local folder, and end the run."""
+    checkpoint when it is a local folder, its `cost` metrics (cost/cpu_hours, cost/gpu_hours, ...),
+    and end the run."""
     tracker = trial_run(uri, parent_run_id, trial_id, trial_name)
+    if cost:
+        tracker.log_metrics(cost, step=0, once_per_step=False)
     tags: dict[str, Any] = {TAG_END_REASON: reason}
     if best is not None:
         value, path = best
@@ -167,8 +222,9 @@ def trial_run_ids(parent: Tracker) -> dict[str, str]:
     return {r.data.tags.get(TAG_TRIAL_ID): r.info.run_id for r in runs}
 
 
-def record_sweep(parent: Tracker, metric: str, best: float, table: dict[str, list]) -> None:
+def record_sweep(parent: Tracker, metric: str, best: float, table: dict[str, list],
+                 extra: dict[str, float] | None = None) -> None:
     """The parent's summary: the best value of `metric` over all trials (a resumed sweep updates
-    it) and the trials table."""
-    parent.log_metrics({best_metric_name(metric): best}, step=0, once_per_step=False)
+    it), `extra` summary metrics (the sweep's cost) and the trials table."""
+    parent.log_metrics({best_metric_name(metric): best, **(extra or {})}, step=0, once_per_step=False)
     parent.log_table(table, ART_TRIALS)
