@@ -42,6 +42,8 @@ class WorkerRun:
     mlflow_run_id: str | None = None  # rank 0 logs into this run
     limits: RunLimits = field(default_factory=RunLimits)
     threads: int = 1  # torch threads per worker
+    quiet: bool = False  # console: warnings only (a sweep's trials: Ray's per-report and checkpoint lines off)
+    system_metrics: bool = True  # rank 0 logs system/* (CPU, memory, GPU) into the run
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -62,14 +64,25 @@ def train_loop_per_worker(config: dict) -> None:
     trainer = Trainer(cfg, RaySession(tracker), run.limits)
     if tracker is not None:
         trainer.extra["mlflow_run_id"] = run.mlflow_run_id
-    trainer.fit()
+    if run.quiet:
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = None
+    if tracker is not None and run.system_metrics:
+        from trm.tracking.runs import start_system_metrics
+
+        monitor = start_system_metrics(run.tracking_uri, run.mlflow_run_id)
+    try:
+        trainer.fit()
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, max_failures: int = 3,
                  num_to_keep: int = 2, metric: str = METRIC, in_tune: bool = False,
                  max_preemption_failures: int = -1):
     """The TorchTrainer of run `name` under `storage`: `spec.workers` DDP workers running `run`."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     use_gpu = spec.gpus_per_worker > 0
@@ -85,6 +98,7 @@ def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, m
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage, callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="WARNING" if run.quiet else "INFO"),
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=metric,
                                                checkpoint_score_order="max"),
             # worker errors are bounded by max_failures; spot preemptions are retried without limit
