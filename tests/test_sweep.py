@@ -55,6 +55,48 @@ def test_strikes_must_be_consecutive():
     assert feed(s, stream) is None
 
 
+# ------------------------------------------------------------------ names, the space, no duplicates
+
+def test_trial_names_and_the_space_read_as_a_researcher_writes_them():
+    from trm.sweep.tune import describe_space, discrete_size, trial_label
+
+    assert trial_label({"layers": 2, "n": 3, "T": 2}) == "L2-n3-T2"
+    assert trial_label({"layers": 1, "n": 1, "T": 2, "seed": 1}) == "L1-n1-T2-s1"
+    assert trial_label({"lr": 0.00123, "ema": 0.999}) == "ema=0.999-lr=0.00123"
+    space = {"layers": tune.choice([1, 2]), "lr": tune.loguniform(1e-4, 1e-2)}
+    assert describe_space(space) == "layers in [1, 2]; lr ~ loguniform(0.0001, 0.01)"
+    assert discrete_size(space) is None
+    assert discrete_size({"layers": tune.choice([1, 2]), "n": tune.choice([1, 2, 3])}) == 6
+
+
+def test_the_searcher_never_proposes_a_configuration_twice():
+    import optuna
+
+    from trm.sweep.tune import UniqueOptunaSearch
+
+    space = {"layers": tune.choice([1, 2]), "n": tune.choice([1, 2]), "T": tune.choice([1, 2])}
+    search = UniqueOptunaSearch(space=space, metric="m", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                                size=8, seeds=2)
+    proposed = []
+    for i in range(20):
+        config = search.suggest(f"t{i}")
+        if not isinstance(config, dict):
+            break
+        proposed.append(tuple(sorted(config.items())))
+        search.on_trial_complete(f"t{i}", {"m": float(i)})
+    assert len(proposed) == 16 and len(set(proposed)) == 16  # 8 configurations x seeds 0 and 1
+    assert {dict(p)["seed"] for p in proposed} == {0, 1}
+
+
+def test_the_depth_table_compares_trials_at_an_equal_budget():
+    from trm.sweep.reports import matched_step
+    from trm.sweep.tune import TrialRow
+
+    rows = [TrialRow("a", {"layers": 1}, 0.9, {}, "completed", None, 2, {100: 0.1, 200: 0.5, 300: 0.9}),
+            TrialRow("b", {"layers": 2}, 0.3, {}, "asha_pruned", None, 12, {100: 0.0, 200: 0.3})]
+    assert matched_step(rows) == 200
+
+
 # ------------------------------------------------------------------ bad input, before any trial
 
 def test_search_space_is_validated():
