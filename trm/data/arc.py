@@ -287,10 +287,10 @@ def load_tasks(sources: Sequence[str | Path], test_set: str | Sequence[str] = DE
             files.append((src, src.parent, "challenges" if is_challenges_file(src) else "task"))
             continue
         if not src.is_dir():
-            raise ArcError(f"{src}: no such file or folder")
+            raise ArcError(f"--src {src}: no such file or folder")
         found = sorted(src.rglob("*.json"))
         if not found:
-            raise ArcError(f"{src}: no *.json task files found (searched sub-folders too)")
+            raise ArcError(f"--src {src}: no *.json task files found (searched sub-folders too)")
         challenges = {f for f in found if is_challenges_file(f)}
         paired = {solutions_file(f) for f in challenges}
         for f in found:
@@ -461,10 +461,7 @@ def _augmented_rows(grids: list[Grid], dihedrals: np.ndarray, colors: np.ndarray
 
 def _first_unique(rows: np.ndarray) -> np.ndarray:
     """Indices of the first occurrence of each distinct row, in order (identity stays first)."""
-    seen: dict[bytes, int] = {}
-    for i, r in enumerate(np.ascontiguousarray(rows)):
-        seen.setdefault(r.tobytes(), i)
-    return np.fromiter(seen.values(), dtype=np.int64, count=len(seen))
+    return np.sort(np.unique(rows, axis=0, return_index=True)[1])
 
 
 def plan_augmentations(task: ArcTask, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

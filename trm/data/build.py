@@ -1,7 +1,6 @@
 """Build the dataset a config names, once, when it is not on disk yet (embedded defaults)."""
 from __future__ import annotations
 
-import fcntl
 import logging
 from pathlib import Path
 
@@ -13,11 +12,11 @@ log = logging.getLogger(__name__)
 
 def ensure_dataset(d: DataConfig) -> Path:
     """Return the local folder of d.path, generating it first if it holds no dataset and d.generate
-    says how; an s3:// path is downloaded once per node into the cache (see `trm.cloud.download_dir`).
+    says how; an s3:// path is downloaded once per node into the cache (see `trm.storage.download_dir`).
 
     A file lock makes concurrent trials on one node build it once."""
     if d.path.startswith("s3://"):
-        from trm.cloud import download_dir
+        from trm.storage import download_dir
 
         path = download_dir(d.path)
         read_meta(path)
@@ -29,8 +28,9 @@ def ensure_dataset(d: DataConfig) -> Path:
         raise DatasetError(f"data.path={d.path}: no dataset there (build one with `trm data ...`, "
                            f"or set data.generate=sudoku|maze)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    from filelock import FileLock
+
+    with FileLock(path.parent / f".{path.name}.lock"):
         if (path / "meta.json").is_file():  # built by another process while we waited
             return path
         log.info("building %s dataset at %s (%d train puzzles x %d augmentations, %d test)",
@@ -59,7 +59,7 @@ def stage_dataset(d: DataConfig, storage: str) -> str:
         return str(ensure_dataset(d).resolve())  # built or checked here, before any worker starts
     import hashlib
 
-    from trm.cloud import upload_dir
+    from trm.storage import upload_dir
 
     local = ensure_dataset(d)
     key = hashlib.sha256((local / "meta.json").read_bytes()).hexdigest()[:12]
