@@ -64,8 +64,8 @@ class TrainConfig:
     puzzle_emb_weight_decay: float = 1.0
     ema: float = 0.999  # 0 disables EMA
     grad_clip: float = 0.0  # 0 disables clipping
-    bf16: bool = False  # autocast on CUDA
-    compile: bool = False  # torch.compile the network
+    bf16: bool = True  # bf16 autocast on CUDA (the reference's forward_dtype); no effect on CPU
+    compile: bool = False  # torch.compile the whole supervision step (worth it on GPU)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 50
