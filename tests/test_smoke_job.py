@@ -19,16 +19,22 @@ from tests.mlflow_server import REPO
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_readme_main_command_learns_and_reads_well_in_mlflow(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     r = subprocess.run([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), "--storage", str(tmp_path / "runs"),
                         "--tracking-uri", db], cwd=tmp_path, capture_output=True, text=True, timeout=1400,
                        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-5000:]
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    check_sweep(db, r.stdout, r.stderr)
+
+
+def check_sweep(db: str, stdout: str, stderr: str) -> None:
+    """What the smoke sweep must show, on its console and in MLflow (also run by hand on a sweep:
+    python -c 'from tests.test_smoke_job import check_sweep; ...')."""
+    from mlflow.tracking import MlflowClient
+
+    out = stdout + stderr
     assert "Reporting training result" not in out and "Checkpoint successfully created" not in out
-    assert "compute-matched" in r.stdout and "best model: models:/depth_sweep@best" in r.stdout
+    assert "compute-matched" in stdout and "best model: models:/depth_sweep@best" in stdout
 
     client = MlflowClient(db)
     exp = client.get_experiment_by_name("depth_sweep")

@@ -442,8 +442,18 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     if report is not None:
         report(rows, parent, preset.metric)
     _register_best(rows, uri, opts.name)
+    done = [r for r in rows if math.isfinite(r.best)]
+    if done:  # the parent row reads as the sweep's summary in the runs table (children are nested under it)
+        top = max(done, key=lambda r: r.best)
+        parent.client.update_run(parent.run_id, name=f"{opts.name}: {len(rows)} trials, best {top.label} "
+                                                     f"{preset.metric.split('/')[-1]} {top.best:.3f}")
     parent.end()
     _print_rows(rows, preset.metric)
+    if opts.multi_objective:
+        front = [r for r in rows if math.isfinite(r.best) and not any(
+            o.best >= r.best and o.hours <= r.hours and (o.best, o.hours) != (r.best, r.hours) for o in rows)]
+        print("Pareto front (best " + preset.metric + " vs device-hours): " + ", ".join(
+            f"{r.label} {r.best:.3f} / {r.hours:.4f} h" for r in sorted(front, key=lambda r: r.hours)))
     print(f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
           + (f", ${total['cost/usd_estimate']:.2f} (p5.4xlarge spot)" if total["cost/usd_estimate"] else ""))
     print(f"MLflow: mlflow ui --backend-store-uri {uri}   Optuna: optuna-dashboard {optuna_url}")
