@@ -65,7 +65,7 @@ def train_loop_per_worker(config: dict) -> None:
     if tracker is not None:
         trainer.extra["mlflow_run_id"] = run.mlflow_run_id
     if run.quiet:
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        _quiet_worker_logs()
     monitor = None
     if tracker is not None and run.system_metrics:
         from trm.tracking.runs import start_system_metrics
@@ -76,6 +76,24 @@ def train_loop_per_worker(config: dict) -> None:
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def _quiet_worker_logs() -> None:
+    """Ray Train's per-report ("Reporting training result ...") and per-checkpoint ("Checkpoint
+    successfully created ...") INFO lines off: their loggers are named by file path, so neither
+    LoggingConfig nor the `ray.train` logger's level reaches them."""
+    import importlib
+
+    for module in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage",
+                   "ray.train._internal.storage"):
+        try:
+            m = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name in {getattr(getattr(m, "logger", None), "name", None), m.__name__, m.__file__} - {None}:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("mlflow.system_metrics", "trm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, max_failures: int = 3,
