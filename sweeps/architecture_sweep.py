@@ -10,9 +10,12 @@ from ray import tune
 from trm.sweep.cli import main
 
 SPACES = {
-    "smoke": {"arch": tune.choice(["attention", "mlp"]), "hidden": tune.choice([16, 32]),
+    "smoke": {"arch": tune.choice(["attention", "mlp"]), "hidden": tune.choice([32, 64]),
               "heads": tune.choice([1, 2]), "gradient": tune.choice(["full", "one_step"]),
               "halting": tune.choice(["bce", "q_learning"]), "separate_nets": tune.choice([False, True])},
+    "tiny": {"arch": tune.choice(["attention", "mlp"]), "hidden": tune.choice([16, 32]),
+             "heads": tune.choice([1, 2]), "gradient": tune.choice(["full", "one_step"]),
+             "halting": tune.choice(["bce", "q_learning"]), "separate_nets": tune.choice([False, True])},
     "default": {"arch": tune.choice(["attention", "mlp"]), "hidden": tune.choice([256, 384, 512]),
                 "heads": tune.choice([4, 8]), "gradient": tune.choice(["full", "one_step"]),
                 "halting": tune.choice(["bce", "q_learning"]), "separate_nets": tune.choice([False, True])},

@@ -10,6 +10,7 @@ from trm.sweep.cli import main
 
 SPACES = {
     "smoke": {"ema": tune.choice([0.0, 0.9, 0.99]), "weight_decay": tune.loguniform(1e-3, 1.0)},
+    "tiny": {"ema": tune.choice([0.0, 0.9, 0.99]), "weight_decay": tune.loguniform(1e-3, 1.0)},
     "default": {"ema": tune.choice([0.0, 0.99, 0.999, 0.9999]), "weight_decay": tune.loguniform(1e-2, 3.0)},
 }
 
