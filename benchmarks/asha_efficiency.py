@@ -5,7 +5,7 @@
     python benchmarks/asha_efficiency.py --seed 0 1 2          # one ASHA arm per TPE seed, same grid (+~4 min each)
     python benchmarks/asha_efficiency.py --asha-concurrent 2   # as the sweeps run on 2 CPUs (not deterministic)
 
-Both arms run on the `smoke` preset (tiny model, generated Sudoku set; its metric is val/cell_accuracy
+Both arms run on the `tiny` preset (tiny model, generated Sudoku set; its metric is val/cell_accuracy
 because exact accuracy is 0 at that size) through the project's real trial path: a Tune function trial
 (trm.sweep.tune._trial) that builds and fits a Ray Train TorchTrainer with one worker, MLflow tracking to a
 SQLite file, on a local Ray (trm.launch.cluster.connect_ray). One trial-iteration = one report = the
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--n", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--T", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--evals", type=int, default=PRESETS["smoke"].evals,
+    p.add_argument("--evals", type=int, default=PRESETS["tiny"].evals,
                    help="iterations (reports) of a full-budget trial = ASHA's max_t (preset: %(default)s)")
     p.add_argument("--num-samples", type=int, help="ASHA trials (default: the number of grid configs)")
     p.add_argument("--grid-concurrent", type=int, default=2, help="grid trials at once")
@@ -188,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
     from trm.sweep.tune import validate_space
 
-    preset = PRESETS["smoke"]
+    preset = PRESETS["tiny"]
     metric = preset.metric
     values = {"layers": sorted(set(a.layers)), "n": sorted(set(a.n)), "T": sorted(set(a.T))}
     configs = list(itertools.product(*(values[k] for k in AXES)))
     num_samples = a.num_samples or len(configs)
     with scratch("trm-asha-", a.keep) as tmp:
         base = apply_overrides(Config(), {**preset.overrides, **parse_set(a.set),
-                                          "data_path": str(tmp / "data" / "sudoku-smoke")})
+                                          "data_path": str(tmp / "data" / "sudoku-tiny")})
         eval_every = base.train.eval_every
         base = apply_overrides(base, {"steps": a.evals * eval_every}).validate()  # exactly max_t reports
         validate_space({k: tune.choice(v) for k, v in values.items()}, base)

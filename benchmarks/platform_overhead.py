@@ -97,7 +97,7 @@ class ReportClock(ray.train.UserCallback):
 
 # ---------------------------------------------------------------- the three ways
 def make_config(data: Path, steps: int, eval_every: int, overrides: dict) -> Config:
-    return apply_overrides(Config(), {**PRESETS["smoke"].overrides, **overrides, "data_path": str(data),
+    return apply_overrides(Config(), {**PRESETS["tiny"].overrides, **overrides, "data_path": str(data),
                                       "steps": steps, "eval_every": eval_every}).validate()
 
 
@@ -133,7 +133,7 @@ def run_tune(cfg: Config, storage: Path, uri: str, name: str, overrides: dict) -
 
     from trm.sweep.tune import SweepOptions, run_sweep
 
-    opts = SweepOptions(name=name, preset="smoke", num_samples=1, max_concurrent=1, storage=str(storage),
+    opts = SweepOptions(name=name, preset="tiny", num_samples=1, max_concurrent=1, storage=str(storage),
                         tracking_uri=uri, seed=0,
                         overrides={**overrides, "data_path": cfg.data.path, "steps": cfg.train.steps,
                                    "eval_every": cfg.train.eval_every})
@@ -146,7 +146,7 @@ def run_tune(cfg: Config, storage: Path, uri: str, name: str, overrides: dict) -
     row = rows[0]
     reports = []
     if row.run_id:
-        history = MlflowClient(uri).get_metric_history(row.run_id, PRESETS["smoke"].metric)
+        history = MlflowClient(uri).get_metric_history(row.run_id, PRESETS["tiny"].metric)
         reports = sorted((m.step, m.timestamp / 1000 - t0) for m in history)
     steps = int(row.last.get("step", reports[-1][0] if reports else 0))
     if row.reason != "completed":
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a field of the smoke config (e.g. n=2)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (printed)")
     a = p.parse_args(argv)
-    evals = PRESETS["smoke"].evals
+    evals = PRESETS["tiny"].evals
     if not a.no_tune and max(a.steps) > evals * a.eval_every:
         p.error(f"--steps {max(a.steps)}: the tune mode stops at {evals} reports (the smoke preset's ASHA max_t); "
                 f"expected <= {evals * a.eval_every} with --eval-every {a.eval_every}")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"threads": a.threads, "ray_init": math.nan, "warmup": math.nan, "warmup_steps": a.eval_every,
             "mlflow_init": math.nan, "bare_warmup": math.nan}
     with scratch("trm-overhead-", a.keep) as tmp:
-        data = tmp / "data" / "sudoku-smoke"
+        data = tmp / "data" / "sudoku-tiny"
         base = make_config(data, a.steps[0], a.eval_every, overrides)
         ensure_dataset(base.data)
         torch.set_num_threads(a.threads)
