@@ -128,6 +128,9 @@ class _Params:
     def log_metrics(self, metrics, step):
         pass
 
+    def set_tags(self, tags):  # the session tags the best checkpoint
+        pass
+
     def last_logged_step(self):
         return None
 
