@@ -365,6 +365,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     if not opts.verbose:
         quiet_ray_logs()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _status_every(STATUS_SECONDS)
     base, preset = base_config(opts)
     validate_space(space, base)
     if opts.seeds > 1 and "seed" in space:
@@ -459,6 +460,19 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     print(f"MLflow: mlflow ui --backend-store-uri {uri}   Optuna: optuna-dashboard {optuna_url}")
     sys.stdout.flush()
     return rows
+
+
+STATUS_SECONDS = 120  # Tune's status table, without --verbose (Ray's default: every 30 s)
+
+
+def _status_every(seconds: float) -> None:
+    """How often Tune prints its status table (Ray 2.60 has no setting for it: a class attribute)."""
+    try:
+        from ray.tune.experimental.output import ProgressReporter
+
+        ProgressReporter._heartbeat_freq = seconds
+    except (ImportError, AttributeError):
+        pass
 
 
 def _trial_metric(parent: Tracker, run_id: str | None, key: str) -> float:
