@@ -441,7 +441,10 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
                                  "steps")},
                       extra={k.replace("cost/", "cost/total_"): v for k, v in total.items()})
     if report is not None:
-        report(rows, parent, preset.metric)
+        table = report(rows, parent, preset.metric)
+        if table:
+            runs.describe(parent, f"Sweep of {describe_space(space)} on preset `{opts.preset}`; "
+                                  f"{len(rows)} trials.\n\n{table}")
     _register_best(rows, uri, opts.name)
     done = [r for r in rows if math.isfinite(r.best)]
     if done:  # the parent row reads as the sweep's summary in the runs table (children are nested under it)

@@ -23,6 +23,8 @@ from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_T
                           TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT, TAG_RUN_PATH, TAG_SWEEP,
                           TAG_TRIAL_ID, Tracker)
 
+TAG_NOTE = "mlflow.note.content"  # a run's description in the UI
+
 if TYPE_CHECKING:
     from trm.config import Config
 
@@ -173,6 +175,11 @@ def register_best_model(uri: str, run_id: str, model, name: str, params: dict[st
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    import logging
+
+    for noisy in ("mlflow.pytorch", "mlflow.utils.requirements_utils", "mlflow.store.model_registry",
+                  "mlflow.tracking._model_registry"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # pickle caution, +cpu label, "Successfully registered"
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="model", registered_model_name=name, params=params,
@@ -205,6 +212,13 @@ def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, 
     if cost:
         tracker.log_metrics(cost, step=0, once_per_step=False)
     tags: dict[str, Any] = {TAG_END_REASON: reason}
+    note = f"Trial {trial_name}: {reason.replace('_', ' ')}"
+    if best is not None:
+        note += f"; best {metric} {best[0]:.4f}"
+    if cost:
+        note += f"; {cost.get('cost/gpu_hours') or cost.get('cost/cpu_hours', 0):.3f} " \
+                f"{'GPU' if cost.get('cost/gpu_hours') else 'CPU'}-hours"
+    tags[TAG_NOTE] = note + "."
     if best is not None:
         value, path = best
         tags[TAG_BEST_CKPT] = path
@@ -220,6 +234,11 @@ def trial_run_ids(parent: Tracker) -> dict[str, str]:
     runs = parent.client.search_runs([parent.experiment_id()],
                                      filter_string=f"tags.{TAG_PARENT} = '{parent.run_id}'")
     return {r.data.tags.get(TAG_TRIAL_ID): r.info.run_id for r in runs}
+
+
+def describe(tracker: Tracker, markdown: str) -> None:
+    """The run's description in the UI (its Overview page): markdown."""
+    tracker.set_tags({TAG_NOTE: markdown})
 
 
 def record_sweep(parent: Tracker, metric: str, best: float, table: dict[str, list],
