@@ -460,7 +460,9 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
             f"{r.label} {r.best:.3f} / {r.hours:.4f} h" for r in sorted(front, key=lambda r: r.hours)))
     print(f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
           + (f", ${total['cost/usd_estimate']:.2f} (p5.4xlarge spot)" if total["cost/usd_estimate"] else ""))
-    print(f"MLflow: mlflow ui --backend-store-uri {uri}   Optuna: optuna-dashboard {optuna_url}")
+    print(f"MLflow: mlflow ui --backend-store-uri {uri}, then open "
+          f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id()}/runs?workflowType=machine_learning "
+          f"(the model-training view)\nOptuna: optuna-dashboard {optuna_url}")
     sys.stdout.flush()
     return rows
 
