@@ -228,3 +228,12 @@ def test_sweep_driver_lost_then_restored(tmp_path):
         assert got == sorted(set(got)), f"duplicated steps {got}"
         restarts += int(child.data.metrics.get("run/restarts", 0))
     assert restarts >= 1  # at least one trial resumed from its own checkpoint
+
+
+def test_overfit_stopper_compares_task_metrics_with_training_accuracy():
+    from trm.sweep.tune import train_metric_for
+
+    assert train_metric_for("val/exact_accuracy") == "train/exact_accuracy"
+    assert train_metric_for("val/cell_accuracy") == "train/cell_accuracy"
+    # ARC's pass@2 has no training twin: comparing it with itself would never see overfitting
+    assert train_metric_for("eval/task_pass_at_2") == "train/exact_accuracy"

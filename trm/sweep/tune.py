@@ -354,6 +354,12 @@ def _default_concurrency(opts: SweepOptions) -> int:
     raise ConfigError(f"{need} does not fit this machine's {cap}")
 
 
+def train_metric_for(metric: str) -> str:
+    """The training-side twin the overfitting stopper compares `metric` with: val/x -> train/x;
+    a task-level eval/* score (ARC pass@k, maze path validity) has none, so training exact accuracy."""
+    return metric.replace("val/", "train/") if metric.startswith("val/") else "train/exact_accuracy"
+
+
 def run_sweep(opts: SweepOptions, space: dict[str, Any],
               report: Callable[[list[TrialRow], Tracker], None] | None = None) -> list[TrialRow]:
     """Validate everything, start (or resume) the sweep, return one row per trial."""
@@ -398,7 +404,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     log.info("sweep %s: MLflow parent run %s at %s; storage %s; Optuna study %s in %s", opts.name, parent.run_id,
              uri, sweep_path, study, optuna_url)
 
-    stopper = OverfitStopper(metric=preset.metric, train_metric=preset.metric.replace("val/", "train/"),
+    stopper = OverfitStopper(metric=preset.metric, train_metric=train_metric_for(preset.metric),
                              margin=preset.overfit_margin, patience=preset.overfit_patience)
     # ASHA counts training steps, not reports: a run also reports at unscheduled checkpoints
     # (wall-time, spot notice), which must not move a trial through the rungs faster
