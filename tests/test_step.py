@@ -16,13 +16,30 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trm.data.dataset import PuzzleDataset, make_stream
 from trm.model import PuzzleEmbedding
 from trm.train.feed import DeviceFeed
-from trm.train.loop import DevicePuzzleEmbeddingSGD, Trainer
+from trm.train.loop import Trainer
 from trm.train.losses import supervision_losses
 from trm.train.optim import PuzzleEmbeddingSGD
 from trm.train.session import LocalSession
 
 
 # ---------------------------------------------------------------- the step it replaced
+class LegacyPuzzleEmbeddingSGD(PuzzleEmbeddingSGD):
+    """The previous sign-SGD update: sums gradients per id with unique(), which syncs the device."""
+
+    @torch.no_grad()
+    def step(self, lr_scale: float = 1.0) -> None:
+        rows, ids = self.emb.last_rows, self.emb.last_ids
+        if rows is None or rows.grad is None:
+            return
+        grad = rows.grad
+        uniq, inv = ids.unique(return_inverse=True)
+        summed = torch.zeros(len(uniq), grad.shape[-1], dtype=grad.dtype).index_add_(0, inv, grad)
+        w = self.emb.weight
+        lr = self.lr * lr_scale
+        w[uniq] = w[uniq] * (1 - lr * self.weight_decay) - lr * summed.sign()
+        self.emb.last_rows = self.emb.last_ids = None
+
+
 class Legacy:
     """The previous step's host-side state: the host stream, a CPU exploration generator and the
     unique()-based puzzle-embedding update, for a Trainer `tr` (its model, optimiser, EMA, slots)."""
@@ -32,7 +49,7 @@ class Legacy:
         self.tr = tr
         self.stream = make_stream(tr.train_ds, t.seed, 0, 1)
         self.explore = torch.Generator().manual_seed(t.seed * 1000)
-        self.emb_opt = (PuzzleEmbeddingSGD(tr.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
+        self.emb_opt = (LegacyPuzzleEmbeddingSGD(tr.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
                         if tr.model.puzzle_emb is not None else None)
 
     def step(self) -> dict[str, torch.Tensor]:
@@ -128,7 +145,7 @@ def test_sign_sgd_without_unique_equals_the_unique_version():
     ids = torch.tensor([5, 1, 5, 2, 1, 5, 7, 0])
     grad = torch.randn(len(ids), 6, generator=g)
     tables = []
-    for cls in (PuzzleEmbeddingSGD, DevicePuzzleEmbeddingSGD):
+    for cls in (LegacyPuzzleEmbeddingSGD, PuzzleEmbeddingSGD):
         emb = PuzzleEmbedding(9, 6)
         emb.weight.copy_(torch.randn(9, 6, generator=torch.Generator().manual_seed(1)))
         rows = emb.training_rows(ids)

@@ -72,32 +72,6 @@ class Slots:
         return cls(Carry(s["y"], s["z"]), s["tokens"], s["labels"], s["puzzle_ids"], s["steps"], s["halted"])
 
 
-class DevicePuzzleEmbeddingSGD(PuzzleEmbeddingSGD):
-    """`PuzzleEmbeddingSGD` without `unique()`, which waits for the device: a row's gradient is summed
-    into its id's first occurrence in the (all-gathered) batch, found by comparing the N ids with each
-    other, and every occurrence writes the same updated row. Same sums in the same order, so the same
-    update, with shapes known in advance."""
-
-    @torch.no_grad()
-    def step(self, lr_scale: float = 1.0) -> None:
-        rows, ids = self.emb.last_rows, self.emb.last_ids
-        if rows is None or rows.grad is None:
-            return
-        grad = rows.grad
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            g_all = [torch.empty_like(grad) for _ in range(dist.get_world_size())]
-            i_all = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-            dist.all_gather(g_all, grad.contiguous())
-            dist.all_gather(i_all, ids.contiguous())
-            grad, ids = torch.cat(g_all), torch.cat(i_all)
-        first = (ids[:, None] == ids[None, :]).to(torch.uint8).argmax(-1)  # [N] first index of the same id
-        summed = torch.zeros_like(grad).index_add_(0, first, grad)
-        w = self.emb.weight
-        lr = self.lr * lr_scale
-        w[ids] = w[ids] * (1 - lr * self.weight_decay) - lr * summed[first].sign()
-        self.emb.last_rows = self.emb.last_ids = None
-
-
 class Trainer:
     """Owns the model, its EMA, optimizers, data stream and carried slots on one rank."""
 
@@ -138,7 +112,7 @@ class Trainer:
         if t.compile:
             self._score = torch.compile(self._score, dynamic=False)
         self.opt, self.sched = build_optimizer(self.model, t)
-        self.emb_opt = (DevicePuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
+        self.emb_opt = (PuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
                         if self.model.puzzle_emb is not None else None)
         # the reference's epochs (every puzzle group once, one augmentation, all its examples
         # together) when the dataset records groups; rows uniformly otherwise; taken on the device

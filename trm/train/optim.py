@@ -123,10 +123,12 @@ class PuzzleEmbeddingSGD:
             dist.all_gather(g_all, grad.contiguous())
             dist.all_gather(i_all, ids.contiguous())
             grad, ids = torch.cat(g_all), torch.cat(i_all)
-        uniq, inv = ids.unique(return_inverse=True)
-        summed = torch.zeros(len(uniq), grad.shape[-1], device=grad.device, dtype=grad.dtype)
-        summed.index_add_(0, inv, grad)
+        # no unique() (it waits for the device): a row's gradient is summed into its id's first
+        # occurrence, found by comparing the N ids with each other, and every occurrence writes the
+        # same updated row; shapes are known in advance
+        first = (ids[:, None] == ids[None, :]).to(torch.uint8).argmax(-1)  # [N] first index of the same id
+        summed = torch.zeros_like(grad).index_add_(0, first, grad)
         w = self.emb.weight
         lr = self.lr * lr_scale
-        w[uniq] = w[uniq] * (1 - lr * self.weight_decay) - lr * summed.sign()
+        w[ids] = w[ids] * (1 - lr * self.weight_decay) - lr * summed[first].sign()
         self.emb.last_rows = self.emb.last_ids = None
