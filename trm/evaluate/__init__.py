@@ -110,6 +110,20 @@ def gather_predictions(pred: Predictions, world_size: int) -> Predictions:
     return Predictions(*(np.concatenate([getattr(p, f) for p in parts])[order]
                          for f in ("index", "tokens", "halt_steps", "confidence")), steps)
 
+class Rows:
+    """Rows [start, stop) of a split, shaped like a PuzzleDataset for `predict`: chunked
+    prediction keeps memory bounded at a thousand augmentations per test input."""
+
+    def __init__(self, ds: PuzzleDataset, start: int, stop: int):
+        self.ds, self.start, self.stop, self.meta = ds, start, stop, ds.meta
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return self.ds.batch(idx + self.start)
+
+
 VAL_KEYS = ("val/cell_accuracy", "val/exact_accuracy", "val/mean_halt_steps")  # what evaluate() returns
 
 

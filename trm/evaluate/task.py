@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from trm.data.dataset import PuzzleDataset
-from trm.evaluate import (Predictions, gather_predictions, means, predict, primary_metric, score)
+from trm.evaluate import (Predictions, Rows, gather_predictions, means, predict, primary_metric, score)
 
 CHUNK = 8192  # rows predicted between two gathers: bounded memory at 1000 augmentations per input
 
@@ -34,25 +34,12 @@ class EvalResult:
     metric: str = ""  # the primary metric's name
 
 
-class _Rows:
-    """Rows [start, stop) of a split, shaped like a PuzzleDataset for `predict`."""
-
-    def __init__(self, ds: PuzzleDataset, start: int, stop: int):
-        self.ds, self.start, self.stop, self.meta = ds, start, stop, ds.meta
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return self.ds.batch(idx + self.start)
-
-
 def _chunks(model, ds: PuzzleDataset, stop: int, batch_size: int, device, rank: int, world_size: int,
             autocast: bool, n_sup, halt: bool, curve: bool, chunk: int = CHUNK):
     """Predictions on rows [0, stop), chunk by chunk, each gathered from every rank."""
     for a in range(0, stop, chunk):
         b = min(a + chunk, stop)
-        p = predict(model, _Rows(ds, a, b), batch_size, device, 0, rank, world_size, autocast, n_sup, halt, curve)
+        p = predict(model, Rows(ds, a, b), batch_size, device, 0, rank, world_size, autocast, n_sup, halt, curve)
         p = Predictions(p.index + a, p.tokens.astype(np.uint8), p.halt_steps, p.confidence, p.step_tokens)
         yield gather_predictions(p, world_size)
 

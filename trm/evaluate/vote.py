@@ -24,7 +24,7 @@ import torch
 
 from trm.data import arc
 from trm.data.dataset import DatasetError, PuzzleDataset
-from trm.evaluate import Predictions, predict
+from trm.evaluate import Predictions, Rows, predict
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 2  # ARC allows two answers per test input
@@ -235,26 +235,12 @@ def vote(tokens: np.ndarray, confidence: np.ndarray, samples: VoteSamples,
 
 
 # ---------------------------------------------------------------- running the model
-class _Rows:
-    """Rows [start, stop) of a split, shaped like a PuzzleDataset for `predict`: chunked
-    prediction keeps memory bounded at a thousand augmentations per test input."""
-
-    def __init__(self, ds: PuzzleDataset, start: int, stop: int):
-        self.ds, self.start, self.stop, self.meta = ds, start, stop, ds.meta
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return self.ds.batch(idx + self.start)
-
-
 def predict_rows(model, ds: PuzzleDataset, start: int, stop: int, batch_size: int, device: torch.device,
                  autocast: bool = False, chunk: int = 8192) -> Predictions:
     """`predict` over rows [start, stop) in chunks; tokens come back as uint8 (vocab 12)."""
     parts = []
     for a in range(start, stop, chunk):
-        p = predict(model, _Rows(ds, a, min(a + chunk, stop)), batch_size, device, autocast=autocast)
+        p = predict(model, Rows(ds, a, min(a + chunk, stop)), batch_size, device, autocast=autocast)
         parts.append(Predictions(p.index + a, p.tokens.astype(np.uint8), p.halt_steps, p.confidence))
     if not parts:
         return Predictions(np.empty(0, int), np.empty((0, ds.meta["seq_len"]), np.uint8), np.empty(0, int),
