@@ -1,0 +1,37 @@
+"""The objective: the one number (and its direction) that every ranking uses.
+
+Made once from the dataset kind, then handed to whatever ranks: the loop's best
+checkpoint and `score.json`, Tune / ASHA / Optuna, the overfitting stopper, the
+MLflow callback and the sweep reports. Nothing else names the metric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ARC_METRIC = "eval/task_pass_at_2"  # ARC: a task counts when all its test inputs are in the top-2 of the vote
+MAZE_METRIC = "eval/maze_valid_path_accuracy"  # Maze: the predicted path is a valid shortest path
+EXACT_METRIC = "val/exact_accuracy"  # everything else: the whole answer right
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # a metric key as reported, e.g. "val/exact_accuracy"
+    mode: Literal["max", "min"] = "max"
+
+    def better(self, a: float, b: float) -> bool:
+        """`a` at least as good as `b` (ties go to the later value, as the best checkpoint does)."""
+        return a >= b if self.mode == "max" else a <= b
+
+    @property
+    def worst(self) -> float:
+        return -float("inf") if self.mode == "max" else float("inf")
+
+
+def objective_for(meta: dict | None, override: str | None = None) -> Objective:
+    """The objective of a dataset (its meta.json, or None for the exact-answer default); `override`
+    names another metric (a user's choice, e.g. a preset whose trials never solve a puzzle)."""
+    if override:
+        return Objective(override)
+    kind = (meta or {}).get("name")
+    return Objective({"arc": ARC_METRIC, "maze": MAZE_METRIC}.get(kind, EXACT_METRIC))
