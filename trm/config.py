@@ -256,6 +256,8 @@ def _coerce(key: str, value: Any, cls: type) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r}: expected a number")
+        if not math.isfinite(value):  # nan passes every range check (all comparisons are False)
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
         return float(value)
     if hint is str:
         return str(value)
@@ -294,11 +296,12 @@ def parse_set(items: list[str]) -> dict[str, str]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults <- YAML file <- overrides, then validate."""
     cfg = Config()
+    levels: dict[str, int] = {}  # leaf name -> where it was set last: 1 the file, 2 an override
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections {list(SECTIONS)}")
         flat: dict[str, Any] = {}
@@ -309,8 +312,45 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 raise ConfigError(f"{path}: section {section!r} must be a mapping")
             flat.update({f"{section}.{k}": v for k, v in values.items()})
         apply_overrides(cfg, flat)
+        levels.update({_leaf(k): 1 for k in flat})
     apply_overrides(cfg, overrides or {})
+    levels.update({_leaf(k): 2 for k in overrides or {}})
+    _refuse_overridden(cfg, levels, path)
     return cfg.validate()
+
+
+# a value the user sets that another field would replace: (field, the field it is derived from)
+DERIVED = (("steps", "epochs"), ("eval_every", "eval_every_epochs"))
+
+
+def _leaf(key: str) -> str:
+    name = key.split(".")[-1]
+    return "path" if name == "data_path" else name
+
+
+def _refuse_overridden(cfg: "Config", levels: dict[str, int], path: Path | None) -> None:
+    """Refuse `steps` (or `eval_every`) set where a count of epochs would silently replace it:
+    the epochs come from the same or an earlier source (the file, then --set). A later source
+    wins: `--set epochs=5` on a file that sets steps counts epochs, as asked."""
+    t = cfg.train
+    for name, source in DERIVED:
+        if getattr(t, source) > 0 and levels.get(name, 0) >= max(levels.get(source, 0), 1):
+            where = "--set" if levels[name] == 2 else str(path)
+            raise ConfigError(
+                f"train.{name}={getattr(t, name)} ({where}): {name} is derived from train.{source}="
+                f"{getattr(t, source)} here; set {source}=0 to count {name} yourself, or set {source}=... instead")
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file; a syntax error names the file and line (YAML's own message is several lines)."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
 
 
 def config_from_dict(d: dict[str, dict[str, Any]]) -> Config:
