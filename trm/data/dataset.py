@@ -25,6 +25,7 @@ place at the end, so a crash never leaves a half dataset), then memory-mapped.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
+from trm.data.puzzle_map import FINGERPRINT, PuzzleMap
 from trm.errors import TrmError
 
 log = logging.getLogger(__name__)
@@ -48,33 +50,46 @@ class DatasetError(TrmError, ValueError):
 
 
 class _ArrayWriter:
-    """Appends row chunks to a raw file; `finish` turns it into a .npy without loading it."""
+    """Streams row chunks straight into a .npy, written once: the header first claims 0 rows (a reader
+    that opens it early sees an empty array, not a truncated one), `finish` rewrites it with the row
+    count. numpy pads every header so that the first axis can grow to 21 digits in place, so the
+    header keeps its length. The file lives in the writer's temporary folder until the dataset is
+    published."""
 
     def __init__(self, path: Path):
-        self.path, self.raw = path, path.with_suffix(".raw")
-        self.f = open(self.raw, "wb")
+        self.path = path
+        self.f = open(self.path, "wb")
         self.dtype: np.dtype | None = None
         self.row_shape: tuple | None = None
         self.rows = 0
+        self.header_len = 0
+
+    def _header(self) -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                   "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+        return buf.getvalue()
 
     def append(self, chunk: np.ndarray) -> None:
         chunk = np.ascontiguousarray(chunk)
         if self.dtype is None:
             self.dtype, self.row_shape = chunk.dtype, chunk.shape[1:]
+            header = self._header()
+            self.header_len = len(header)
+            self.f.write(header)
         elif chunk.dtype != self.dtype or chunk.shape[1:] != self.row_shape:
             raise DatasetError(f"{self.path.name}: chunk {chunk.dtype}{chunk.shape[1:]} does not match "
                                f"{self.dtype}{self.row_shape}")
-        self.f.write(chunk.tobytes())
+        self.f.write(chunk.data)
         self.rows += len(chunk)
 
     def finish(self) -> None:
+        header = self._header()
+        if len(header) != self.header_len:  # numpy's growth padding changed: never silently shift the data
+            raise RuntimeError(f"{self.path.name}: .npy header grew from {self.header_len} to {len(header)} bytes")
+        self.f.seek(0)
+        self.f.write(header)
         self.f.close()
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.rows, *self.row_shape)}
-        with open(self.path, "wb") as out, open(self.raw, "rb") as src:
-            np.lib.format.write_array_header_1_0(out, header)
-            shutil.copyfileobj(src, out, length=16 << 20)
-        self.raw.unlink()
 
 
 class DatasetWriter:
@@ -129,6 +144,7 @@ class DatasetWriter:
         self.meta["splits"] = splits
         if groups:
             self.meta["groups"] = groups
+        self.meta[FINGERPRINT] = PuzzleMap.of(self.meta).fingerprint
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
         if self.out.exists():
             shutil.rmtree(self.out)
@@ -159,7 +175,13 @@ def read_meta(path: str | Path) -> dict:
     meta_file = Path(path) / "meta.json"
     if not meta_file.is_file():
         raise DatasetError(f"{path}: not a dataset (no meta.json); build one with `trm data ...`")
-    return json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise DatasetError(f"{meta_file}: not valid JSON ({e}); rebuild the dataset with `trm data ...`") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 class PuzzleDataset:
