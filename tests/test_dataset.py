@@ -186,3 +186,26 @@ def test_sudoku_build_groups_survive_chunking(tmp_path) -> None:
     ds = PuzzleDataset(out, "train")
     assert np.array_equal(np.asarray(ds.arrays["group_ids"]), np.repeat(np.arange(3), 4))
     assert np.array_equal(np.asarray(ds.arrays["aug_ids"]), np.tile(np.arange(4), 3))
+
+
+def test_writer_writes_each_array_once_and_publishes_at_close(tmp_path):
+    """Chunks stream into the final .npy (no second copy): mid-build the temporary folder holds
+    exactly the header plus the bytes appended so far, each file reading as an empty array
+    (never a truncated one), and nothing is at `out` until close publishes it."""
+    out = tmp_path / "ds"
+    chunks = [np.arange(i * 30, (i + 1) * 30, dtype=np.int16).reshape(10, 3) for i in range(4)]
+    with DatasetWriter(out, {"name": "toy", "vocab_size": 4, "seq_len": 3, "num_puzzle_ids": 1}) as w:
+        for k, c in enumerate(chunks, start=1):
+            w.append("train", inputs=c, labels=c, puzzle_ids=np.zeros(len(c), np.int32))
+            for writer in w.writers["train"].values():
+                writer.f.flush()  # what Python still buffers is on disk too
+            files = sorted(p.relative_to(w.tmp).as_posix() for p in w.tmp.rglob("*") if p.is_file())
+            assert files == ["train/inputs.npy", "train/labels.npy", "train/puzzle_ids.npy"]
+            header = w.writers["train"]["inputs"].header_len
+            assert (w.tmp / "train/inputs.npy").stat().st_size == header + k * c.nbytes
+            assert np.load(w.tmp / "train/inputs.npy").shape == (0, 3)
+            assert not out.exists()
+    loaded = np.load(out / "train" / "labels.npy", mmap_mode="r")
+    assert loaded.dtype == np.int16 and np.array_equal(loaded, np.concatenate(chunks))
+    assert read_meta(out)["splits"] == {"train": 40}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # the temporary folder is gone
