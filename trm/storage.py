@@ -26,6 +26,7 @@ from trm.errors import TrmError
 __all__ = [
     "StorageError",
     "StorageNotFound",
+    "check_local_folder",
     "check_storage",
     "download_dir",
     "is_s3",
@@ -152,6 +153,24 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
         raise StorageError(f"{uri}: {why}") from e
     except BotoCoreError as e:
         raise StorageError(f"{uri}: S3 check failed at {endpoint}: {e}") from e
+
+
+def check_local_folder(path: str | os.PathLike[str], flag: str) -> Path:
+    """A local folder a run will write into (created later), checked without writing anything: not
+    a file, and the folder (or, when it does not exist yet, its nearest existing parent) a folder
+    this process may write into (a read-only disk included). Returns it absolute."""
+    folder = Path(path).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"{flag} {path}: is a file; expected a folder (a new or existing run folder)")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{flag} {path}: {existing} is not writable (read-only disk or permissions); "
+                           f"expected a folder this user can write")
+    return folder
 
 
 # --- datasets and small records -------------------------------------------
