@@ -3,6 +3,7 @@
     trm data sudoku --out data/sudoku [--num-train 1000 --augmentations 1000 ...]
     trm data arc --src DIR [--src DIR ...] --out DIR --augmentations N
     trm data maze --out DIR ...
+    trm data download NAME --out DIR | --list
     trm train [--config FILE] [--set key=value ...] [--out runs/NAME] [--workers N]
     trm eval --checkpoint DIR [--data DIR] [--N-sup K] [--halt] [--curve] [--latest]
     trm submit --checkpoint RUN --challenges arc-agi_test_challenges.json --out submission.json
@@ -25,10 +26,13 @@ log = logging.getLogger("trm")
 # ---------------------------------------------------------------- data
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="build a dataset").add_subparsers(dest="kind", required=True)
-    helps = {"sudoku": "generate Sudoku or import Sudoku-Extreme CSVs (--subsample 1000: Sudoku-Extreme-1K)"}
-    from trm.data import arc, maze, sudoku  # a broken import is an error here, never a missing subcommand
+    helps = {"sudoku": "generate Sudoku or import Sudoku-Extreme CSVs (--subsample 1000: Sudoku-Extreme-1K)",
+             "download": "fetch a published dataset by name (pinned, checksummed, cached) and build it"}
+    # a broken import is an error here, never a missing subcommand
+    from trm.data import arc, download, maze, sudoku
 
-    for kind, module in (("sudoku", sudoku), ("arc", arc), ("maze", maze)):  # each owns add_args and run
+    for kind, module in (("sudoku", sudoku), ("arc", arc), ("maze", maze),
+                         ("download", download)):  # each owns add_args and run
         p = data.add_parser(kind, help=helps.get(kind) or (module.__doc__ or kind).strip().splitlines()[0])
         module.add_args(p)
         p.set_defaults(fn=module.run)
