@@ -89,6 +89,7 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
     probe = f".trm-storage-probe-{uuid.uuid4().hex}"
     if not is_s3(uri):
         path = _local_path(uri)
+        check_local_folder(path, "--storage")  # a file or a read-only disk, said as such
         try:
             path.mkdir(parents=True, exist_ok=True)
             f = path / probe

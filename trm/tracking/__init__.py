@@ -85,9 +85,18 @@ def resolve_uri(uri: str | None) -> str:
     return uri
 
 
+# the schemes MLflow's tracking stores take (a database's may name its driver: postgresql+psycopg2)
+KNOWN_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc")
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail early, naming the flag, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
+    """Fail early, naming the flag, when the URI's scheme is not a tracking store's or an HTTP
+    tracking server does not answer."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in KNOWN_SCHEMES:
+        raise TrackingError(f"--tracking-uri {uri}: unknown scheme {scheme!r}; expected one of "
+                            f"{', '.join(s + '://' for s in KNOWN_SCHEMES[:6])} or a local folder")
+    if scheme not in ("http", "https"):
         return
     import urllib.request
 
