@@ -132,6 +132,9 @@ class Tracker:
 
         uri = resolve_uri(tracking_uri)
         check_reachable(uri)
+        from trm.tracking.runs import prepare_store
+
+        prepare_store(uri)  # a new SQLite DB: created by one process at a time
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(

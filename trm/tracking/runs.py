@@ -31,6 +31,21 @@ if TYPE_CHECKING:
 RUN_ID_FILE = "mlflow_run_id"  # in a local run's folder
 
 
+def prepare_store(uri: str) -> None:
+    """Create a SQLite store's tables under a file lock beside the DB (DB.lock): two processes
+    opening a new DB at once both run MLflow's schema migrations, and one fails in alembic.
+    The store is cached per URI in this process, so the lock is taken once; other URIs: nothing."""
+    if not uri.startswith("sqlite:///"):
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
 def best_metric_name(metric: str) -> str:
     """The summary name of a metric's best value: val/exact_accuracy -> best_val_exact_accuracy."""
     return "best_" + metric.replace("/", "_")
