@@ -72,6 +72,12 @@ class TrainConfig:
     eval_every: int = 1000  # steps; derived from `eval_every_epochs` when that is > 0
     eval_every_epochs: int = 0  # > 0: evaluate every this many epochs (the reference's eval_interval)
     eval_samples: int = 2048  # validation samples per evaluation (0 = all)
+    # ARC: test tasks voted on per evaluation during training (0 = all); a subset seeded by `seed`, the whole
+    # test split at the final evaluation (the vote over 1000 augmentations of every task takes hours on a CPU)
+    eval_tasks: int = 0
+    # The metric that picks the best checkpoint and ranks trials; "" = the dataset kind's
+    # (trm.evaluate.objective: ARC task pass@2, maze path validity, else exact accuracy)
+    objective: str = ""
     checkpoint_every: int = 1000  # steps
     checkpoint_minutes: float = 30.0  # also checkpoint after this much wall time
     keep_checkpoints: int = 3  # the latest N are kept, and the best (by the dataset's primary metric) besides
@@ -134,6 +140,13 @@ class Config:
         _range("train.ema", t.ema, lo=0, hi=1, hi_open=True)
         _range("train.grad_clip", t.grad_clip, lo=0)
         _range("train.eval_samples", t.eval_samples, lo=0)
+        _range("train.eval_tasks", t.eval_tasks, lo=0)
+        from trm.evaluate.objective import METRIC_PREFIXES  # lazy: trm.evaluate imports the model, which imports this
+
+        if t.objective and (not t.objective.startswith(METRIC_PREFIXES) or t.objective in METRIC_PREFIXES):
+            raise ConfigError(f"train.objective={t.objective!r}: expected \"\" (the dataset kind's) or a metric an "
+                              f"evaluation reports, named {' or '.join(p + '...' for p in METRIC_PREFIXES)} "
+                              f"(e.g. val/cell_accuracy)")
         _range("train.checkpoint_minutes", t.checkpoint_minutes, lo=0, lo_open=True)
         for name in ("num_train", "num_test", "augmentations"):
             _range(f"data.{name}", getattr(d, name), lo=0 if name == "augmentations" else 1)

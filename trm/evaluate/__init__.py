@@ -2,8 +2,8 @@
 
 `predict` is the one place that runs a model for evaluation; the ARC
 augmentation vote (`trm.evaluate.vote`) builds on its per-sample outputs.
-`primary_metric` names, per kind of dataset, the one number that picks the best
-checkpoint, drives Tune/ASHA and the overfitting stopper.
+The one number that picks the best checkpoint and ranks trials is the objective
+(`trm.evaluate.objective`), made from the dataset kind.
 
 Inference-time compute: `predict(n_sup=K)` runs K supervision steps (more or fewer than
 trained); `halt=True` freezes each sample's answer at the first step its halting head says
@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from trm.data.dataset import IGNORE, PuzzleDataset, iterate_batches
+from trm.evaluate.objective import ARC_METRIC, EXACT_METRIC, MAZE_METRIC, Objective, objective_for, primary_metric
 from trm.model import TRM
 
 
@@ -28,19 +29,6 @@ class Predictions:
     halt_steps: np.ndarray  # [N] first step whose halting logit says "done" (N_sup if never)
     confidence: np.ndarray  # [N] sigmoid of the final halting logit
     step_tokens: np.ndarray | None = None  # [K, N, L] uint8 answer after each step (predict(curve=True))
-
-
-# ---------------------------------------------------------------- the metric that picks "best"
-ARC_METRIC = "eval/task_pass_at_2"  # ARC: a task counts when all its test inputs are in the top-2 of the vote
-MAZE_METRIC = "eval/maze_valid_path_accuracy"  # Maze: the predicted path is a valid shortest path
-EXACT_METRIC = "val/exact_accuracy"  # everything else: the whole answer right
-
-
-def primary_metric(meta: dict | None) -> str:
-    """The one metric (higher is better) that picks the best checkpoint, ranks trials (Tune,
-    ASHA, the overfitting stopper) and is tagged as a run's best score, by dataset kind."""
-    kind = (meta or {}).get("name")
-    return {"arc": ARC_METRIC, "maze": MAZE_METRIC}.get(kind, EXACT_METRIC)
 
 
 def check_n_sup(n_sup: int | None, flag: str = "--N-sup") -> None:

@@ -3,6 +3,8 @@
 Made once from the dataset kind, then handed to whatever ranks: the loop's best
 checkpoint and `score.json`, Tune / ASHA / Optuna, the overfitting stopper, the
 MLflow callback and the sweep reports. Nothing else names the metric.
+
+Torch-free (trm.config validates `train.objective` against METRIC_PREFIXES).
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from typing import Literal
 ARC_METRIC = "eval/task_pass_at_2"  # ARC: a task counts when all its test inputs are in the top-2 of the vote
 MAZE_METRIC = "eval/maze_valid_path_accuracy"  # Maze: the predicted path is a valid shortest path
 EXACT_METRIC = "val/exact_accuracy"  # everything else: the whole answer right
+# What an evaluation reports (trm.evaluate.task): held-out accuracies (val/*) and task-level scores
+# (eval/*); an override must name one of them, since nothing else is measured on held-out data
+METRIC_PREFIXES = ("val/", "eval/")
+_BY_KIND = {"arc": ARC_METRIC, "maze": MAZE_METRIC}
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,23 @@ class Objective:
     def worst(self) -> float:
         return -float("inf") if self.mode == "max" else float("inf")
 
+    @property
+    def train_metric(self) -> str:
+        """The training-side twin the overfitting stopper watches rise while this one falls: val/x ->
+        train/x; a task-level eval/* score (ARC pass@k, maze path validity) has none, so training exact
+        accuracy."""
+        return "train/" + self.name[len("val/"):] if self.name.startswith("val/") else "train/exact_accuracy"
+
 
 def objective_for(meta: dict | None, override: str | None = None) -> Objective:
     """The objective of a dataset (its meta.json, or None for the exact-answer default); `override`
-    names another metric (a user's choice, e.g. a preset whose trials never solve a puzzle)."""
+    names another metric (a user's choice, `train.objective`: e.g. a preset whose trials never solve
+    a puzzle ranks by cell accuracy)."""
     if override:
         return Objective(override)
-    kind = (meta or {}).get("name")
-    return Objective({"arc": ARC_METRIC, "maze": MAZE_METRIC}.get(kind, EXACT_METRIC))
+    return Objective(_BY_KIND.get((meta or {}).get("name"), EXACT_METRIC))
+
+
+def primary_metric(meta: dict | None) -> str:
+    """The objective's name for a dataset's meta (no override)."""
+    return objective_for(meta).name
