@@ -103,8 +103,8 @@ def verify(src: Source, f: SourceFile, local: Path, sums: Checksums, what: str, 
     sha, size, origin = expected(src, f, sums)
     actual_size = local.stat().st_size
     if size is not None and actual_size != size:
-        raise DownloadError(f"{what}: {actual_size} bytes, expected {size} ({origin or 'the registry'}): "
-                            f"a truncated or different file")
+        raise DownloadError(f"size mismatch: {what}: {actual_size} bytes, expected {size} ({origin or 'the registry'}): "
+                            f"a truncated or different file; it was removed, nothing was built")
     digest = sha256_of(local)
     if sha is None:
         sums.record(_key(src, f), {"sha256": digest, "size": actual_size, "commit": commit,
