@@ -141,7 +141,7 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     from mlflow.tracking import MlflowClient
 
     from trm.data.dataset import PuzzleDataset
-    from trm.evaluate import evaluate
+    from trm.evaluate.task import evaluate_task
     from trm.train.loop import load_for_eval
 
     r = run_script("depth_sweep.py", "--preset", "tiny", "--num-samples", "5", "--max-concurrent", "2", "--storage",
@@ -159,7 +159,7 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     assert len(children) == 5
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"depth_table.md", "depth_vs_accuracy.png"}
 
-    metric = PRESETS["tiny"].metric
+    metric = PRESETS["tiny"].overrides["objective"]  # the preset overrides its dataset kind's objective
     for child in children:
         p = child.data.params
         for key in ("n", "T", "layers", "arch", "hidden", "ema", "weight_decay", "lr", "N_sup"):
@@ -181,7 +181,7 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     logged = {m.step: m.value for m in client.get_metric_history(best.info.run_id, metric)}
     ds = PuzzleDataset(cfg.data.path, "test")
     assert Path(cfg.data.path).is_relative_to(tmp_path)
-    scores = evaluate(model, ds, cfg.train.batch_size, model.y_init.device, cfg.train.eval_samples)
+    scores = evaluate_task(model, ds, cfg.train.batch_size, model.y_init.device, limit=cfg.train.eval_samples).metrics
     assert scores[metric] == pytest.approx(logged[state["step"]], abs=1e-9)
 
 
@@ -231,9 +231,9 @@ def test_sweep_driver_lost_then_restored(tmp_path):
 
 
 def test_overfit_stopper_compares_task_metrics_with_training_accuracy():
-    from trm.sweep.tune import train_metric_for
+    from trm.evaluate.objective import Objective
 
-    assert train_metric_for("val/exact_accuracy") == "train/exact_accuracy"
-    assert train_metric_for("val/cell_accuracy") == "train/cell_accuracy"
+    assert Objective("val/exact_accuracy").train_metric == "train/exact_accuracy"
+    assert Objective("val/cell_accuracy").train_metric == "train/cell_accuracy"
     # ARC's pass@2 has no training twin: comparing it with itself would never see overfitting
-    assert train_metric_for("eval/task_pass_at_2") == "train/exact_accuracy"
+    assert Objective("eval/task_pass_at_2").train_metric == "train/exact_accuracy"

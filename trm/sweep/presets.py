@@ -13,24 +13,34 @@ sudoku-extreme-att  the same with self-attention (configs/sudoku-extreme-att.yam
 maze-hard       the Maze-Hard recipe (configs/maze-hard.yaml) on data/maze-hard.
 arc-agi-1, arc-agi-2  the ARC recipes (configs/arc-agi-*.yaml) on data/arc1, data/arc2.
 
-Every preset but smoke has its recipe's model and optimiser values (the reference README's commands;
-tests/test_config.py checks them against configs/). The puzzle presets train the recipe's length as
-steps: 50000 epochs of 1000 puzzle groups with one example each, 65104 steps at batch 768; ASHA needs
-the length before any trial reads the data. They evaluate more often than the recipe (every 1/50th, on
-`eval_samples`) to give ASHA its rungs. The ARC presets count epochs, whose size only the dataset knows:
-each trial derives its steps, but ASHA's horizon is the configured `steps` (default 50000), where it
-stops every trial still running; --set steps=N moves it.
+Every preset but smoke and tiny is its recipe, read from configs/NAME.yaml (the reference README's
+commands; nothing re-typed here), with a sweep's schedule on top: the puzzle presets train the recipe's
+length as steps (its epochs over the 1000 puzzle groups of Sudoku-Extreme-1K / Maze-Hard-1K, one example
+each: 65104 steps at batch 768), because ASHA needs the length before any trial reads the data, and
+evaluate more often than the recipe (every 1/50th, on `eval_samples`) to give ASHA its rungs. The ARC
+presets count epochs, whose size only the dataset knows: each trial derives its steps, but ASHA's horizon
+is the configured `steps` (default 50000), where it stops every trial still running; --set steps=N moves it.
+
+No preset names a metric: a sweep ranks by its dataset kind's objective (trm.evaluate.objective), unless
+the preset (tiny) or the user (`--set objective=...`) overrides `train.objective`, which the trials'
+trainers then rank their best checkpoints by too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the recipes, one YAML per reference command
+PUZZLE_GROUPS = 1000  # training puzzles of Sudoku-Extreme-1K and Maze-Hard-1K (one example each): an epoch
+RUNGS = 50  # puzzle presets: evaluations (and checkpoints) in a full trial
 
 
 @dataclass(frozen=True)
 class Preset:
     overrides: dict = field(default_factory=dict)
-    metric: str = "val/exact_accuracy"
-    evals: int = 50  # evaluations in a full trial (steps / eval_every)
+    evals: int = RUNGS  # evaluations in a full trial (steps / eval_every)
     grace: int = 5  # evaluations before ASHA may stop a trial
     reduction_factor: int = 3
     num_samples: int = 32
@@ -38,25 +48,31 @@ class Preset:
     overfit_patience: int = 3
 
 
-# The reference recipes' shared values (configs/*.yaml)
-_RECIPE = {"hidden": 512, "heads": 8, "expansion": 4.0, "layers": 2, "T": 3, "N_sup": 16, "halt_exploration": 0.1,
-           "puzzle_emb_ndim": 512, "puzzle_emb_len": 16, "batch_size": 768, "optimizer": "adam_atan2", "lr": 1e-4,
-           "lr_warmup_steps": 2000, "lr_schedule": "constant", "beta1": 0.9, "beta2": 0.95, "ema": 0.999,
-           "bf16": True, "seed": 0}
-PUZZLE_STEPS = 65_104  # 50000 epochs x 1000 samples per epoch // 768
+def recipe(name: str) -> dict:
+    """The values configs/NAME.yaml sets, as --set keys (`data.path` as `data_path`)."""
+    raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    return {("data_path" if (section, k) == ("data", "path") else k): v
+            for section, values in raw.items() for k, v in values.items()}
 
 
-def _puzzles(arch: str, n: int) -> dict:
-    """Sudoku-Extreme / Maze-Hard: weight decay 1.0 everywhere, puzzle-embedding lr 1e-4."""
-    every = PUZZLE_STEPS // 50
-    return {**_RECIPE, "arch": arch, "n": n, "weight_decay": 1.0, "puzzle_emb_lr": 1e-4,
-            "puzzle_emb_weight_decay": 1.0, "steps": PUZZLE_STEPS, "eval_every": every, "checkpoint_every": every}
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
-def _arc() -> dict:
-    """ARC-AGI: weight decay 0.1, puzzle-embedding lr 1e-2, 100000 epochs evaluated every 10000."""
-    return {**_RECIPE, "arch": "attention", "n": 4, "weight_decay": 0.1, "puzzle_emb_lr": 1e-2,
-            "puzzle_emb_weight_decay": 0.1, "epochs": 100_000, "eval_every_epochs": 10_000, "generate": "none"}
+def _puzzles(name: str, **data) -> dict:
+    """A puzzle recipe's length in steps (ASHA's horizon), evaluated every 1/RUNGS of it on
+    eval_samples rather than on the whole test split."""
+    r = recipe(name)
+    del r["eval_every_epochs"], r["eval_samples"]
+    steps = r.pop("epochs") * PUZZLE_GROUPS // r["batch_size"]
+    return {**r, "steps": steps, "eval_every": steps // RUNGS, "checkpoint_every": steps // RUNGS, **data}
+
+
+def _arc(name: str) -> dict:
+    """An ARC recipe as it is (epochs), evaluated on eval_samples rows."""
+    r = recipe(name)
+    del r["eval_samples"]
+    return r
 
 
 PRESETS: dict[str, Preset] = {
@@ -70,7 +86,7 @@ PRESETS: dict[str, Preset] = {
                    "batch_size": 64, "lr": 2e-3, "lr_warmup_steps": 50, "weight_decay": 0.1, "ema": 0.99,
                    "steps": 500, "eval_every": 100, "eval_samples": 256, "checkpoint_every": 100,
                    "log_every": 100, "keep_checkpoints": 2},
-        metric="val/exact_accuracy", evals=5, grace=2, reduction_factor=2, num_samples=4,
+        evals=5, grace=2, reduction_factor=2, num_samples=4,
         overfit_margin=0.05, overfit_patience=3),
     "tiny": Preset(
         overrides={"data_path": "data/sudoku-tiny", "generate": "sudoku", "num_train": 64, "num_test": 64,
@@ -78,18 +94,15 @@ PRESETS: dict[str, Preset] = {
                    "hidden": 32, "heads": 2, "expansion": 2, "N_sup": 2, "puzzle_emb_ndim": 16,
                    "puzzle_emb_len": 1, "batch_size": 32, "lr": 2e-3, "lr_warmup_steps": 10, "weight_decay": 0.1,
                    "ema": 0.9, "steps": 48, "eval_every": 8, "eval_samples": 64, "checkpoint_every": 8,
-                   "log_every": 8},
-        metric="val/cell_accuracy", evals=6, grace=1, reduction_factor=2, num_samples=6,
+                   "log_every": 8,
+                   "objective": "val/cell_accuracy"},  # every exact accuracy is 0 at this size
+        evals=6, grace=1, reduction_factor=2, num_samples=6,
         overfit_margin=0.02, overfit_patience=2),
-    "sudoku": Preset(overrides={**_puzzles("mlp", 6), "data_path": "data/sudoku", "generate": "sudoku",
-                                "num_train": 1000, "num_test": 1000, "augmentations": 1000}),
-    "sudoku-extreme": Preset(overrides={**_puzzles("mlp", 6), "data_path": "data/sudoku-extreme",
-                                        "generate": "none"}),
-    "sudoku-extreme-att": Preset(overrides={**_puzzles("attention", 6),
-                                            "data_path": "data/sudoku-extreme", "generate": "none"}),
-    "maze-hard": Preset(overrides={**_puzzles("attention", 4), "data_path": "data/maze-hard",
-                                   "generate": "none"}),
-    # ARC: task pass@2 after the augmentation vote (trm.evaluate.primary_metric), what the ARC Prize scores
-    "arc-agi-1": Preset(overrides={**_arc(), "data_path": "data/arc1"}, metric="eval/task_pass_at_2"),
-    "arc-agi-2": Preset(overrides={**_arc(), "data_path": "data/arc2"}, metric="eval/task_pass_at_2"),
+    "sudoku": Preset(overrides=_puzzles("sudoku-extreme-mlp", data_path="data/sudoku", generate="sudoku",
+                                        num_train=1000, num_test=1000, augmentations=1000)),
+    "sudoku-extreme": Preset(overrides=_puzzles("sudoku-extreme-mlp")),
+    "sudoku-extreme-att": Preset(overrides=_puzzles("sudoku-extreme-att")),
+    "maze-hard": Preset(overrides=_puzzles("maze-hard")),
+    "arc-agi-1": Preset(overrides=_arc("arc-agi-1")),
+    "arc-agi-2": Preset(overrides=_arc("arc-agi-2")),
 }

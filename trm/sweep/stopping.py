@@ -2,8 +2,9 @@
 
 The paper: without EMA these models "overfit quickly and then diverge". The
 stopper ends a trial whose validation metric has sat more than `margin` below
-its own best for `patience` consecutive evaluations while its training accuracy
-kept rising, or whose loss is no longer finite. Both it and the scheduler
+its own best for `patience` consecutive evaluations while its training twin
+(`Objective.train_metric`) kept rising, or whose loss is no longer finite. The validation
+metric is the sweep's objective, the one everything else ranks by. Both it and the scheduler
 record their decisions, so the MLflow callback can tag each trial with its
 `trial_end_reason`.
 """
@@ -15,23 +16,32 @@ from dataclasses import dataclass, field
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
+from trm.evaluate.objective import EXACT_METRIC, Objective
+
 
 @dataclass
 class _History:
-    best: float = -math.inf
+    best: float
     last_train: float | None = None
     strikes: int = 0
 
 
 @dataclass
 class OverfitStopper(Stopper):
-    metric: str = "val/exact_accuracy"
-    train_metric: str = "train/exact_accuracy"
+    objective: Objective = Objective(EXACT_METRIC)
     loss_metric: str = "train/loss"
     margin: float = 0.02
     patience: int = 3
     reasons: dict[str, str] = field(default_factory=dict)
     _history: dict[str, _History] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return self.objective.name
+
+    @property
+    def train_metric(self) -> str:
+        return self.objective.train_metric
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         loss = result.get(self.loss_metric)
@@ -41,11 +51,12 @@ class OverfitStopper(Stopper):
         val, train = result.get(self.metric), result.get(self.train_metric)
         if val is None or not math.isfinite(val):  # a checkpoint without an evaluation (spot notice)
             return False
-        h = self._history.setdefault(trial_id, _History())
+        h = self._history.setdefault(trial_id, _History(self.objective.worst))
         rising = train is not None and h.last_train is not None and train > h.last_train
-        if val >= h.best:
+        sign = 1.0 if self.objective.mode == "max" else -1.0  # how much worse than its best, either way
+        if self.objective.better(val, h.best):
             h.best, h.strikes = val, 0
-        elif val < h.best - self.margin and rising:
+        elif sign * (h.best - val) > self.margin and rising:
             h.strikes += 1
         else:
             h.strikes = 0

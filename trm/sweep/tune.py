@@ -24,6 +24,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
 
 from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides
+from trm.evaluate.objective import Objective, objective_for
 from trm.launch.cluster import WorkerSpec
 from trm.sweep.presets import PRESETS, Preset
 from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
@@ -65,7 +66,7 @@ class TrialSetup:
     parent_run_id: str
     trial_storage: str  # each trial's TorchTrainer runs under TRIAL_STORAGE/TRIAL_ID
     spec: WorkerSpec
-    metric: str
+    objective: Objective  # the sweep's: Ray keeps each trial's best checkpoints by it too
     verbose: bool = False
 
     def config(self, proposed: dict[str, Any]) -> Config:
@@ -199,7 +200,7 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
         log.warning("could not log the dataset of trial %s", ctx.get_trial_id(), exc_info=True)
     trainer = make_trainer(WorkerRun(cfg, setup.tracking_uri, tracker.run_id, quiet=not setup.verbose),
                            name=ctx.get_trial_id(), storage=setup.trial_storage, spec=setup.spec,
-                           metric=setup.metric, in_tune=True)
+                           metric=setup.objective.name, in_tune=True)
     trainer.fit()
 
 
@@ -261,9 +262,9 @@ class MlflowTrialCallback(tune.Callback):
     ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
     Prints one line per trial event (started, evaluation, ended and why)."""
 
-    def __init__(self, uri: str, parent_run_id: str, metric: str, stopper: OverfitStopper,
+    def __init__(self, uri: str, parent_run_id: str, objective: Objective, stopper: OverfitStopper,
                  scheduler: RecordingASHA, spec: WorkerSpec | None = None, echo: bool = True):
-        self.uri, self.parent_run_id, self.metric = uri, parent_run_id, metric
+        self.uri, self.parent_run_id, self.objective, self.metric = uri, parent_run_id, objective, objective.name
         self.stopper, self.scheduler, self.spec, self.echo = stopper, scheduler, spec, echo
         self.best: dict[str, tuple[float, str | None]] = {}
         self.reasons: dict[str, str] = {}
@@ -291,7 +292,7 @@ class MlflowTrialCallback(tune.Callback):
             self._say(trial, f"step {result.get('step', '?')}: {self.metric} {value:.3f}{extra}")
         if value is None or path is None or not math.isfinite(value):
             return
-        if value >= self.best.get(trial.trial_id, (-math.inf, None))[0]:
+        if self.objective.better(value, self.best.get(trial.trial_id, (self.objective.worst, None))[0]):
             self.best[trial.trial_id] = (value, path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -354,15 +355,60 @@ def _default_concurrency(opts: SweepOptions) -> int:
     raise ConfigError(f"{need} does not fit this machine's {cap}")
 
 
-def train_metric_for(metric: str) -> str:
-    """The training-side twin the overfitting stopper compares `metric` with: val/x -> train/x;
-    a task-level eval/* score (ARC pass@k, maze path validity) has none, so training exact accuracy."""
-    return metric.replace("val/", "train/") if metric.startswith("val/") else "train/exact_accuracy"
+# ---------------------------------------------------------------- what ranks trials
+def sweep_objective(base: Config) -> Objective:
+    """The sweep's one objective: `train.objective` when set, else the base dataset's kind (its meta.json,
+    local or on S3, once preflight has built or staged it; unreadable: the kind its generator builds)."""
+    from trm.storage import join, read_json
+
+    try:
+        meta = read_json(join(base.data.path, "meta.json"))
+    except Exception:  # noqa: BLE001 - an unreadable meta.json: the generator's kind decides
+        meta = None
+    if not isinstance(meta, dict) and base.data.generate != "none":
+        meta = {"name": base.data.generate}
+    return objective_for(meta if isinstance(meta, dict) else None, base.train.objective or None)
+
+
+@dataclass
+class Ranking:
+    """What ranks and stops trials, all made from the sweep's one objective (the trials' trainers get it
+    as `train.objective`, Optuna from `searcher`)."""
+    objective: Objective
+    stopper: OverfitStopper
+    scheduler: RecordingASHA
+    callback: MlflowTrialCallback
+
+
+def make_ranking(objective: Objective, base: Config, preset: Preset, spec: WorkerSpec, uri: str,
+                 parent_run_id: str) -> Ranking:
+    stopper = OverfitStopper(objective, margin=preset.overfit_margin, patience=preset.overfit_patience)
+    # ASHA counts training steps, not reports: a run also reports at unscheduled checkpoints
+    # (wall-time, spot notice), which must not move a trial through the rungs faster
+    scheduler = RecordingASHA(time_attr="step", metric=objective.name, mode=objective.mode,
+                              max_t=base.train.steps,
+                              grace_period=min(preset.grace * base.train.eval_every, base.train.steps),
+                              reduction_factor=preset.reduction_factor)
+    callback = MlflowTrialCallback(uri, parent_run_id, objective, stopper, scheduler, spec)
+    return Ranking(objective, stopper, scheduler, callback)
+
+
+def make_searcher(objective: Objective, opts: SweepOptions, study: str, storage_url: str,
+                  size: int | None) -> UniqueOptunaSearch:
+    """Optuna's TPE on the objective (and, with --multi-objective, each trial's time, minimised)."""
+    import optuna
+
+    metric: str | list[str] = [objective.name, "time_total_s"] if opts.multi_objective else objective.name
+    mode: str | list[str] = [objective.mode, "min"] if opts.multi_objective else objective.mode
+    return UniqueOptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=opts.seed),
+                              study_name=study, storage=optuna.storages.RDBStorage(storage_url), seeds=opts.seeds,
+                              size=size)
 
 
 def run_sweep(opts: SweepOptions, space: dict[str, Any],
-              report: Callable[[list[TrialRow], Tracker], None] | None = None) -> list[TrialRow]:
-    """Validate everything, start (or resume) the sweep, return one row per trial."""
+              report: Callable[[list[TrialRow], Tracker, str], str | None] | None = None) -> list[TrialRow]:
+    """Validate everything, start (or resume) the sweep, return one row per trial. `report(rows, parent,
+    metric)` (e.g. trm.sweep.reports.depth_report) gets the objective's name and returns a table."""
     import optuna
 
     from trm.launch.cluster import DRIVER_RESOURCE, preflight
@@ -379,6 +425,8 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     storage = resolve(opts.storage)
     uri = preflight(base, storage=storage, tracking_uri=opts.tracking_uri, address=opts.address, spec=opts.spec,
                     what=f"one trial ({opts.spec.describe('--workers-per-trial')})")
+    objective = sweep_objective(base)  # once the dataset is built or staged, where preflight put it
+    base.train.objective = objective.name  # each trial's trainer keeps its best checkpoint by the same
     sweep_path = join(storage, opts.name)
     size = discrete_size(space)
     num_samples = opts.num_samples or preset.num_samples
@@ -390,8 +438,8 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     optuna_url = optuna_storage_url(opts.optuna_storage, uri)
     parent = runs.sweep_run(uri, opts.name, sweep_path, opts.resume, {
         "preset": opts.preset, "num_samples": num_samples, "max_concurrent": max_concurrent,
-        "workers_per_trial": opts.workers_per_trial, "metric": preset.metric, "seeds": opts.seeds,
-        "objectives": f"max {preset.metric}, min device-hours" if opts.multi_objective else f"max {preset.metric}",
+        "workers_per_trial": opts.workers_per_trial, "metric": objective.name, "seeds": opts.seeds,
+        "objectives": f"{objective.mode} {objective.name}" + (", min device-hours" if opts.multi_objective else ""),
         "search_space": describe_space(space)[:6000], "optuna_storage": optuna_url,
         "asha": f"rungs every {preset.grace * base.train.eval_every} x {preset.reduction_factor}^k steps "
                 f"up to {base.train.steps}"})
@@ -404,28 +452,16 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     log.info("sweep %s: MLflow parent run %s at %s; storage %s; Optuna study %s in %s", opts.name, parent.run_id,
              uri, sweep_path, study, optuna_url)
 
-    stopper = OverfitStopper(metric=preset.metric, train_metric=train_metric_for(preset.metric),
-                             margin=preset.overfit_margin, patience=preset.overfit_patience)
-    # ASHA counts training steps, not reports: a run also reports at unscheduled checkpoints
-    # (wall-time, spot notice), which must not move a trial through the rungs faster
-    scheduler = RecordingASHA(time_attr="step", metric=preset.metric, mode="max",
-                              max_t=base.train.steps,
-                              grace_period=min(preset.grace * base.train.eval_every, base.train.steps),
-                              reduction_factor=preset.reduction_factor)
-    callback = MlflowTrialCallback(uri, parent.run_id, preset.metric, stopper, scheduler, opts.spec)
-    setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, preset.metric, opts.verbose)
+    ranking = make_ranking(objective, base, preset, opts.spec, uri, parent.run_id)
+    stopper, scheduler, callback = ranking.stopper, ranking.scheduler, ranking.callback
+    setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
     if opts.resume and tune.Tuner.can_restore(sweep_path):
         log.info("resuming sweep from %s", sweep_path)
         tuner = tune.Tuner.restore(sweep_path, trainable, resume_errored=True, param_space=space)
     else:
-        metric, mode = ((preset.metric, "time_total_s"), ("max", "min")) if opts.multi_objective \
-            else (preset.metric, "max")
-        searcher = UniqueOptunaSearch(
-            metric=list(metric) if opts.multi_objective else metric, mode=list(mode) if opts.multi_objective
-            else mode, sampler=optuna.samplers.TPESampler(seed=opts.seed), study_name=study,
-            storage=optuna.storages.RDBStorage(optuna_url), seeds=opts.seeds, size=size)
+        searcher = make_searcher(objective, opts, study, optuna_url, size)
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
@@ -437,32 +473,33 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
                                       verbose=2 if opts.verbose else 1))
     grid = tuner.fit()
 
-    rows = _rows(grid, preset.metric, base, callback, runs.trial_run_ids(parent))
-    best = max((r.best for r in rows if math.isfinite(r.best)), default=float("nan"))
+    rows = _rows(grid, objective, base, callback, runs.trial_run_ids(parent))
+    done = sorted((r for r in rows if math.isfinite(r.best)), key=lambda r: r.best,
+                  reverse=objective.mode == "max")  # best first
+    best = done[0].best if done else float("nan")
     total = {k: sum(_trial_metric(parent, r.run_id, k) for r in rows)
              for k in ("cost/cpu_hours", "cost/gpu_hours", "cost/usd_estimate")}
-    runs.record_sweep(parent, preset.metric, best,
+    runs.record_sweep(parent, objective.name, best,
                       {k: [getattr(r, k) if k != "params" else str(r.params) for r in rows]
                        for k in ("trial_id", "label", "params", "best", "reason", "run_id", "effective_depth",
                                  "steps")},
                       extra={k.replace("cost/", "cost/total_"): v for k, v in total.items()})
     if report is not None:
-        table = report(rows, parent, preset.metric)
+        table = report(rows, parent, objective.name)
         if table:
             runs.describe(parent, f"Sweep of {describe_space(space)} on preset `{opts.preset}`; "
                                   f"{len(rows)} trials.\n\n{table}")
-    _register_best(rows, uri, opts.name)
-    done = [r for r in rows if math.isfinite(r.best)]
+    _register_best(done, uri, opts.name)
     if done:  # the parent row reads as the sweep's summary in the runs table (children are nested under it)
-        top = max(done, key=lambda r: r.best)
+        top = done[0]
         parent.client.update_run(parent.run_id, name=f"{opts.name}: {len(rows)} trials, best {top.label} "
-                                                     f"{preset.metric.split('/')[-1]} {top.best:.3f}")
+                                                     f"{objective.name.split('/')[-1]} {top.best:.3f}")
     parent.end()
-    _print_rows(rows, preset.metric)
+    _print_rows(rows, objective)
     if opts.multi_objective:
         front = [r for r in rows if math.isfinite(r.best) and not any(
             o.best >= r.best and o.hours <= r.hours and (o.best, o.hours) != (r.best, r.hours) for o in rows)]
-        print("Pareto front (best " + preset.metric + " vs device-hours): " + ", ".join(
+        print("Pareto front (best " + objective.name + " vs device-hours): " + ", ".join(
             f"{r.label} {r.best:.3f} / {r.hours:.4f} h" for r in sorted(front, key=lambda r: r.hours)))
     print(f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
           + (f", ${total['cost/usd_estimate']:.2f} (p5.4xlarge spot)" if total["cost/usd_estimate"] else ""))
@@ -492,15 +529,15 @@ def _trial_metric(parent: Tracker, run_id: str | None, key: str) -> float:
     return float(parent.client.get_run(run_id).data.metrics.get(key, 0.0))
 
 
-def _register_best(rows: list[TrialRow], uri: str, name: str) -> None:
+def _register_best(ranked: list[TrialRow], uri: str, name: str) -> None:
     """The best trial's best checkpoint (EMA weights) as an MLflow model in its child run,
-    registered under the sweep's name with alias `best`."""
+    registered under the sweep's name with alias `best`; `ranked`: trials with a score, best first."""
     from trm.train.loop import load_for_eval
 
-    done = [r for r in rows if math.isfinite(r.best) and r.run_id]
+    done = [r for r in ranked if r.run_id]
     if not done:
         return
-    top = max(done, key=lambda r: r.best)
+    top = done[0]
     try:
         run = Tracker(uri, top.run_id)
         path = run.client.get_run(top.run_id).data.tags.get("best_checkpoint")
@@ -515,12 +552,14 @@ def _register_best(rows: list[TrialRow], uri: str, name: str) -> None:
         log.warning("could not register the best model", exc_info=True)
 
 
-def _rows(grid, metric: str, base: Config, callback: MlflowTrialCallback, run_ids: dict[str, str]) -> list[TrialRow]:
+def _rows(grid, objective: Objective, base: Config, callback: MlflowTrialCallback, run_ids: dict[str, str]) -> list[TrialRow]:
     rows = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
         df = result.metrics_dataframe
-        best = float(df[metric].max()) if df is not None and metric in df else float("nan")
+        metric = objective.name
+        values = df[metric] if df is not None and metric in df else None
+        best = float("nan") if values is None else float(values.max() if objective.mode == "max" else values.min())
         cfg = apply_overrides(copy.deepcopy(base), dict(result.config or {}))
         reason = callback.reasons.get(trial_id, "error" if result.error else "completed")
         history = {}
@@ -532,9 +571,10 @@ def _rows(grid, metric: str, base: Config, callback: MlflowTrialCallback, run_id
     return rows
 
 
-def _print_rows(rows: list[TrialRow], metric: str) -> None:
+def _print_rows(rows: list[TrialRow], objective: Objective) -> None:
+    metric, sign = objective.name, -1.0 if objective.mode == "max" else 1.0
     print(f"\nTrials ranked by best {metric} (each at its own budget; see the compute-matched table above):")
     print(f"{'trial':16s} {'depth':>6s} {'steps':>6s} {'best ' + metric:>26s}  end")
-    for r in sorted(rows, key=lambda r: -r.best if math.isfinite(r.best) else math.inf):
+    for r in sorted(rows, key=lambda r: sign * r.best if math.isfinite(r.best) else math.inf):
         print(f"{r.label:16s} {r.effective_depth:6d} {r.steps:6d} {r.best:26.4f}  {r.reason}")
     sys.stdout.flush()
