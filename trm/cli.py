@@ -8,11 +8,14 @@
     trm eval --checkpoint DIR [--data DIR] [--N-sup K] [--halt] [--curve] [--latest]
     trm submit --checkpoint RUN --challenges arc-agi_test_challenges.json --out submission.json
     trm import --checkpoint FILE [--config all_config.yaml] --out RUN_DIR [--data DIR]
+    trm import --hf OWNER/NAME[@REVISION] [--file PATH] --out RUN_DIR
+    trm export --checkpoint RUN (--out DIR | --hf OWNER/NAME)
     trm params
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -64,33 +67,78 @@ def _train_run(a: argparse.Namespace) -> None:
     cfg = load_config(a.config, overrides)
     if a.workers < 0:
         raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
+    from trm.run_lock import RunLock
+    from trm.storage import check_local_folder
+
     out = Path(a.out)
+    check_local_folder(out, "--out")
     if a.workers > 0:
         from trm.launch.cluster import WorkerSpec
         from trm.launch.single import run_training
 
-        def save_config(cfg) -> None:  # once every check has passed
-            out.mkdir(parents=True, exist_ok=True)
-            cfg.save(out / "config.yaml")
+        with contextlib.ExitStack() as held:
+            def save_config(cfg) -> None:  # once every check has passed; the folder is ours till the end
+                _check_rerun(out, cfg)
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(RunLock(out))
+                cfg.save(out / "config.yaml")
 
-        result = run_training(cfg, name=out.name, storage=a.storage or str(out.resolve().parent),
-                              spec=WorkerSpec(a.workers, a.gpus_per_worker, a.cpus_per_worker),
-                              tracking_uri=a.tracking_uri, experiment=a.experiment, address=a.address,
-                              tracking=not a.no_tracking, on_ready=save_config)
+            result = run_training(cfg, name=out.name, storage=a.storage or str(out.resolve().parent),
+                                  spec=WorkerSpec(a.workers, a.gpus_per_worker, a.cpus_per_worker),
+                                  tracking_uri=a.tracking_uri, experiment=a.experiment, address=a.address,
+                                  tracking=not a.no_tracking, on_ready=save_config)
         print(json.dumps(result, indent=2, default=str))
         return
 
+    with _train_folder(a, cfg, out) as uri:
+        _train_local(a, cfg, out, uri)
+
+
+def _check_rerun(out: Path, cfg) -> None:
+    """`trm train --workers` on a run folder of another architecture: refused before its config.yaml
+    is replaced (the checkpoints live in --storage; the folder's config.yaml is the run's)."""
+    from trm.config import config_from_dict
+    from trm.train import checkpoint as ckpt
+
+    old = out / "config.yaml"
+    if old.is_file():
+        import yaml
+
+        saved = config_from_dict(yaml.safe_load(old.read_text()))
+        ckpt.check_compatible(saved.to_dict()["model"], cfg.to_dict()["model"], f"--out {out} ({old})")
+
+
+@contextlib.contextmanager
+def _train_folder(a: argparse.Namespace, cfg, out: Path):
+    """Validate, then write: the tracking URI, the dataset, the checkpoint to resume or fine-tune
+    from are checked first; then the run folder is created and held (one writer) while training.
+    Yields the resolved tracking URI (None without tracking)."""
     from trm.data.build import ensure_dataset
-    from trm.model import count_parameters
-    from trm.tracking import check_reachable, resolve_uri, runs
-    from trm.train.loop import Trainer
-    from trm.train.session import LocalSession
+    from trm.data.check import check_dataset
+    from trm.run_checks import check_init_from, check_resume
+    from trm.run_lock import RunLock
+    from trm.tracking import check_reachable, resolve_uri
 
     uri = None if a.no_tracking else resolve_uri(a.tracking_uri)
     if uri is not None:
-        check_reachable(uri)  # before anything is written
-    ensure_dataset(cfg.data)
+        check_reachable(uri)
+    meta = check_dataset(ensure_dataset(cfg.data))
+    check_resume(out, cfg, meta)
+    if cfg.train.init_from:
+        from trm.train.checkpoint import resolve
+
+        check_init_from(resolve(cfg.train.init_from, "--init-from"), cfg, meta)
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, "--out"):
+        yield uri
+
+
+def _train_local(a: argparse.Namespace, cfg, out: Path, uri: str | None) -> None:
+    from trm.model import count_parameters
+    from trm.tracking import runs
+    from trm.train.loop import Trainer
+    from trm.train.session import LocalSession
+
     cfg.save(out / "config.yaml")
     tracker = runs.local_run(uri, a.experiment, out, cfg) if uri is not None else None
     if tracker is not None:
@@ -158,10 +206,16 @@ def _eval_run(a: argparse.Namespace) -> None:
     from trm.train.checkpoint import resolve
     from trm.train.loop import load_for_eval, pick_device
 
+    _check_flags(a)
     folder = resolve(a.checkpoint, prefer="latest" if a.latest else "best")
+    if a.tracking_uri:
+        from trm.tracking import check_reachable
+
+        check_reachable(a.tracking_uri)  # before the evaluation, not after it
     device = pick_device(a.device)
     model, cfg, state = load_for_eval(folder, str(device), use_ema=not a.no_ema)
     data = a.data or cfg.data.path
+    _check_data(state, data, a.split, "--data" if a.data else "--checkpoint's dataset")
     ds = PuzzleDataset(data, a.split)
     with torch.no_grad():
         r = evaluate_task(model, ds, a.batch_size, device, limit=a.limit, n_sup=a.n_sup, halt=a.halt,
@@ -174,6 +228,25 @@ def _eval_run(a: argparse.Namespace) -> None:
 
         out["mlflow_run_id"] = log_eval_run(a.tracking_uri, a.experiment, folder, state["step"], r, data)
     print(json.dumps(out, indent=2))
+
+
+def _check_flags(a: argparse.Namespace) -> None:
+    """eval/submit flags in range: --batch-size >= 1 (0 divided by zero, -1 evaluated nothing), --limit >= 0."""
+    from trm.cli_common import require_positive
+    from trm.config import ConfigError
+
+    require_positive(a, "--batch-size")
+    if getattr(a, "limit", 0) < 0:
+        raise ConfigError(f"--limit {a.limit}: expected 0 (every sample) or a number of samples")
+
+
+def _check_data(state: dict, data: str, split: str, flag: str) -> None:
+    """The dataset is sound (`check_dataset`) and fits the checkpoint: its vocabulary, sequence length
+    and task-to-puzzle-id map (`trm.run_checks.check_eval_data`)."""
+    from trm.data.check import check_dataset
+    from trm.run_checks import check_eval_data
+
+    check_eval_data(state, check_dataset(data, (split,)), str(data), flag)
 
 
 # ---------------------------------------------------------------- submit
@@ -196,28 +269,61 @@ def _submit_run(a: argparse.Namespace) -> None:
 
     from trm.evaluate.submit import read_challenges
 
+    _check_flags(a)
     read_challenges(a.challenges)  # a bad file is refused before a model is loaded
     folder = resolve(a.checkpoint, prefer="latest" if a.latest else "best")
     device = pick_device(a.device)
     model, cfg, state = load_for_eval(folder, str(device), use_ema=not a.no_ema)
+    _check_data(state, a.data or cfg.data.path, "test", "--data" if a.data else "--checkpoint's dataset")
     summary = submit(model, a.data or cfg.data.path, a.challenges, a.out, a.batch_size, device, a.n_sup, a.halt)
     print(json.dumps({"checkpoint": str(folder), "step": state["step"], **summary}, indent=2))
 
 
 # ---------------------------------------------------------------- import
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file of the reference implementation "
-                   "(SamsungSAILMontreal/TinyRecursiveModels: checkpoints/PROJECT/RUN/step_N)")
-    p.add_argument("--config", help="its hydra config (default: all_config.yaml beside the checkpoint)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint file of the reference implementation "
+                     "(SamsungSAILMontreal/TinyRecursiveModels: checkpoints/PROJECT/RUN/step_N)")
+    src.add_argument("--hf", metavar="OWNER/NAME[@REVISION]", help="a hub model repo in the reference's layout "
+                     "(step_N beside all_config.yaml), fetched into the Hugging Face cache")
+    p.add_argument("--file", metavar="PATH", help="with --hf: the checkpoint's path in the repo (default: its "
+                   "highest step_N, or its one weights file)")
+    p.add_argument("--config", help="its hydra config (default: all_config.yaml beside the checkpoint; with --hf "
+                   "a path in the repo)")
     p.add_argument("--out", required=True, help="run folder to create (what `trm eval --checkpoint` reads)")
     p.add_argument("--data", help="dataset folder built by `trm data` (default: the config's data_paths[0]); "
                    "needed for an attention model's sequence length when data_paths[0] is not here")
 
 
 def _import_run(a: argparse.Namespace) -> None:
+    if a.hf:
+        from trm.hub import import_from_hub
+
+        print(json.dumps(import_from_hub(a.hf, a.out, a.file, a.config, a.data), indent=2))
+        return
+    if a.file:
+        from trm.hub import HubError
+
+        raise HubError("--file: only with --hf (a path inside the hub repo); use --checkpoint FILE for a local one")
     from trm.official import import_checkpoint
 
     print(json.dumps(import_checkpoint(a.checkpoint, a.out, a.config, a.data), indent=2))
+
+
+# ---------------------------------------------------------------- export
+def _export_args(p: argparse.ArgumentParser) -> None:
+    _checkpoint_flag(p)
+    p.add_argument("--out", metavar="DIR", help="hub-ready folder to create: model.safetensors, config.yaml, "
+                   "meta.json, README.md (model card)")
+    p.add_argument("--hf", metavar="OWNER/NAME", help="upload that folder to this hub model repo (created if "
+                   "needed; needs `hf auth login` or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="with --hf: create the repo private")
+
+
+def _export_run(a: argparse.Namespace) -> None:
+    from trm.hub import export
+
+    print(json.dumps(export(a.checkpoint, a.out, a.hf, a.latest, a.private), indent=2))
 
 
 # ---------------------------------------------------------------- params
@@ -257,9 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="an ARC Prize submission.json from a challenges file")
     _submit_args(p)
     p.set_defaults(fn=_submit_run)
-    p = sub.add_parser("import", help="a reference-implementation checkpoint as a run folder")
+    p = sub.add_parser("import", help="a reference-implementation checkpoint as a run folder (--hf: from the hub)")
     _import_args(p)
     p.set_defaults(fn=_import_run)
+    p = sub.add_parser("export", help="a run's best checkpoint as a hub-ready folder (--out) or hub repo (--hf)")
+    _export_args(p)
+    p.set_defaults(fn=_export_run)
     p = sub.add_parser("params", help="parameter counts of the paper's configurations")
     p.set_defaults(fn=_params_run)
     return parser

@@ -33,7 +33,7 @@ class RunLock:
         self.folder, self.flag = Path(folder), flag
         self._lock = FileLock(self.folder / LOCK_FILE, is_singleton=False)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         from filelock import Timeout
 
         try:

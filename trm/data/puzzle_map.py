@@ -40,7 +40,7 @@ class PuzzleMap:
     tasks: dict[str, tuple[int, int]] = field(default_factory=dict)  # task id -> (first puzzle id, count)
 
     @classmethod
-    def of(cls, meta: dict) -> "PuzzleMap":
+    def of(cls, meta: dict) -> PuzzleMap:
         """The map a dataset's meta.json describes (task_ids, task_first_puzzle_id, task_num_augmentations)."""
         ids, first, count = (meta.get(k) for k in ("task_ids", "task_first_puzzle_id", "task_num_augmentations"))
         tasks = {str(t): (int(f), int(c)) for t, f, c in zip(ids, first, count)} if ids and first and count else {}
@@ -57,10 +57,10 @@ class PuzzleMap:
                 "tasks": {t: list(v) for t, v in self.tasks.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PuzzleMap":
+    def from_dict(cls, d: dict) -> PuzzleMap:
         return cls(int(d["num_puzzle_ids"]), {t: (int(v[0]), int(v[1])) for t, v in d["tasks"].items()})
 
-    def moved(self, other: "PuzzleMap") -> list[str]:
+    def moved(self, other: PuzzleMap) -> list[str]:
         """Tasks of both maps at other puzzle ids in `other`."""
         return [t for t, v in other.tasks.items() if t in self.tasks and self.tasks[t] != v]
 
@@ -111,7 +111,7 @@ def check_extends(saved: PuzzleMap | None, data: PuzzleMap, where: str) -> list[
 
 def checkpoint_map(state: dict, where: str) -> PuzzleMap | None:
     """The map a checkpoint was trained with: recorded in it (`extra.puzzle_map`), else read from its
-    training dataset when that is still there (said once); None when neither is known."""
+    training dataset when that is still there; None (said once) when neither is known."""
     recorded = (state.get("extra") or {}).get("puzzle_map")
     if recorded:
         return PuzzleMap.from_dict(recorded)
@@ -122,9 +122,8 @@ def checkpoint_map(state: dict, where: str) -> PuzzleMap | None:
         meta = read_meta(path)
     except (TrmError, OSError):
         meta = None
-    if where not in _warned:
+    if meta is None and where not in _warned:
         _warned.add(where)
-        log.warning("%s: the checkpoint records no puzzle map (saved before they were recorded); %s", where,
-                    f"using its training dataset's, {path}" if meta else
-                    f"its training dataset {path or '?'} is not here either: task ids not checked")
+        log.warning("%s: the checkpoint records no puzzle map, and its training dataset %s is not here: "
+                    "task ids not checked", where, path or "?")
     return PuzzleMap.of(meta) if meta else None

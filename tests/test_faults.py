@@ -1,0 +1,268 @@
+"""Faults a user meets before a run starts (issue 17, items 2, 3 and 8), each through the real
+`trm` entry point in a subprocess: exit 2, one `error:` line naming the file, key or flag at
+fault, no traceback, and the run folder as it was (nothing new on a refusal; byte-identical on a
+refused resume). Fast: tiny Sudoku data, a 1-layer width-16 model, CPU."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "generate=none", "--set", "device=cpu", "--set", "arch=mlp", "--set", "hidden=16",
+        "--set", "layers=1", "--set", "n=1", "--set", "T=1", "--set", "N_sup=2", "--set", "expansion=2",
+        "--set", "puzzle_emb_ndim=0", "--set", "batch_size=8", "--set", "log_every=1", "--set", "eval_every=2",
+        "--set", "checkpoint_every=2", "--set", "eval_samples=8"]
+
+
+def trm(*args: str, cwd: Path, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
+    return subprocess.run([sys.executable, "-m", "trm.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env, **popen)
+
+
+def refused(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, one error line holding every needle, no traceback; returns that line."""
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from trm.data import sudoku
+
+    path = tmp_path_factory.mktemp("data") / "sudoku"
+    train = sudoku.generate(16, 0, 30, 40, 0)
+    test = sudoku.generate(8, 1, 30, 40, 0)
+    sudoku.build_dataset(path, train[:2], test[:2], 1, 0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Path:
+    """A finished 2-step run (one checkpoint) to resume, evaluate and fine-tune from."""
+    root = tmp_path_factory.mktemp("run")
+    r = trm("train", "--out", "runs/a", "--no-tracking", "--set", f"data_path={data}", *TINY, "--set", "steps=2",
+            cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "runs" / "a"
+
+
+def broken(data: Path, tmp_path: Path, how) -> Path:
+    bad = tmp_path / "bad-data"
+    shutil.copytree(data, bad)
+    how(bad)
+    return bad
+
+
+def _truncate(d: Path) -> None:
+    f = d / "train" / "inputs.npy"
+    f.write_bytes(f.read_bytes()[:-100])
+
+
+def _drop_key(d: Path) -> None:
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["seq_len"]
+    (d / "meta.json").write_text(json.dumps(meta))
+
+
+def _token_over_vocab(d: Path) -> None:
+    a = np.load(d / "train" / "inputs.npy")
+    a[3, 5] = 200
+    np.save(d / "train" / "inputs.npy", a)
+
+
+def _puzzle_id_over(d: Path) -> None:
+    a = np.load(d / "test" / "puzzle_ids.npy")
+    a[1] = 7
+    np.save(d / "test" / "puzzle_ids.npy", a)
+
+
+BAD_DATA = [
+    ("truncated", _truncate, ("train/inputs.npy", "truncated")),
+    ("missing key", _drop_key, ("meta.json", "missing key 'seq_len'")),
+    ("invalid json", lambda d: (d / "meta.json").write_text("{not json"), ("meta.json", "not valid JSON")),
+    ("token over vocab", _token_over_vocab, ("train/inputs.npy", "sample 3 holds 200", "vocab_size=11")),
+    ("puzzle id over", _puzzle_id_over, ("test/puzzle_ids.npy", "num_puzzle_ids=1")),
+]
+
+
+@pytest.mark.parametrize("name,how,needles", BAD_DATA, ids=[c[0] for c in BAD_DATA])
+def test_a_bad_dataset_is_refused_before_the_run_folder_exists(data, tmp_path, name, how, needles):
+    bad = broken(data, tmp_path, how)
+    r = trm("train", "--out", "runs/x", "--set", f"data_path={bad}", *TINY, "--set", "steps=2",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    refused(r, str(bad), *needles)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_bad_dataset_is_refused_by_eval(run, data, tmp_path):
+    bad = broken(data, tmp_path, _token_over_vocab)
+    refused(trm("eval", "--checkpoint", str(run), "--data", str(bad), "--split", "train", cwd=tmp_path),
+            "inputs.npy", "vocab_size=11")
+
+
+def test_a_yaml_syntax_error_names_file_and_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  lr: 1.0e-4\n   steps: [3\n")
+    refused(trm("train", "--config", "bad.yaml", "--out", "runs/x", cwd=tmp_path), "bad.yaml: line 3", "YAML")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("setting,needle", [("lr=nan", "train.lr=nan: expected a finite number"),
+                                            ("ema=inf", "train.ema=inf: expected a finite number")])
+def test_a_non_finite_value_is_refused(tmp_path, setting, needle):
+    refused(trm("train", "--out", "runs/x", "--set", setting, cwd=tmp_path), needle)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("setting,source", [("steps=3", "epochs"), ("eval_every=7", "eval_every_epochs")])
+def test_a_value_epochs_would_replace_is_refused_with_the_way_out(tmp_path, setting, source):
+    r = trm("train", "--config", str(REPO / "configs" / "arc-agi-1.yaml"), "--set", setting, "--out", "runs/x",
+            cwd=tmp_path)
+    refused(r, f"train.{setting.split('=')[0]}", f"derived from train.{source}=", f"set {source}=0")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_that_is_a_file_is_refused(data, tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    refused(trm("train", "--out", "runs", "--no-tracking", "--set", f"data_path={data}", *TINY, cwd=tmp_path),
+            "--out runs: is a file")
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_out_on_a_read_only_disk_is_refused(data, tmp_path):
+    ro = Path("/proc/sys")  # read-only even for root; a chmod-ed folder is not
+    if os.access(ro, os.W_OK):
+        pytest.skip("/proc/sys is writable here")
+    refused(trm("train", "--out", str(ro / "trm-run"), "--no-tracking", "--set", f"data_path={data}", *TINY,
+                cwd=tmp_path), f"--out {ro}/trm-run", "not writable")
+
+
+def test_a_tracking_uri_of_unknown_scheme_is_refused(data, tmp_path):
+    r = trm("train", "--out", "runs/x", "--tracking-uri", "sqlit:///mlflow.db", "--set", f"data_path={data}", *TINY,
+            cwd=tmp_path)
+    refused(r, "--tracking-uri sqlit:///mlflow.db", "unknown scheme 'sqlit'")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--batch-size", "-1"), ("--limit", "-5")])
+def test_eval_flags_out_of_range_are_refused(run, tmp_path, flag, value):
+    refused(trm("eval", "--checkpoint", str(run), flag, value, cwd=tmp_path), f"{flag} {value}")
+
+
+def test_a_refused_resume_leaves_the_run_folder_byte_identical(run, data, tmp_path):
+    folder = tmp_path / "a"
+    shutil.copytree(run, folder)
+    before = snapshot(folder)
+    r = trm("train", "--out", str(folder), "--set", f"data_path={data}", *TINY, "--set", "steps=4",
+            "--set", "hidden=32", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    refused(r, f"--out {folder}", "model.hidden: checkpoint 16 vs config 32")
+    assert snapshot(folder) == before
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_second_writer_is_refused_naming_the_holder(data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "trm.cli", "train", "--out", "runs/x", "--no-tracking",
+                              "--set", f"data_path={data}", *TINY, "--set", "steps=1000000"],
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        holder = tmp_path / "runs" / "x" / ".trm.writer.json"
+        deadline = time.time() + 120
+        while not holder.is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert holder.is_file(), "the first run never took its folder"
+        r = trm("train", "--out", "runs/x", "--no-tracking", "--set", f"data_path={data}", *TINY,
+                "--set", "steps=1000000", cwd=tmp_path)
+        refused(r, "--out runs/x: another process is writing this run", f"pid {first.pid} on ")
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_two_first_runs_create_one_sqlite_store_without_racing(tmp_path):
+    """Two processes opening one new SQLite MLflow DB at once both ran the schema migrations, and one
+    failed in alembic ('duplicate column name'); the creation is now serialised by a lock beside the DB."""
+    code = ("import sys; from trm.tracking import Tracker; "
+            "print(Tracker.create(sys.argv[1], 'race', run_name='r').run_id)")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert len({o[0].strip() for o in outs}) == 2
+
+
+# ---------------------------------------------------------------- puzzle maps (item 8)
+def with_tasks(data: Path, tmp_path: Path, name: str, tasks: list[str]) -> Path:
+    """The Sudoku data under another task-to-puzzle-id map: task i at puzzle id i + 1, one augmentation."""
+    from trm.data.puzzle_map import FINGERPRINT, PuzzleMap
+
+    out = tmp_path / name
+    shutil.copytree(data, out)
+    meta = json.loads((out / "meta.json").read_text())
+    meta.update(task_ids=tasks, task_first_puzzle_id=list(range(1, len(tasks) + 1)),
+                task_num_augmentations=[1] * len(tasks), num_puzzle_ids=len(tasks) + 1)
+    meta[FINGERPRINT] = PuzzleMap.of(meta).fingerprint
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mapped_run(data, tmp_path_factory) -> tuple[Path, Path]:
+    """A run trained on data whose tasks are t1, t2 (puzzle ids 1, 2)."""
+    root = tmp_path_factory.mktemp("mapped")
+    ab = with_tasks(data, root, "ab", ["t1", "t2"])
+    r = trm("train", "--out", "runs/ab", "--no-tracking", "--set", f"data_path={ab}", *TINY, "--set", "steps=2",
+            cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "runs" / "ab", ab
+
+
+def test_every_dataset_records_its_puzzle_map_fingerprint(data):
+    from trm.data.puzzle_map import FINGERPRINT, PuzzleMap
+
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta[FINGERPRINT] == PuzzleMap.of(meta).fingerprint
+
+
+def test_eval_on_another_task_order_is_refused_naming_the_tasks(mapped_run, data, tmp_path):
+    run, ab = mapped_run
+    assert trm("eval", "--checkpoint", str(run), "--data", str(ab), cwd=tmp_path).returncode == 0
+    ba = with_tasks(data, tmp_path, "ba", ["t2", "t1"])
+    refused(trm("eval", "--checkpoint", str(run), "--data", str(ba), cwd=tmp_path), f"--data {ba}", "t2, t1",
+            "other puzzle ids")
+    abc = with_tasks(data, tmp_path, "abc", ["t1", "t2", "t3"])
+    refused(trm("eval", "--checkpoint", str(run), "--data", str(abc), cwd=tmp_path), "t3", "not in the checkpoint")
+
+
+def test_fine_tuning_may_add_tasks_but_not_move_them(mapped_run, data, tmp_path):
+    run, _ = mapped_run
+    ba = with_tasks(data, tmp_path, "ba", ["t2", "t1"])
+    r = trm("train", "--out", "runs/ft-ba", "--no-tracking", "--init-from", str(run), "--set", f"data_path={ba}",
+            *TINY, "--set", "steps=2", cwd=tmp_path)
+    refused(r, f"--init-from {run}", "t2, t1")
+    assert not (tmp_path / "runs").exists()
+    abc = with_tasks(data, tmp_path, "abc", ["t1", "t2", "t3"])
+    r = trm("train", "--out", "runs/ft-abc", "--no-tracking", "--init-from", str(run), "--set", f"data_path={abc}",
+            *TINY, "--set", "steps=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
