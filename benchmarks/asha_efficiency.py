@@ -72,6 +72,7 @@ class Recorder(tune.Callback):
 def run_arm(name: str, space: dict, *, base, metric: str, tmp: Path, uri: str, search_alg=None, scheduler=None,
             stopper=None, num_samples: int = 1, max_concurrent: int = 1) -> tuple[Recorder, float]:
     from trm.launch.cluster import DRIVER_RESOURCE, WorkerSpec
+    from trm.evaluate.objective import Objective
     from trm.sweep.tune import TrialSetup, _trial
     from trm.tracking import Tracker
 
@@ -80,7 +81,7 @@ def run_arm(name: str, space: dict, *, base, metric: str, tmp: Path, uri: str, s
     # artifacts, if any, under the temp folder rather than ./mlruns
     MlflowClient(uri).create_experiment(name, artifact_location=(tmp / "mlartifacts" / name).as_uri())
     parent = Tracker.create(uri, name, run_name=f"{name}-sweep")
-    setup = TrialSetup(base, uri, parent.run_id, str(tmp / "tune" / f"{name}-trials"), WorkerSpec(), metric)
+    setup = TrialSetup(base, uri, parent.run_id, str(tmp / "tune" / f"{name}-trials"), WorkerSpec(), Objective(metric))
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
     recorder = Recorder(metric)
     tuner = tune.Tuner(
@@ -188,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
     from trm.sweep.tune import validate_space
 
+    from trm.evaluate.objective import objective_for
+
     preset = PRESETS["tiny"]
-    metric = preset.metric
+    objective = objective_for(None, preset.overrides.get("objective"))
+    metric = objective.name
     values = {"layers": sorted(set(a.layers)), "n": sorted(set(a.n)), "T": sorted(set(a.T))}
     configs = list(itertools.product(*(values[k] for k in AXES)))
     num_samples = a.num_samples or len(configs)
@@ -227,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         arms = []
         for seed in a.seed:
             stopper = None if a.no_overfit_stopper else OverfitStopper(
-                metric=metric, train_metric=metric.replace("val/", "train/"), margin=preset.overfit_margin,
-                patience=preset.overfit_patience)
+                objective, margin=preset.overfit_margin, patience=preset.overfit_patience)
             scheduler = RecordingASHA(time_attr="training_iteration", metric=metric, mode="max", max_t=a.evals,
                                       grace_period=preset.grace, reduction_factor=preset.reduction_factor)
             searcher = OptunaSearch(metric=metric, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))

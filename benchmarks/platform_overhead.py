@@ -146,7 +146,7 @@ def run_tune(cfg: Config, storage: Path, uri: str, name: str, overrides: dict) -
     row = rows[0]
     reports = []
     if row.run_id:
-        history = MlflowClient(uri).get_metric_history(row.run_id, PRESETS["tiny"].metric)
+        history = MlflowClient(uri).get_metric_history(row.run_id, PRESETS["tiny"].overrides["objective"])
         reports = sorted((m.step, m.timestamp / 1000 - t0) for m in history)
     steps = int(row.last.get("step", reports[-1][0] if reports else 0))
     if row.reason != "completed":
