@@ -71,8 +71,8 @@ class Recorder(tune.Callback):
 
 def run_arm(name: str, space: dict, *, base, metric: str, tmp: Path, uri: str, search_alg=None, scheduler=None,
             stopper=None, num_samples: int = 1, max_concurrent: int = 1) -> tuple[Recorder, float]:
-    from trm.launch.cluster import DRIVER_RESOURCE, WorkerSpec
     from trm.evaluate.objective import Objective
+    from trm.launch.cluster import DRIVER_RESOURCE, WorkerSpec
     from trm.sweep.tune import TrialSetup, _trial
     from trm.tracking import Tracker
 
