@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from trm.data.dataset import IGNORE, DatasetError, DatasetWriter
+from trm.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -588,9 +589,10 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
                            f"would be trained on)")
     first_ids, counts = [], []
     next_id = BLANK_PUZZLE_ID + 1
-    t0 = last = time.time()
+    t0 = time.time()
     written = {"train": 0, "test": 0}
-    with DatasetWriter(out, meta, overwrite=overwrite) as w:
+    with DatasetWriter(out, meta, overwrite=overwrite) as w, \
+            Progress(f"arc: building {Path(out).name}", len(tasks), unit="tasks", every=progress_every) as progress:
         buf = _Buffer(w, chunk)
         for ti, task in enumerate(tasks):
             rng = _task_rng(seed, task.task_id)
@@ -620,10 +622,7 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
                             labelled=np.full(K, outp is not None, np.uint8),
                             group_ids=np.full(K, ti, np.int32), aug_ids=np.arange(K, dtype=np.int32))
                     written["test"] += K
-            if time.time() - last > progress_every:
-                last = time.time()
-                log.info("arc: %d/%d tasks, %d train + %d test samples (%.1f tasks/s)", ti + 1, len(tasks),
-                         written["train"], written["test"], (ti + 1) / (last - t0))
+            progress.update(1)
         buf.flush()
         w.meta.update(num_puzzle_ids=next_id, task_first_puzzle_id=first_ids, task_num_augmentations=counts)
     log.info("arc: wrote %s: %d tasks, %d puzzle ids, %d train + %d test samples in %.1fs", out, len(tasks),

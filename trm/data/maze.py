@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
 from trm.data.arc import dihedral, inverse_dihedral
 from trm.data.dataset import DatasetError, DatasetWriter, hrm_csv_rows
+from trm.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +181,11 @@ def generate(num: int, seed: int, min_path: int = MIN_PATH, extra_openings: int 
     """`num` mazes: questions [N,30,30], answers [N,30,30] (tokens), path lengths [N]."""
     rng = np.random.default_rng(seed)
     qs, ans, lengths = [], [], []
-    t0 = last = time.time()
-    for i in range(num):
-        q, a, n = generate_maze(rng, min_path, extra_openings)
-        qs.append(q), ans.append(a), lengths.append(n)
-        if time.time() - last > progress_every:
-            last = time.time()
-            log.info("maze: %d/%d generated (%.0f/s)", i + 1, num, (i + 1) / (last - t0))
+    with Progress("maze: generating", num, unit="mazes", every=progress_every) as progress:
+        for _ in range(num):
+            q, a, n = generate_maze(rng, min_path, extra_openings)
+            qs.append(q), ans.append(a), lengths.append(n)
+            progress.update(1)
     return np.stack(qs), np.stack(ans), np.array(lengths, dtype=np.int32)
 
 

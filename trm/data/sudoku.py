@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from trm.data.dataset import DatasetError, DatasetWriter, hrm_csv_rows
+from trm.progress import Progress
 
 log = logging.getLogger(__name__)
 VOCAB_SIZE, SEQ_LEN = 11, 81
@@ -187,6 +187,80 @@ def augment(grids: np.ndarray, rng: np.random.Generator, *others: np.ndarray) ->
 
 
 # ---------------------------------------------------------------- files
+_CHUNK = 65_536  # CSV rows checked together: numpy's speed, without holding a 3.8M-row file as strings
+
+
+def _valid_solutions(solutions: np.ndarray) -> np.ndarray:
+    """[N] bool: each [N, 81] grid holds 1..9 once per row, column and box (`is_valid_solution`, batched)."""
+    bits = np.left_shift(1, np.clip(solutions, 0, 9).astype(np.int32)).reshape(-1, 9, 9)
+    rows = (np.bitwise_or.reduce(bits, axis=2) == _ALL).all(1)
+    cols = (np.bitwise_or.reduce(bits, axis=1) == _ALL).all(1)
+    boxes = (np.bitwise_or.reduce(bits.reshape(-1, 3, 3, 3, 3), axis=(2, 4)) == _ALL).all((1, 2))
+    return rows & cols & boxes
+
+
+def _codes(strings: list[str]) -> np.ndarray:
+    """[N, 81] uint32 code points of N 81-character strings."""
+    return np.array(strings, dtype="<U81").view(np.uint32).reshape(len(strings), 81)
+
+
+def _parse_rows(qs: list[str], answers: list[str]) -> tuple[np.ndarray, np.ndarray, int | None, str]:
+    """Puzzles and solutions [N, 9, 9] int8 of stripped CSV grids, and the first bad row with what is
+    wrong with it (None, "" when all are good). A row's checks run in this order, the first failing
+    one named: sizes, characters, the answer's validity, the answer against the givens."""
+    n = len(qs)
+    q_len = np.fromiter(map(len, qs), np.int64, n)
+    a_len = np.fromiter(map(len, answers), np.int64, n)
+    sized = (q_len == 81) & (a_len == 81)
+    if sized.all():
+        q, a = _codes(qs), _codes(answers)
+    else:  # rows of another size are refused by their size; zeros stand in for them below
+        q, a = np.zeros((n, 81), np.uint32), np.zeros((n, 81), np.uint32)
+        keep = np.flatnonzero(sized)
+        q[keep], a[keep] = _codes([qs[i] for i in keep]), _codes([answers[i] for i in keep])
+    blank = q == ord(".")
+    puzzles = np.where(blank, 0, q.astype(np.int64) - ord("0")).astype(np.int8)
+    solutions = (a.astype(np.int64) - ord("0")).astype(np.int8)
+    q_bad = ~(blank | ((q >= ord("0")) & (q <= ord("9")))).all(1)
+    a_bad = ~((a >= ord("1")) & (a <= ord("9"))).all(1)
+    digits = set("123456789")
+    checks = [
+        (q_len != 81, lambda i: f"question has {q_len[i]} cells, expected 81 (a 9x9 grid)"),
+        (a_len != 81, lambda i: f"answer has {a_len[i]} cells, expected 81 (a 9x9 grid)"),
+        (q_bad, lambda i: f"question has characters {sorted(set(qs[i]) - set('.0123456789'))}; "
+                          f"expected digits 1-9, '.' or '0'"),
+        (a_bad, lambda i: f"answer must be digits 1-9, got {sorted(set(answers[i]) - digits)}"),
+        (~_valid_solutions(solutions), lambda i: "answer is not a valid sudoku solution"),
+        (((puzzles > 0) & (puzzles != solutions)).any(1), lambda i: "answer contradicts the question's givens"),
+    ]
+    bad = np.logical_or.reduce([mask for mask, _ in checks])
+    grids = puzzles.reshape(n, 9, 9), solutions.reshape(n, 9, 9)
+    if not bad.any():
+        return *grids, None, ""
+    first = int(np.argmax(bad))
+    return *grids, first, next(message(first) for mask, message in checks if mask[first])
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+
+
+@dataclass
+class _Pending:
+    """Kept CSV rows not yet checked: where (for errors), stripped grids, rating, output position."""
+    where: list[str] = field(default_factory=list)
+    q: list[str] = field(default_factory=list)
+    a: list[str] = field(default_factory=list)
+    rating: list[float] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
+
+    def take(self) -> _Pending:
+        taken = _Pending(self.where, self.q, self.a, self.rating, self.order)
+        self.where, self.q, self.a, self.rating, self.order = [], [], [], [], []
+        return taken
+
+
 def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None = None,
              subsample: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read the HRM Sudoku-Extreme CSV (`source,question,answer,rating`; `.` or `0` for blanks).
@@ -198,7 +272,8 @@ def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None 
     file is quick:
     verify="answer": the answer is a valid grid that agrees with every given.
     verify="unique": also solve each question and require exactly one solution (slower).
-    Returns puzzles [N,9,9], solutions [N,9,9], ratings [N]. Raises DatasetError naming the row.
+    Rows are checked in chunks with numpy; the error is the one row-by-row reading would meet
+    first. Returns puzzles [N,9,9], solutions [N,9,9], ratings [N]. Raises DatasetError naming the row.
     """
     def rated(rating: float) -> bool:
         return min_rating is None or rating >= min_rating
@@ -215,39 +290,48 @@ def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None 
             pick = np.random.default_rng(seed).choice(n, size=subsample, replace=False)
             slot = {int(r): k for k, r in enumerate(pick)}
     puzzles, solutions, ratings, order = [], [], [], []
-    j = -1
-    for where, q, a, rating in hrm_csv_rows(path):
-        if not rated(rating):
-            continue
-        j += 1
-        if slot is not None and j not in slot:
-            continue
-        q, a = q.strip(), a.strip()
-        for name, s in (("question", q), ("answer", a)):
-            if len(s) != 81:
-                raise DatasetError(f"{where}: {name} has {len(s)} cells, expected 81 (a 9x9 grid)")
-        bad = set(q) - set(".0123456789")
-        if bad:
-            raise DatasetError(f"{where}: question has characters {sorted(bad)}; expected digits 1-9, '.' or '0'")
-        if set(a) - set("123456789"):
-            raise DatasetError(f"{where}: answer must be digits 1-9, got {sorted(set(a) - set('123456789'))}")
-        puzzle = np.array([0 if ch == "." else int(ch) for ch in q], dtype=np.int8).reshape(9, 9)
-        solution = np.array([int(ch) for ch in a], dtype=np.int8).reshape(9, 9)
-        if not is_valid_solution(solution):
-            raise DatasetError(f"{where}: answer is not a valid sudoku solution")
-        givens = puzzle > 0
-        if (puzzle[givens] != solution[givens]).any():
-            raise DatasetError(f"{where}: answer contradicts the question's givens")
+    pending = _Pending()
+
+    def check() -> None:
+        rows = pending.take()
+        if not rows.q:
+            return
+        p, s, bad, problem = _parse_rows(rows.q, rows.a)
         if verify == "unique":
-            sols, _ = solve(puzzle, limit=2)
-            if len(sols) != 1:
-                raise DatasetError(f"{where}: question has {'no' if not sols else 'more than one'} solution")
-        puzzles.append(puzzle), solutions.append(solution), ratings.append(rating)
-        order.append(j if slot is None else slot[j])
+            for i in range(len(rows.q) if bad is None else bad):
+                sols, _ = solve(p[i], limit=2)
+                if len(sols) != 1:
+                    raise DatasetError(f"{rows.where[i]}: question has {'no' if not sols else 'more than one'} "
+                                       f"solution")
+        if bad is not None:
+            raise DatasetError(f"{rows.where[bad]}: {problem}")
+        puzzles.append(p), solutions.append(s), ratings.extend(rows.rating), order.extend(rows.order)
+
+    total = _count_lines(Path(path)) - 1 if Path(path).is_file() else 0
+    with Progress(f"sudoku: reading {Path(path).name}", total, unit="rows") as progress:
+        j = -1
+        try:
+            for line, (where, q, a, rating) in enumerate(hrm_csv_rows(path), start=1):
+                if line % _CHUNK == 0:
+                    progress.update(_CHUNK)
+                if not rated(rating):
+                    continue
+                j += 1
+                if slot is not None and j not in slot:
+                    continue
+                pending.where.append(where), pending.q.append(q.strip()), pending.a.append(a.strip())
+                pending.rating.append(rating), pending.order.append(j if slot is None else slot[j])
+                if len(pending.q) == _CHUNK:
+                    check()
+        except DatasetError:  # the reader's: a bad grid on an earlier line is reported first, as row by row
+            check()
+            raise
+        check()
+        progress.update(progress.total - progress.done)
     if not puzzles:
         raise DatasetError(f"{path}: no puzzles{rated_text}")
     idx = np.argsort(order, kind="stable")
-    return np.stack(puzzles)[idx], np.stack(solutions)[idx], np.array(ratings, dtype=np.float32)[idx]
+    return np.concatenate(puzzles)[idx], np.concatenate(solutions)[idx], np.array(ratings, dtype=np.float32)[idx]
 
 
 def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: int = 0,
@@ -256,20 +340,18 @@ def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: 
     rating (search guesses) of at least `min_rating`. Returns puzzles, solutions, ratings."""
     rng = np.random.default_rng(seed)
     puzzles, solutions, ratings = [], [], []
-    t0 = last = time.time()
     tries = 0
-    while len(puzzles) < num:
-        p, s, r = make_puzzle(rng, min_givens, max_givens)
-        tries += 1
-        if r < min_rating:
-            if tries >= 1000 and len(puzzles) * 1000 < tries:
-                raise DatasetError(f"min_rating={min_rating}: fewer than 1 in 1000 generated puzzles is that "
-                                   f"hard with givens in [{min_givens}, {max_givens}]; lower it or the givens")
-            continue
-        puzzles.append(p), solutions.append(s), ratings.append(r)
-        if time.time() - last > progress_every:
-            last = time.time()
-            log.info("sudoku: %d/%d puzzles (%.1f/s, %d tried)", len(puzzles), num, len(puzzles) / (last - t0), tries)
+    with Progress("sudoku: generating", num, unit="puzzles", every=progress_every) as progress:
+        while len(puzzles) < num:
+            p, s, r = make_puzzle(rng, min_givens, max_givens)
+            tries += 1
+            if r < min_rating:
+                if tries >= 1000 and len(puzzles) * 1000 < tries:
+                    raise DatasetError(f"min_rating={min_rating}: fewer than 1 in 1000 generated puzzles is that "
+                                       f"hard with givens in [{min_givens}, {max_givens}]; lower it or the givens")
+                continue
+            puzzles.append(p), solutions.append(s), ratings.append(r)
+            progress.update(1)
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
 
 
@@ -291,11 +373,14 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
             raise DatasetError(f"{split}: expected puzzles and solutions of equal count and shape [N, 9, 9], "
                                f"got {p.shape} and {s.shape}")
     rng = np.random.default_rng((seed, 1))
-    with DatasetWriter(out, meta, overwrite=overwrite) as w:
+    total = len(train[0]) * (augmentations + 1) + len(test[0])
+    with DatasetWriter(out, meta, overwrite=overwrite) as w, \
+            Progress(f"sudoku: writing {Path(out).name}", total, unit="rows") as progress:
         for split, (p, s) in (("train", train), ("test", test)):
             copies = augmentations + 1 if split == "train" else 1
             reps = np.repeat(np.arange(len(p)), copies)
             for start in range(0, len(reps), chunk):
+                progress.update(min(chunk, len(reps) - start))
                 sel = reps[start:start + chunk]
                 copy = (start + np.arange(len(sel))) % copies
                 pp, ss = p[sel], s[sel]
