@@ -67,9 +67,14 @@ def _check_answers(address: str, timeout: float = 5.0) -> None:
                               f"is the cluster up (`ray up cluster/gpu.yaml`)?") from e
 
 
-def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = True) -> None:
     """ray.init once: the given cluster, $RAY_ADDRESS, or a new local instance with the dashboard
-    (Train V2 needs the State API to release a stopped trial's resources)."""
+    (Train V2 needs the State API to release a stopped trial's resources). `quiet`: Ray's lines
+    that are not errors for the user stay off the terminal (`trm.launch.console`)."""
+    if quiet:
+        from trm.launch.console import drop_ray_noise
+
+        drop_ray_noise()  # before `import ray` where it is still to come
     import ray
 
     if ray.is_initialized():
@@ -111,9 +116,9 @@ def check_shared(tracking_uri: str | None, storage: str, address: str | None) ->
     """On a cluster the training workers run on other nodes: they must reach the tracking server
     and the checkpoint storage from there. A local SQLite file cannot be shared; a local folder
     can only if it is a shared filesystem (NFS), which cannot be checked from here."""
-    if not is_remote(address):
+    if not is_remote(address) or tracking_uri is None:  # None: no tracking (`--no-tracking`), nothing to reach
         return
-    if tracking_uri is not None and tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         from trm.tracking import TrackingError
 
         raise TrackingError(f"--tracking-uri {tracking_uri}: on a Ray cluster, rank 0 logs from a GPU node "
@@ -125,26 +130,30 @@ def check_shared(tracking_uri: str | None, storage: str, address: str | None) ->
 
 
 def check_data(d: "DataConfig") -> None:
-    """A dataset that will not be generated must already be there: say so now, naming the flag,
-    rather than in every worker after Ray has started."""
-    if d.generate != "none" or "://" in d.path:
+    """A dataset that will not be generated must already be there, and a local one that is there
+    sound (`trm.data.check.check_dataset`): say so now, naming the flag, rather than in every
+    worker after Ray has started."""
+    if "://" in d.path:
         return
     from pathlib import Path
 
+    from trm.data.check import check_dataset
     from trm.data.dataset import DatasetError
 
-    if not (Path(d.path) / "meta.json").is_file():
+    if (Path(d.path) / "meta.json").is_file():
+        check_dataset(d.path)
+    elif d.generate == "none":
         raise DatasetError(f"--data {d.path}: no dataset there; build one with `trm data ...` (or set "
                            f"data.generate=sudoku|maze to generate one)")
 
 
 def preflight(cfg: "Config", *, storage: str, tracking_uri: str | None, address: str | None, spec: WorkerSpec,
-              what: str, tracking: bool = True) -> str | None:
+              what: str, tracking: bool = True, quiet: bool = True) -> str | None:
     """Everything that can fail on a user's input, cheapest first, before any worker starts: the
     dataset is there (unless generated), the storage is writable, the tracking server answers, Ray
     answers, the workers can reach tracking and storage, and `spec` fits. Then the dataset is
     built or uploaded once (`cfg.data.path` becomes where the workers read it). Returns the
-    resolved tracking URI (None without `tracking`)."""
+    resolved tracking URI (None without `tracking`). `quiet`: see `connect_ray`."""
     from trm.data.build import stage_dataset
     from trm.storage import check_storage
     from trm.tracking import check_reachable, resolve_uri
@@ -154,7 +163,7 @@ def preflight(cfg: "Config", *, storage: str, tracking_uri: str | None, address:
     uri = resolve_uri(tracking_uri) if tracking else None
     if uri is not None:
         check_reachable(uri)
-    connect_ray(address)
+    connect_ray(address, quiet=quiet)
     check_shared(uri, storage, address)
     check_fits(what, spec, address)
     cfg.data.path = stage_dataset(cfg.data, storage)
