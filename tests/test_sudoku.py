@@ -170,3 +170,19 @@ def test_cli_bad_subsample_names_the_flag_and_writes_nothing(rated_csv, tmp_path
     with pytest.raises(DatasetError, match="--subsample=5: needs --csv-train"):
         _cli(out, "--out", str(out / "ds"), "--subsample", "5")
     assert list(out.iterdir()) == []
+
+
+def test_csv_chunked_checks_name_the_first_bad_line(tmp_path, monkeypatch):
+    """Rows are checked in chunks; the error is still the first one reading row by row meets,
+    even when the CSV reader's own error (a short row) comes while a bad row waits in a chunk."""
+    monkeypatch.setattr(sudoku, "_CHUNK", 2)
+    q, a = _valid_pair()
+    swapped = a[1] + a[0] + a[2:]
+    # lines 2-3 fill a chunk; line 4 waits in the next one when the reader fails on line 5
+    rows = [f"ok,{q},{a},0"] * 2 + [f"x,{q},{swapped},0", f"z,{q}"]
+    with pytest.raises(DatasetError, match="line 4: answer is not a valid sudoku solution"):
+        sudoku.load_csv(_csv(tmp_path, rows))
+    with pytest.raises(DatasetError, match="line 4: question has 80 cells"):
+        sudoku.load_csv(_csv(tmp_path, rows[:2] + [f"y,{q[:80]},{a},0", f"x,{q},{swapped},0"]))
+    puzzles, _, _ = sudoku.load_csv(_csv(tmp_path, rows[:2] * 2 + rows[:1]))
+    assert puzzles.shape == (5, 9, 9)  # chunks of 2, 2 and 1
