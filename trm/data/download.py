@@ -116,7 +116,7 @@ def verify(src: Source, f: SourceFile, local: Path, sums: Checksums, what: str, 
 
 
 # ---------------------------------------------------------------- hub files
-def _hf_cache() -> str:
+def hf_cache() -> str:
     """The hub cache as the environment says now (huggingface_hub reads it once, at import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
@@ -143,7 +143,7 @@ def hub_download(repo: str, path: str, revision: str, repo_type: str = "dataset"
     prefix = "datasets/" if repo_type == "dataset" else ""
     url = f"{hf_endpoint()}/{prefix}{repo}/resolve/{revision}/{path}"
     try:
-        return Path(hf_hub_download(repo, path, repo_type=repo_type, revision=revision, cache_dir=_hf_cache(),
+        return Path(hf_hub_download(repo, path, repo_type=repo_type, revision=revision, cache_dir=hf_cache(),
                                     endpoint=hf_endpoint(), local_files_only=offline()))
     except hf_errors.RepositoryNotFoundError as e:
         raise DownloadError(f"hub repo {prefix}{repo}: not found at {hf_endpoint()} (or private)") from e
@@ -151,7 +151,7 @@ def hub_download(repo: str, path: str, revision: str, repo_type: str = "dataset"
         raise DownloadError(f"hub repo {prefix}{repo}: no revision {revision!r}") from e
     except hf_errors.LocalEntryNotFoundError as e:  # offline and not cached, or the hub unreachable
         if offline():
-            raise DownloadError(f"{url}: not in the cache {_hf_cache()} and HF_HUB_OFFLINE is set (fetch it "
+            raise DownloadError(f"{url}: not in the cache {hf_cache()} and HF_HUB_OFFLINE is set (fetch it "
                                 f"once online)") from e
         raise network_error(url, e.__cause__ or e.__context__ or e) from e
     except hf_errors.EntryNotFoundError as e:
@@ -164,6 +164,12 @@ def hub_download(repo: str, path: str, revision: str, repo_type: str = "dataset"
         raise
 
 
+def snapshot_commit(local: Path) -> str | None:
+    """The commit of a file in the hub cache (`.../snapshots/<commit>/<path in the repo>`)."""
+    parts = local.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
 def _drop_hub_copy(local: Path) -> None:
     """Remove a verified-bad hub file: the snapshot link and the blob it points to."""
     blob = local.resolve()
@@ -174,7 +180,7 @@ def _drop_hub_copy(local: Path) -> None:
 
 def fetch_hub(src: Source, f: SourceFile, sums: Checksums) -> Path:
     local = hub_download(src.repo, f.path, src.ref)
-    commit = local.parent.name if local.parent.parent.name == "snapshots" else None
+    commit = snapshot_commit(local)
     try:
         verify(src, f, local, sums, f"hub {src.repo}@{src.ref}/{f.path}", commit)
     except DownloadError:
