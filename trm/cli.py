@@ -329,7 +329,7 @@ def _export_run(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- params
 def _params_run(a: argparse.Namespace) -> None:
     from trm.config import ModelConfig
-    from trm.model import TRM
+    from trm.model import TRM, count_parameters
 
     # (what, recipe, model, vocab, seq_len, the reference model's count, the paper's): the recipes are
     # configs/*.yaml; the reference counts are those of its code with the same settings
@@ -343,7 +343,7 @@ def _params_run(a: argparse.Namespace) -> None:
             ("ARC-AGI, attention", "arc-agi-1, arc-agi-2", att4, 12, 900, 6_829_058, "7M")]
     print(f"{'model':37s} {'recipe (configs/)':21s} {'params':>10s} {'reference':>10s}  paper")
     for name, recipe, m, vocab, seq, ref, paper in rows:
-        n = sum(p.numel() for p in TRM(m, vocab, seq, 1).parameters())
+        n = count_parameters(TRM(m, vocab, seq, 1))
         print(f"{name:37s} {recipe:21s} {n:10,d} {'' if ref is None else f'{ref:,d}':>10s}  {paper}")
     print("params: the network's nn.Parameters, counted as the reference does. The puzzle-embedding table\n"
           "(puzzle ids x 512, a buffer trained by sign-SGD) is not in them: one row on Sudoku and Maze,\n"

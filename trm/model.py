@@ -283,8 +283,8 @@ class TRM(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters plus the puzzle-embedding table (a buffer, but learned)."""
-    n = sum(p.numel() for p in model.parameters())
-    if getattr(model, "puzzle_emb", None) is not None:
-        n += model.puzzle_emb.weight.numel()
-    return n
+    """The one parameter count (`trm params`, the training log, the benchmarks): the network's
+    nn.Parameters, as the reference and the paper count them. The puzzle-embedding table is a
+    buffer trained by sign-SGD and is left out: its size is the number of puzzle ids (one row on
+    Sudoku and Maze, one per task and augmentation on ARC), not the model's."""
+    return sum(p.numel() for p in model.parameters())
