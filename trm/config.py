@@ -42,6 +42,9 @@ class ModelConfig:
     halting: Literal["bce", "q_learning"] = "bce"  # q_learning = HRM's ACT continue loss
     separate_nets: bool = False  # HRM-style f_L / f_H split
     halt_exploration: float = 0.1  # prob. of a random minimum number of steps
+    # the recursion (trm.variants): the TRM, or one of the reference's other models (single z, six z,
+    # HRM, a plain transformer); setting it also sets that model's own values (VARIANT_DEFAULTS)
+    variant: Literal["trm", "singlez", "multiz", "hrm", "transformer"] = "trm"
 
 
 @dataclass
@@ -117,8 +120,12 @@ class Config:
             _range(f"model.{name}", getattr(m, name), lo=1)
         _range("model.puzzle_emb_ndim", m.puzzle_emb_ndim, lo=0)
         _range("model.puzzle_emb_len", m.puzzle_emb_len, lo=0)
-        if m.arch == "attention" and m.hidden % m.heads:
+        if m.arch == "attention" and m.hidden % m.heads and m.variant != "transformer":
             raise ConfigError(f"model.hidden={m.hidden}: expected a multiple of model.heads={m.heads}")
+        if m.arch == "attention" and (m.hidden // m.heads) % 2:  # the reference's baseline: 12 heads of 42 at 512
+            raise ConfigError(f"model.heads={m.heads}: expected hidden // heads even (RoPE rotates pairs); "
+                              f"{m.hidden} // {m.heads} = {m.hidden // m.heads}")
+        _check_variant(m)
         if m.puzzle_emb_ndim and m.puzzle_emb_len * m.hidden < m.puzzle_emb_ndim:
             raise ConfigError(
                 f"model.puzzle_emb_len={m.puzzle_emb_len}: expected >= ceil(puzzle_emb_ndim/hidden)"
@@ -292,7 +299,44 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             name = "path"
         target = getattr(cfg, section)
         setattr(target, name, _coerce(f"{section}.{name}", value, type(target)))
+    if any(_leaf(k) == "variant" for k in overrides):  # its own values, but for those set beside it
+        given = {_leaf(k) for k in overrides}
+        for name, value in variant_defaults(cfg.model).items():
+            if name not in given:
+                setattr(cfg.model, name, value)
     return cfg
+
+
+# What each variant's reference file fixes (refused otherwise) ...
+VARIANT_FIXED: dict[str, dict[str, Any]] = {
+    "singlez": {"separate_nets": False, "gradient": "full"},
+    "multiz": {"separate_nets": False, "gradient": "full"},
+    "hrm": {"separate_nets": True, "gradient": "one_step"},  # f_L and f_H, the 1-step gradient
+    "transformer": {"separate_nets": False, "gradient": "full", "n": 1, "T": 1},  # one pass, no recursion
+}
+# ... and its reference config's values where they differ from the TRM's (set with the variant)
+VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hrm": {"layers": 4, "n": 2, "T": 2, "halting": "q_learning"},  # H_layers = L_layers = 4, H/L_cycles = 2
+    "transformer": {"layers": 8, "halting": "q_learning"},  # H_layers = 8
+}
+MULTIZ_LATENTS = 6  # trm_hier6: z_1..z_6, one updated per latent step
+
+
+def variant_defaults(m: "ModelConfig") -> dict[str, Any]:
+    """The values `model.variant` sets: fixed ones, its reference config's, and (HRM, transformer: no
+    such option in the reference) a puzzle prefix of ceil(puzzle_emb_ndim / hidden) positions."""
+    out = {**VARIANT_FIXED.get(m.variant, {}), **VARIANT_DEFAULTS.get(m.variant, {})}
+    if m.variant in ("hrm", "transformer") and m.puzzle_emb_ndim:
+        out["puzzle_emb_len"] = -(-m.puzzle_emb_ndim // m.hidden)
+    return out
+
+
+def _check_variant(m: "ModelConfig") -> None:
+    for name, value in VARIANT_FIXED.get(m.variant, {}).items():
+        if getattr(m, name) != value:
+            raise ConfigError(f"model.{name}={getattr(m, name)!r}: variant={m.variant} expects {name}={value!r}")
+    if m.variant == "multiz" and m.n > MULTIZ_LATENTS:
+        raise ConfigError(f"model.n={m.n}: variant=multiz expects n <= {MULTIZ_LATENTS} (one latent z_i per update)")
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
