@@ -29,7 +29,7 @@ from trm.data import arc
 from trm.data.dataset import PuzzleDataset, epoch_size
 from trm.evaluate import predict
 from trm.evaluate.task import evaluate_task
-from trm.evaluate.vote import VoteSamples, vote
+from trm.evaluate.vote import Vote, VoteSamples
 from trm.model import TRM
 from trm.train.loop import Trainer
 from trm.train.session import LocalSession
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         total = time.perf_counter() - t0
         pred = r.vote.predictions
         t0 = time.perf_counter()
-        vote(pred.tokens, pred.confidence, VoteSamples.from_dataset(ds), pred.index)
+        v = Vote(VoteSamples.from_dataset(ds))
+        v.add(pred.index, pred.tokens, pred.confidence)
+        v.result()
         vote_time = time.perf_counter() - t0
         model_time = total - vote_time
     rows = len(ds)

@@ -18,7 +18,8 @@ import pytest
 
 from trm.data import arc
 from trm.data.dataset import IGNORE, PuzzleDataset, read_meta
-from trm.evaluate.vote import Vote, VoteSamples, evaluate_arc, vote
+from trm.evaluate.task import evaluate_task
+from trm.evaluate.vote import Vote, VoteResult, VoteSamples
 
 ARC_DIR = Path(os.environ.get("TRM_ARC_DIR", Path(__file__).resolve().parents[2] / "shared/data/arc-agi-1"))
 needs_arc = pytest.mark.skipif(not (ARC_DIR / "evaluation").is_dir(), reason=f"no ARC-AGI-1 tasks at {ARC_DIR}")
@@ -295,6 +296,13 @@ def _wrong(target: np.ndarray, k: int) -> np.ndarray:
     return w
 
 
+def vote(tokens: np.ndarray, confidence: np.ndarray, samples: VoteSamples, rows: np.ndarray) -> VoteResult:
+    """Planted predictions for `rows`, voted as evaluate_task votes on each chunk."""
+    v = Vote(samples)
+    v.add(rows, tokens, confidence)
+    return v.result()
+
+
 def test_vote_picks_majority_and_pass_at_2_counts_second(small) -> None:
     path, _ = small
     ds = PuzzleDataset(path, "test")
@@ -403,24 +411,22 @@ def test_evaluate_arc_runs_the_model(small) -> None:
     torch.manual_seed(0)
     model = TRM(ModelConfig(hidden=16, heads=2, layers=1, n=1, T=1, N_sup=1, puzzle_emb_ndim=16, puzzle_emb_len=1),
                 meta["vocab_size"], meta["seq_len"], meta["num_puzzle_ids"])
-    r = evaluate_arc(model, path, 32, "cpu", limit=25, keep_predictions=True)
+    r = evaluate_task(model, PuzzleDataset(path, "test"), 32, "cpu", limit=25, keep_predictions=True).vote
     assert r.predictions is not None and len(r.predictions.index) == 25
     assert sum(t.predictions for t in r.tests) == 25
     assert r.metrics["eval/pass_at_2"] == 0.0  # an untrained model solves nothing
     wrong = TRM(ModelConfig(hidden=16, heads=2, layers=1, n=1, T=1, N_sup=1, puzzle_emb_ndim=16, puzzle_emb_len=1),
                 12, 900, 5)
     with pytest.raises(arc.DatasetError, match="num_puzzle_ids"):
-        evaluate_arc(wrong, path, 32, "cpu")
+        evaluate_task(wrong, PuzzleDataset(path, "test"), 32, "cpu")
 
 
 # ---------------------------------------------------------------- end to end (slow)
 @pytest.mark.slow
-def test_tiny_arc_run_end_to_end(corpus: arc.ArcCorpus, tmp_path: Path, monkeypatch) -> None:
-    import ray
+def test_tiny_arc_run_end_to_end(corpus: arc.ArcCorpus, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from trm.config import Config
-    from trm.launch.vote import vote_with_ray
     from trm.tracking import Tracker
     from trm.tracking.arc import FIGURE_FILE, TABLE_FILE, log_vote_result
     from trm.train.loop import Trainer
@@ -447,22 +453,10 @@ def test_tiny_arc_run_end_to_end(corpus: arc.ArcCorpus, tmp_path: Path, monkeypa
     metrics = trainer.fit()
     assert trainer.step == 24 and np.isfinite(metrics["train/loss"])
 
-    result = evaluate_arc(trainer.eval_model, data, 16, "cpu", keep_predictions=True)
+    result = evaluate_task(trainer.eval_model, PuzzleDataset(data, "test"), 16, "cpu", keep_predictions=True).vote
     assert result.metrics["eval/num_augmentations"] == 4.0 and result.metrics["eval/num_tasks"] == 2.0
     log_vote_result(tracker, result, data, step=trainer.step)
     tracker.end()
-
-    # the same vote as a Ray job over two workers, from the checkpoint on disk
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        remote = vote_with_ray(session.last_checkpoint, data, num_workers=2, batch_size=16, keep_predictions=True)
-    finally:
-        ray.shutdown()
-    assert np.array_equal(remote.predictions.index, result.predictions.index)
-    assert (remote.predictions.tokens == result.predictions.tokens).mean() > 0.999
-    if np.array_equal(remote.predictions.tokens, result.predictions.tokens):
-        assert remote.metrics == result.metrics
 
     # read back with a plain client
     run = MlflowClient(uri).get_run(tracker.run_id)
@@ -654,8 +648,11 @@ def test_unlabelled_rows_are_voted_not_scored(tmp_path: Path) -> None:
     assert sums["samples"] == float(np.asarray(ds.arrays["labelled"]).sum()) == sums["exact"]
 
 
-def test_primary_metric_by_dataset_kind() -> None:
-    from trm.evaluate import primary_metric
+def test_objective_by_dataset_kind() -> None:
+    from trm.evaluate.objective import objective_for
+
+    def primary_metric(meta):
+        return objective_for(meta).name
 
     assert primary_metric({"name": "arc"}) == "eval/task_pass_at_2"
     assert primary_metric({"name": "maze"}) == "eval/maze_valid_path_accuracy"

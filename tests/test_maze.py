@@ -13,7 +13,7 @@ import pytest
 from trm.config import DataConfig
 from trm.data import maze
 from trm.data.dataset import DatasetError, PuzzleDataset, read_meta
-from trm.evaluate.maze import evaluate_maze, score_mazes
+from trm.evaluate.maze import score_mazes
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +201,9 @@ def test_evaluate_maze_runs_the_model(tmp_path: Path) -> None:
     out = maze.build_from_config(d, d.path)
     torch.manual_seed(0)
     model = TRM(ModelConfig(hidden=16, heads=2, layers=1, n=1, T=1, N_sup=1, puzzle_emb_ndim=0), 6, 900, 1)
-    r = evaluate_maze(model, out, 4, "cpu")
+    from trm.evaluate.task import evaluate_task
+
+    r = evaluate_task(model, PuzzleDataset(out, "test"), 4, "cpu")
+    assert r.metric == "eval/maze_valid_path_accuracy" and r.maze is not None
     assert r.metrics["eval/num_mazes"] == 3 and r.metrics["eval/maze_valid_path_accuracy"] == 0.0
-    assert all(e for e in r.errors)  # an untrained model's answer is flagged, with a reason
+    assert all(e for e in r.maze.errors)  # an untrained model's answer is flagged, with a reason

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+from typing import Iterator
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -20,6 +23,9 @@ import torch.distributed as dist
 from trm.data.dataset import IGNORE, PuzzleDataset, iterate_batches
 from trm.evaluate.objective import ARC_METRIC, EXACT_METRIC, MAZE_METRIC, Objective, objective_for, primary_metric
 from trm.model import TRM
+from trm.progress import Progress
+
+CHUNK = 8192  # rows predicted between two gathers: bounded memory at 1000 augmentations per test input
 
 
 @dataclass
@@ -41,10 +47,11 @@ def check_n_sup(n_sup: int | None, flag: str = "--N-sup") -> None:
 @torch.no_grad()
 def predict(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device, limit: int = 0,
             rank: int = 0, world_size: int = 1, autocast: bool = False, n_sup: int | None = None,
-            halt: bool = False, curve: bool = False) -> Predictions:
+            halt: bool = False, curve: bool = False, progress: Progress | None = None) -> Predictions:
     """Run `n_sup` supervision steps (default: the model's N_sup) on this rank's shard of the
     first `limit` rows. halt: a sample's answer (and confidence) is that of the first step whose
-    halting logit says "done"; curve: keep every step's answer too."""
+    halting logit says "done"; curve: keep every step's answer too; progress: counts the rows of
+    every rank as this one's batches finish."""
     check_n_sup(n_sup)
     model.eval()
     out = {"index": [], "tokens": [], "halt_steps": [], "confidence": [], "steps": []}
@@ -75,6 +82,8 @@ def predict(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device
         out["confidence"].append(conf.cpu().numpy())
         if curve:
             out["steps"].append(np.stack(steps))
+        if progress is not None:
+            progress.update(len(idx) * world_size)
     model.train()
     if not out["index"]:
         L = ds.meta["seq_len"]
@@ -91,6 +100,14 @@ def gather_predictions(pred: Predictions, world_size: int) -> Predictions:
         return pred
     parts: list = [None] * world_size
     dist.all_gather_object(parts, pred)
+    return concat_predictions(parts, pred.tokens.shape[-1])
+
+
+def concat_predictions(parts: list[Predictions], seq_len: int) -> Predictions:
+    """The one way predictions are put together (ranks' shards, chunks): one Predictions in row order."""
+    if not parts:
+        return Predictions(np.empty(0, int), np.empty((0, seq_len), np.uint8), np.empty(0, int),
+                           np.empty(0, float), None)
     order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
     steps = None
     if parts[0].step_tokens is not None:
@@ -98,21 +115,43 @@ def gather_predictions(pred: Predictions, world_size: int) -> Predictions:
     return Predictions(*(np.concatenate([getattr(p, f) for p in parts])[order]
                          for f in ("index", "tokens", "halt_steps", "confidence")), steps)
 
-class Rows:
-    """Rows [start, stop) of a split, shaped like a PuzzleDataset for `predict`: chunked
-    prediction keeps memory bounded at a thousand augmentations per test input."""
 
-    def __init__(self, ds: PuzzleDataset, start: int, stop: int):
-        self.ds, self.start, self.stop, self.meta = ds, start, stop, ds.meta
+class Rows:
+    """Some rows of a split (ascending indices), shaped like a PuzzleDataset for `predict`: a chunk of
+    the split (memory stays bounded at a thousand augmentations per test input), or the rows of some
+    tasks (the ARC budget during training, a submission's tasks), without copying."""
+
+    def __init__(self, ds: PuzzleDataset, rows: np.ndarray):
+        self.ds, self.rows, self.meta = ds, np.asarray(rows, dtype=np.int64), ds.meta
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(self.rows)
 
     def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return self.ds.batch(idx + self.start)
+        return self.ds.batch(self.rows[idx])
 
 
-VAL_KEYS = ("val/cell_accuracy", "val/exact_accuracy", "val/mean_halt_steps")  # what evaluate() returns
+def row_chunks(rows: np.ndarray, chunk: int = CHUNK) -> Iterator[np.ndarray]:
+    """The one chunk loop: `rows` CHUNK at a time."""
+    for a in range(0, len(rows), chunk):
+        yield rows[a:a + chunk]
+
+
+def predict_chunks(model: TRM, ds: PuzzleDataset, rows: np.ndarray, batch_size: int, device: torch.device, *,
+                   rank: int = 0, world_size: int = 1, autocast: bool = False, n_sup: int | None = None,
+                   halt: bool = False, curve: bool = False, label: str = "eval") -> Iterator[Predictions]:
+    """Predictions on `rows` of `ds`, a chunk at a time, each gathered from every rank (the rows of a chunk
+    are spread over the ranks); `index` holds rows of the split, tokens are uint8 (vocabularies <= 12).
+    Rank 0 logs progress (rows, rate, ETA) every few seconds of a long run."""
+    with Progress(f"{label}: predict", len(rows), "rows", every=10.0 if rank == 0 else math.inf) as progress:
+        for part in row_chunks(np.asarray(rows, dtype=np.int64)):
+            p = predict(model, Rows(ds, part), batch_size, device, 0, rank, world_size, autocast, n_sup, halt, curve,
+                        progress)
+            p = Predictions(part[p.index], p.tokens.astype(np.uint8), p.halt_steps, p.confidence, p.step_tokens)
+            yield gather_predictions(p, world_size)
+
+
+VAL_KEYS = ("val/cell_accuracy", "val/exact_accuracy", "val/mean_halt_steps")  # every evaluation reports these
 
 
 def score(pred: Predictions, ds: PuzzleDataset) -> dict[str, float]:
@@ -134,15 +173,6 @@ def means(sums: dict[str, float]) -> dict[str, float]:
                                sums["halt_steps"] / n)))
 
 
-def evaluate(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device, limit: int = 0,
-             rank: int = 0, world_size: int = 1, autocast: bool = False) -> dict[str, float]:
-    """val/cell_accuracy, val/exact_accuracy, val/mean_halt_steps over this rank's shard,
-    summed across ranks when running under torch.distributed."""
-    sums = score(predict(model, ds, batch_size, device, limit, rank, world_size, autocast), ds)
-    keys = sorted(sums)
-    if world_size > 1 and dist.is_initialized():
-        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64,
-                         device=device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t)
-        sums = dict(zip(keys, t.tolist()))
-    return means(sums)
+__all__ = ["ARC_METRIC", "CHUNK", "EXACT_METRIC", "MAZE_METRIC", "VAL_KEYS", "Objective", "Predictions", "Rows",
+           "check_n_sup", "concat_predictions", "gather_predictions", "means", "objective_for", "predict",
+           "predict_chunks", "primary_metric", "row_chunks", "score"]

@@ -4,19 +4,14 @@ cells, walls untouched, as long as BFS's shortest). With a unique shortest path
 both agree; the second also accepts an equally short alternative route.
 
 Scoring takes raw arrays (`score_mazes`), separate from running the model
-(`evaluate_maze`).
+(`trm.evaluate.task.evaluate_task`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
-import torch
 
 from trm.data import maze
-from trm.data.dataset import DatasetError, PuzzleDataset
-from trm.evaluate import predict
 
 
 @dataclass
@@ -50,15 +45,3 @@ def score_mazes(questions: np.ndarray, predictions: np.ndarray, labels: np.ndarr
                "eval/maze_cell_accuracy": float((p == y).mean()) if len(q) else 0.0,
                "eval/num_mazes": float(len(q))}
     return MazeResult(metrics, np.arange(len(q)) if index is None else np.asarray(index), exact, valid, errors)
-
-
-def evaluate_maze(model, data_path: str | Path, batch_size: int, device: torch.device | str,
-                  limit: int = 0, autocast: bool = False) -> MazeResult:
-    """Predict the test split (first `limit` mazes if > 0) and score it."""
-    ds = PuzzleDataset(data_path, "test")
-    if ds.meta.get("name") != "maze":
-        raise DatasetError(f"{data_path}: not a maze dataset (meta name {ds.meta.get('name')!r})")
-    pred = predict(model, ds, batch_size, torch.device(device), limit, autocast=autocast)
-    questions = np.asarray(ds.arrays["inputs"][pred.index])
-    labels = np.asarray(ds.arrays["labels"][pred.index])
-    return score_mazes(questions, pred.tokens, labels, pred.index)

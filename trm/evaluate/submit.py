@@ -94,19 +94,6 @@ def map_tasks(challenges: dict[str, list[np.ndarray]], samples, data_path, flag:
     return out
 
 
-class _Subset:
-    """Some rows of a split, shaped like a PuzzleDataset for `predict`."""
-
-    def __init__(self, ds: PuzzleDataset, rows: np.ndarray):
-        self.ds, self.rows, self.meta = ds, rows, ds.meta
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return self.ds.batch(self.rows[idx])
-
-
 def build_submission(challenges: dict[str, list[np.ndarray]], result, task_map: dict[str, int]) -> dict:
     """{task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]} in the challenges' order."""
     votes = {(t.task_index, t.test_index): t for t in result.tests}
@@ -152,7 +139,7 @@ def submit(model, data_path: str | Path, challenges_path: str | Path, out: str |
            autocast: bool = False) -> dict:
     """Vote on every test input of the challenges' tasks and write `out`; returns a summary (scores
     too when the dataset knows the test outputs)."""
-    from trm.evaluate import predict
+    from trm.evaluate import predict_chunks
     from trm.evaluate.vote import Vote, VoteSamples, check_model
 
     challenges = read_challenges(challenges_path)
@@ -163,12 +150,10 @@ def submit(model, data_path: str | Path, challenges_path: str | Path, out: str |
     samples = VoteSamples.from_dataset(ds)
     task_map = map_tasks(challenges, samples, data_path)
     rows = np.flatnonzero(np.isin(samples.task_index, list(task_map.values())))
-    device = torch.device(device)
     vote = Vote(samples)
-    for a in range(0, len(rows), 8192):
-        sub_rows = rows[a:a + 8192]
-        p = predict(model, _Subset(ds, sub_rows), batch_size, device, autocast=autocast, n_sup=n_sup, halt=halt)
-        vote.add(sub_rows[p.index], p.tokens, p.confidence)
+    for p in predict_chunks(model, ds, rows, batch_size, torch.device(device), autocast=autocast, n_sup=n_sup,
+                            halt=halt, label="submit"):
+        vote.add(p.index, p.tokens, p.confidence)
     result = vote.result()
     path = write_submission(out, build_submission(challenges, result, task_map), challenges)
     return {"submission": str(path), "tasks": len(challenges), "test_inputs": sum(map(len, challenges.values())),

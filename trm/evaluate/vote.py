@@ -8,23 +8,20 @@ rank by votes, ties broken by the halting head's mean confidence (sigmoid of
 q_halt), as the reference. pass@k: the target is among the top k candidates.
 
 Running the model and voting are separate: `Vote` takes raw predictions (token
-arrays + confidences) for rows of the test split, so a vote can be fed by
-`predict` locally (`evaluate_arc`), by Ray workers (`trm.launch.vote.vote_with_ray`),
-or by planted predictions in tests. Nothing here starts Ray or loads checkpoints.
+arrays + confidences) for rows of the test split, so a vote is fed chunk by chunk
+by `trm.evaluate.task.evaluate_task` (training, `trm eval`) and `trm submit`, or by
+planted predictions in tests. Nothing here starts Ray or loads checkpoints.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
-import torch
 
 from trm.data import arc
 from trm.data.dataset import DatasetError, PuzzleDataset
-from trm.evaluate import Predictions, Rows, predict
+from trm.evaluate import Predictions
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 2  # ARC allows two answers per test input
@@ -224,48 +221,6 @@ def _metrics(all_tests: list[TestVote]) -> dict[str, float]:
     return m
 
 
-def vote(tokens: np.ndarray, confidence: np.ndarray, samples: VoteSamples,
-         rows: np.ndarray | None = None) -> VoteResult:
-    """Vote on raw predictions: tokens [n, 900] and confidence [n] for test-split `rows`
-    (default: all rows, in order)."""
-    rows = np.arange(len(tokens)) if rows is None else rows
-    v = Vote(samples)
-    v.add(rows, tokens, confidence)
-    return v.result()
-
-
-# ---------------------------------------------------------------- running the model
-def predict_rows(model, ds: PuzzleDataset, start: int, stop: int, batch_size: int, device: torch.device,
-                 autocast: bool = False, chunk: int = 8192) -> Predictions:
-    """`predict` over rows [start, stop) in chunks; tokens come back as uint8 (vocab 12)."""
-    parts = []
-    for a in range(start, stop, chunk):
-        p = predict(model, Rows(ds, a, min(a + chunk, stop)), batch_size, device, autocast=autocast)
-        parts.append(Predictions(p.index + a, p.tokens.astype(np.uint8), p.halt_steps, p.confidence))
-    if not parts:
-        return Predictions(np.empty(0, int), np.empty((0, ds.meta["seq_len"]), np.uint8), np.empty(0, int),
-                           np.empty(0, float))
-    return concat_predictions(parts)
-
-
-def concat_predictions(parts: list[Predictions]) -> Predictions:
-    """One Predictions of several shards, in row order."""
-    order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
-    return Predictions(*(np.concatenate([getattr(p, f) for p in parts])[order]
-                         for f in ("index", "tokens", "halt_steps", "confidence")))
-
-
-def vote_on(samples: VoteSamples, shards: Iterable[Predictions], keep_predictions: bool = False) -> VoteResult:
-    """Vote on shards of predictions as they come: only one is held at a time, unless kept."""
-    v = Vote(samples)
-    kept = []
-    for p in shards:
-        v.add(p.index, p.tokens, p.confidence)
-        if keep_predictions:
-            kept.append(p)
-    return v.result(concat_predictions(kept) if kept else None)
-
-
 def check_model(model, ds: PuzzleDataset) -> None:
     want = {k: ds.meta[k] for k in ("vocab_size", "seq_len", "num_puzzle_ids")}
     have = {"vocab_size": model.vocab_size, "seq_len": model.seq_len,
@@ -276,17 +231,4 @@ def check_model(model, ds: PuzzleDataset) -> None:
                            f"dataset the model was trained on (same augmentations and seed)")
 
 
-def evaluate_arc(model, data_path: str | Path, batch_size: int, device: torch.device | str,
-                 limit: int = 0, autocast: bool = False, keep_predictions: bool = False) -> VoteResult:
-    """Predict every augmented test input (first `limit` rows if > 0) and vote."""
-    ds = PuzzleDataset(data_path, "test")
-    check_model(model, ds)
-    device = torch.device(device)
-    stop = len(ds) if limit <= 0 else min(limit, len(ds))
-    shards = (predict_rows(model, ds, a, min(a + 8192, stop), batch_size, device, autocast)
-              for a in range(0, stop, 8192))
-    return vote_on(VoteSamples.from_dataset(ds), shards, keep_predictions)
-
-
-__all__ = ["ATTEMPTS", "Candidate", "TestVote", "Vote", "VoteResult", "VoteSamples", "check_model",
-           "concat_predictions", "evaluate_arc", "predict_rows", "vote", "vote_on"]
+__all__ = ["ATTEMPTS", "Candidate", "TestVote", "Vote", "VoteResult", "VoteSamples", "check_model"]
