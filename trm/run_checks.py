@@ -24,6 +24,7 @@ from trm.data.puzzle_map import (
     dataset_map,
 )
 from trm.train import checkpoint as ckpt
+from trm.train.state import check_compatible
 
 SHAPE_KEYS = ("vocab_size", "seq_len")  # the dataset's numbers every use of the weights must share
 
@@ -67,5 +68,6 @@ def check_eval_data(state: dict, meta: dict, data: str, flag: str) -> None:
 
 
 def _compatible(state: dict, cfg: Config, meta: dict, where: str, keys: tuple[str, ...]) -> None:
-    ckpt.check_compatible(state["config"]["model"], cfg.to_dict()["model"], where,
-                          {k: meta.get(k) for k in keys}, {k: state["meta"].get(k) for k in keys})
+    # the trainer's own rule (trm.train.state), checked here before anything is written
+    check_compatible(state["config"]["model"], cfg.to_dict()["model"], where,
+                     {k: meta.get(k) for k in keys}, {k: state["meta"].get(k) for k in keys})
