@@ -50,6 +50,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 50_000  # optimizer steps (one supervision step each); derived from `epochs` when that is > 0
+    # (then setting steps yourself is refused, never dropped: set epochs=0 to count steps; same for eval_every)
     # The reference counts training in epochs: one epoch = every puzzle group once, one augmentation,
     # all its examples. steps = floor(epochs * epoch_samples / batch_size), as the reference's total_steps.
     epochs: int = 0  # 0: train `steps`
