@@ -103,17 +103,18 @@ class Rotary(nn.Module):
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, rotary: Rotary):
         super().__init__()
-        self.heads = heads
-        self.qkv = lecun_linear(dim, 3 * dim)
-        self.out = lecun_linear(dim, dim)
+        # head_dim = dim // heads as the reference, so heads * head_dim may be < dim (its baseline: 12 x 42 at 512)
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = lecun_linear(dim, 3 * heads * self.head_dim)
+        self.out = lecun_linear(heads * self.head_dim, dim)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        B, L, _ = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.rotary(q, k)
         y = F.scaled_dot_product_attention(q, k, v)  # non-causal: the whole grid sees itself
-        return self.out(y.transpose(1, 2).reshape(B, L, D))
+        return self.out(y.transpose(1, 2).reshape(B, L, self.heads * self.head_dim))
 
 
 class Block(nn.Module):
@@ -145,8 +146,8 @@ class Net(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg, seq_len, rotary) for _ in range(cfg.layers))
 
-    def forward(self, state: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
-        h = state + injection
+    def forward(self, state: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
+        h = state if injection is None else state + injection
         for block in self.blocks:
             h = block(h)
         return h
@@ -182,7 +183,8 @@ class PuzzleEmbedding(nn.Module):
 
 @dataclass
 class Carry:
-    """Per-sample state carried across supervision steps (detached)."""
+    """Per-sample state carried across supervision steps (detached). A variant without y (single z)
+    or without z (the transformer) carries an empty [B, 0, D] there; six-z carries z as [B, 6, L', D]."""
     y: torch.Tensor  # [B, L', D]
     z: torch.Tensor  # [B, L', D]
 
@@ -194,27 +196,50 @@ class StepOutput:
     q_continue: torch.Tensor | None  # [B] only with halting=q_learning
 
 
-class TRM(nn.Module):
+class RecursiveModel(nn.Module):
+    """What every variant shares (`trm.variants`): the input embedding (tokens and the puzzle prefix),
+    the heads, the carry's start values, and one supervision step `forward`; a subclass builds its
+    networks and start buffers (`y_init`, `z_init`; None where it has no such state) and `recursion`.
+
+    Halting: with halting=q_learning the trainer bootstraps the continue target from one more
+    gradient-free step on the new carry, as the reference's hrm.py. Its trm.py, trm_singlez.py and
+    trm_hier6.py mean the same (no_ACT_continue=False) but crash there (five values unpacked from
+    three); here every variant gets the intended behaviour, since it lives in the trainer."""
+
+    readout = "y"  # the state the heads read: y, or z for the single-z variant
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1):
         super().__init__()
         self.cfg = cfg
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.prefix = cfg.puzzle_emb_len if cfg.puzzle_emb_ndim > 0 else 0
-        total_len = seq_len + self.prefix
-        D = cfg.hidden
-        self.embed_scale = math.sqrt(D)
-        self.embed = nn.Embedding(vocab_size, D)
+        self.embed_scale = math.sqrt(cfg.hidden)
+        self.embed = nn.Embedding(vocab_size, cfg.hidden)
         trunc_normal_(self.embed.weight, std=1 / self.embed_scale)
         self.puzzle_emb = PuzzleEmbedding(num_puzzle_ids, cfg.puzzle_emb_ndim) if self.prefix else None
-        rotary = Rotary(D // cfg.heads, total_len, cfg.rope_theta) if cfg.arch == "attention" else None
-        self.net = Net(cfg, total_len, rotary)
-        self.net_y = Net(cfg, total_len, rotary) if cfg.separate_nets else self.net  # f_H when split
-        self.lm_head = lecun_linear(D, vocab_size)
+
+    # ---- built by the subclass, in its order (it fixes which random draws each weight gets) ----
+    def make_net(self) -> Net:
+        """A fresh network of `layers` blocks over the prefix + sequence."""
+        cfg, total_len = self.cfg, self.seq_len + self.prefix
+        if not hasattr(self, "_rotary"):  # one RoPE table (a non-persistent buffer) shared by every block
+            self._rotary = Rotary(cfg.hidden // cfg.heads, total_len, cfg.rope_theta) if cfg.arch == "attention" \
+                else None
+        return Net(cfg, total_len, self._rotary)
+
+    def make_heads(self) -> None:
+        D = self.cfg.hidden
+        self.lm_head = lecun_linear(D, self.vocab_size)
         self.q_head = nn.Linear(D, 2)  # [halt, continue] logits, read at position 0
         nn.init.zeros_(self.q_head.weight)
         nn.init.constant_(self.q_head.bias, -5.0)  # start by never halting
-        self.register_buffer("y_init", trunc_normal_(torch.empty(D), std=1.0))
-        self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0))
+
+    def make_init(self, name: str, *shape: int) -> None:
+        """A start value per position-independent state (y_init, z_init), truncated normal std 1."""
+        self.register_buffer(name, trunc_normal_(torch.empty(*shape, self.cfg.hidden), std=1.0))
+
+    def recursion(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     # ---- pieces ----
     def compute_dtype(self, device: torch.device) -> torch.dtype:
@@ -233,16 +258,54 @@ class TRM(nn.Module):
             x = torch.cat((p, x), dim=1)
         return self.embed_scale * x
 
+    def _start(self, init: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
+        shape = (self.seq_len + self.prefix, self.cfg.hidden)
+        if init is None:  # a variant without this state
+            return torch.zeros(batch_size, 0, self.cfg.hidden, device=device)
+        init = init.to(device)
+        return init[..., None, :].expand(batch_size, *init.shape[:-1], *shape).clone()
+
     def initial_carry(self, batch_size: int, device: torch.device | None = None) -> Carry:
-        shape = (batch_size, self.seq_len + self.prefix, self.cfg.hidden)
-        device = device or self.y_init.device
-        return Carry(self.y_init.to(device).expand(shape).clone(), self.z_init.to(device).expand(shape).clone())
+        device = device or self.embed.weight.device
+        return Carry(self._start(self.y_init, batch_size, device), self._start(self.z_init, batch_size, device))
 
     def reset_carry(self, carry: Carry, reset: torch.Tensor) -> Carry:
         """Slots where `reset` is True start again from (y_init, z_init)."""
-        m = reset.view(-1, 1, 1)
-        return Carry(torch.where(m, self.y_init.to(carry.y.dtype), carry.y),
-                     torch.where(m, self.z_init.to(carry.z.dtype), carry.z))
+        def restart(state, init):
+            if init is None:
+                return state
+            return torch.where(reset.view(-1, *[1] * (state.dim() - 1)), init[..., None, :].to(state.dtype), state)
+
+        return Carry(restart(carry.y, self.y_init), restart(carry.z, self.z_init))
+
+    def heads(self, h: torch.Tensor) -> StepOutput:
+        logits = self.lm_head(h[:, self.prefix:])
+        q = self.q_head(h[:, 0]).float()
+        return StepOutput(logits, q[:, 0], q[:, 1] if self.cfg.halting == "q_learning" else None)
+
+    def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor,
+                puzzle_rows: torch.Tensor | None = None) -> tuple[Carry, StepOutput]:
+        """One supervision step. Returns the detached carry to feed the next step.
+        `puzzle_rows`: the puzzle embeddings of `puzzle_ids` when the caller gathered them
+        (`PuzzleEmbedding.training_rows`), so that a compiled forward has no graph break."""
+        dtype = self.compute_dtype(tokens.device)
+        x = self.embed_input(tokens, puzzle_ids, dtype, puzzle_rows)
+        y, z = self.recursion(x, carry.y.to(dtype), carry.z.to(dtype))
+        return Carry(y.detach(), z.detach()), self.heads(z if self.readout == "z" else y)
+
+
+class TRM(RecursiveModel):
+    """The TRM (`variant=trm`); with the HRM's values it is also `variant=hrm` (see `trm.variants`)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1):
+        if cfg.variant not in ("trm", "hrm"):
+            raise ValueError(f"TRM: model.variant={cfg.variant!r} is another model; use trm.variants.build_model")
+        super().__init__(cfg, vocab_size, seq_len, num_puzzle_ids)
+        self.net = self.make_net()
+        self.net_y = self.make_net() if cfg.separate_nets else self.net  # f_H when split (HRM's H level)
+        self.make_heads()
+        self.make_init("y_init")
+        self.make_init("z_init")
 
     def latent_recursion(self, x, y, z):
         for _ in range(self.cfg.n):
@@ -250,8 +313,8 @@ class TRM(nn.Module):
         y = self.net_y(y, z)
         return y, z
 
-    def deep_recursion(self, x, y, z):
-        """T-1 recursions without gradients, then one with them (or, with
+    def recursion(self, x, y, z):
+        """Deep recursion: T-1 recursions without gradients, then one with them (or, with
         gradient=one_step, HRM's approximation: only the last z and y updates)."""
         with torch.no_grad():
             for _ in range(self.cfg.T - 1):
@@ -266,20 +329,7 @@ class TRM(nn.Module):
             y, z = self.latent_recursion(x, y, z)
         return y, z
 
-    def heads(self, y: torch.Tensor) -> StepOutput:
-        logits = self.lm_head(y[:, self.prefix:])
-        q = self.q_head(y[:, 0]).float()
-        return StepOutput(logits, q[:, 0], q[:, 1] if self.cfg.halting == "q_learning" else None)
-
-    def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor,
-                puzzle_rows: torch.Tensor | None = None) -> tuple[Carry, StepOutput]:
-        """One supervision step. Returns the detached carry to feed the next step.
-        `puzzle_rows`: the puzzle embeddings of `puzzle_ids` when the caller gathered them
-        (`PuzzleEmbedding.training_rows`), so that a compiled forward has no graph break."""
-        dtype = self.compute_dtype(tokens.device)
-        x = self.embed_input(tokens, puzzle_ids, dtype, puzzle_rows)
-        y, z = self.deep_recursion(x, carry.y.to(dtype), carry.z.to(dtype))
-        return Carry(y.detach(), z.detach()), self.heads(y)
+    deep_recursion = recursion  # the paper's name
 
 
 def count_parameters(model: nn.Module) -> int:
