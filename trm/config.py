@@ -386,7 +386,14 @@ def _leaf(key: str) -> str:
     return "path" if name == "data_path" else name
 
 
-def _refuse_overridden(cfg: "Config", levels: dict[str, int], path: Path | None) -> None:
+def refuse_replaced(cfg: "Config", base: dict[str, Any], user: dict[str, Any], base_name: str) -> None:
+    """`_refuse_overridden` for a config built from `base` (a sweep preset) then `user` (--set)."""
+    levels = {_leaf(k): 1 for k in base}
+    levels.update({_leaf(k): 2 for k in user})
+    _refuse_overridden(cfg, levels, base_name)
+
+
+def _refuse_overridden(cfg: "Config", levels: dict[str, int], path: Path | str | None) -> None:
     """Refuse `steps` (or `eval_every`) set where a count of epochs would silently replace it:
     the epochs come from the same or an earlier source (the file, then --set). A later source
     wins: `--set epochs=5` on a file that sets steps counts epochs, as asked."""

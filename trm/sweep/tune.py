@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
 
-from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides
+from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides, refuse_replaced
 from trm.evaluate.objective import Objective, objective_for
 from trm.launch.cluster import WorkerSpec
 from trm.sweep.presets import PRESETS, Preset
@@ -151,6 +151,7 @@ def base_config(opts: SweepOptions) -> tuple[Config, Preset]:
         raise ConfigError(f"--preset {opts.preset!r}: expected one of {sorted(PRESETS)}")
     preset = PRESETS[opts.preset]
     cfg = apply_overrides(Config(), {**preset.overrides, **opts.overrides})
+    refuse_replaced(cfg, preset.overrides, opts.overrides, f"--preset {opts.preset}")  # steps under epochs
     # Ray workers run in their own folders: a relative data path must mean the driver's
     if "://" not in cfg.data.path:
         cfg.data.path = str(Path(cfg.data.path).resolve())
