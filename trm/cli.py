@@ -219,7 +219,7 @@ def _eval_run(a: argparse.Namespace) -> None:
     ds = PuzzleDataset(data, a.split)
     with torch.no_grad():
         r = evaluate_task(model, ds, a.batch_size, device, limit=a.limit, n_sup=a.n_sup, halt=a.halt,
-                          curve=a.curve)
+                          curve=a.curve, objective=cfg.train.objective or None)  # the run's objective
     out = {"checkpoint": str(folder), "step": state["step"], "data": str(data), "metric": r.metric, **r.metrics}
     if a.curve:
         out["curve"] = {str(k): v for k, v in r.curve.items()}
@@ -328,23 +328,28 @@ def _export_run(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- params
 def _params_run(a: argparse.Namespace) -> None:
-    from trm.config import ModelConfig
-    from trm.model import TRM, count_parameters
+    """Each recipe of configs/ (the reference README's commands), its network built on the meta device
+    (no memory, no init cost) for its dataset kind's vocabulary and sequence length, and counted."""
+    import torch
 
-    # (what, recipe, model, vocab, seq_len, the reference model's count, the paper's): the recipes are
-    # configs/*.yaml; the reference counts are those of its code with the same settings
-    mlp, att, att4 = ModelConfig(arch="mlp"), ModelConfig(arch="attention"), ModelConfig(arch="attention", n=4)
-    rows = [("Sudoku-Extreme, MLP-mixer", "sudoku-extreme-mlp", mlp, 11, 81, 5_028_866, "5M"),
-            ("Sudoku-Extreme, attention", "sudoku-extreme-att", att, 11, 81, 6_828_034, "7M"),
-            ("Sudoku, MLP-mixer, separate f_L/f_H", "", ModelConfig(arch="mlp", separate_nets=True), 11, 81,
-             None, "10M"),
-            ("Maze-Hard, attention", "maze-hard", att4, 6, 900, 6_822_914, "7M"),
-            ("Maze-Hard, MLP-mixer", "", ModelConfig(arch="mlp", n=4), 6, 900, None, "19M"),
-            ("ARC-AGI, attention", "arc-agi-1, arc-agi-2", att4, 12, 900, 6_829_058, "7M")]
-    print(f"{'model':37s} {'recipe (configs/)':21s} {'params':>10s} {'reference':>10s}  paper")
-    for name, recipe, m, vocab, seq, ref, paper in rows:
-        n = count_parameters(TRM(m, vocab, seq, 1))
-        print(f"{name:37s} {recipe:21s} {n:10,d} {'' if ref is None else f'{ref:,d}':>10s}  {paper}")
+    from trm.config import ConfigError, load_config
+    from trm.data import arc, maze, sudoku
+    from trm.model import TRM, count_parameters
+    from trm.recipes import CONFIGS, KINDS, recipe_kind, recipe_names, recipe_path
+
+    shapes = {"sudoku": sudoku, "maze": maze, "arc": arc}
+    names = recipe_names()
+    if not names:
+        raise ConfigError(f"{CONFIGS}: no recipes (configs/*.yaml) there; run from a checkout of the project")
+    print(f"{'recipe (configs/)':21s} {'arch':9s} {'layers':>6s} {'n':>3s} {'T':>3s} {'hidden':>6s} {'params':>11s}")
+    for name in names:
+        kind = recipe_kind(name)
+        if kind is None:
+            raise ConfigError(f"{recipe_path(name)}: expected a file name starting with one of {list(KINDS)}")
+        m = load_config(recipe_path(name)).model
+        with torch.device("meta"):
+            n = count_parameters(TRM(m, shapes[kind].VOCAB_SIZE, shapes[kind].SEQ_LEN, 1))
+        print(f"{name:21s} {m.arch:9s} {m.layers:6d} {m.n:3d} {m.T:3d} {m.hidden:6d} {n:11,d}")
     print("params: the network's nn.Parameters, counted as the reference does. The puzzle-embedding table\n"
           "(puzzle ids x 512, a buffer trained by sign-SGD) is not in them: one row on Sudoku and Maze,\n"
           "one per task and augmentation on ARC.")

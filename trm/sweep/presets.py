@@ -28,11 +28,9 @@ trainers then rank their best checkpoints by too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
+from trm.recipes import recipe
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the recipes, one YAML per reference command
 PUZZLE_GROUPS = 1000  # training puzzles of Sudoku-Extreme-1K and Maze-Hard-1K (one example each): an epoch
 RUNGS = 50  # puzzle presets: evaluations (and checkpoints) in a full trial
 
@@ -46,17 +44,6 @@ class Preset:
     num_samples: int = 32
     overfit_margin: float = 0.02
     overfit_patience: int = 3
-
-
-def recipe(name: str) -> dict:
-    """The values configs/NAME.yaml sets, as --set keys (`data.path` as `data_path`)."""
-    raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    return {("data_path" if (section, k) == ("data", "path") else k): v
-            for section, values in raw.items() for k, v in values.items()}
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
 def _puzzles(name: str, **data) -> dict:
