@@ -27,6 +27,8 @@ from typing import Any
 from trm.errors import TrmError
 
 __all__ = [
+    "DEFAULT_INSTANCE_TYPE",
+    "DEFAULT_MARKET",
     "DEFAULT_PRICES",
     "MARKETS",
     "CostError",
@@ -38,10 +40,15 @@ __all__ = [
     "gpu_hours",
     "load_price_table",
     "paper_arc_run_cost",
+    "usd_per_gpu_hour",
 ]
 
 
 MARKETS = ("on_demand", "spot")
+# What a cost is estimated on unless a run says otherwise (--instance-type, --market): the cluster's
+# GPU worker (cluster/gpu.yaml), one H100 on spot
+DEFAULT_INSTANCE_TYPE = "p5.4xlarge"
+DEFAULT_MARKET = "spot"
 
 # USD per instance-hour. DEFAULTS, not quotes: published us-east-1 on-demand
 # list prices (p5 after the mid-2025 price cut) and spot at roughly a third of
@@ -167,12 +174,23 @@ def _instance_rate(
 def estimate_cost(
     gpus: int,
     hours: float,
-    instance_type: str = "p5.4xlarge",
-    market: str = "spot",
+    instance_type: str = DEFAULT_INSTANCE_TYPE,
+    market: str = DEFAULT_MARKET,
     prices: Mapping[str, Mapping[str, float]] | None = None,
 ) -> float:
     """Dollars for ``gpus`` GPUs held ``hours`` wall hours on ``instance_type``."""
     return _instance_rate(gpus, instance_type, market, prices) * hours
+
+
+def usd_per_gpu_hour(
+    instance_type: str = DEFAULT_INSTANCE_TYPE,
+    market: str = DEFAULT_MARKET,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
+) -> float:
+    """One GPU's share of an instance-hour: what a sweep trial pays, since trials share instances
+    (a run is billed whole instances: ``estimate_cost``)."""
+    rate = _instance_rate(1, instance_type, market, prices)  # one instance; unknown type/market: refused
+    return rate / max(int((prices if prices is not None else DEFAULT_PRICES)[instance_type]["gpus"]), 1)
 
 
 class CostMeter:
@@ -188,8 +206,8 @@ class CostMeter:
     def __init__(
         self,
         num_gpus: int,
-        instance_type: str = "p5.4xlarge",
-        market: str = "spot",
+        instance_type: str = DEFAULT_INSTANCE_TYPE,
+        market: str = DEFAULT_MARKET,
         prices: Mapping[str, Mapping[str, float]] | None = None,
         state: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -253,8 +271,8 @@ class RunLimits:
     deadline: float | None = None  # unix seconds
     gpu_hours: float | None = None  # budget, restarts included
     gpus: int = 0  # GPUs the run holds: workers x GPUs per worker
-    instance_type: str = "p5.4xlarge"
-    market: str = "spot"
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    market: str = DEFAULT_MARKET
     prices: dict[str, dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
@@ -285,7 +303,7 @@ def paper_arc_run_cost(prices: Mapping[str, Mapping[str, float]] | None = None) 
     gpus, hours = 4, 72.0
     rows = {
         f"{itype} {market}": estimate_cost(gpus, hours, itype, market, table)
-        for itype in ("p5.4xlarge", "p5.48xlarge")
+        for itype in (DEFAULT_INSTANCE_TYPE, "p5.48xlarge")
         for market in MARKETS
     }
     head = estimate_cost(0, hours, "m6i.2xlarge", "on_demand", table)
@@ -297,8 +315,8 @@ def paper_arc_run_cost(prices: Mapping[str, Mapping[str, float]] | None = None) 
         idle = f", {n * per - gpus} GPUs idle" if n * per > gpus else ""
         print(f"  {n} x {name:<22} ${usd:>9,.2f}{idle}")
     print(f"  + on-demand m6i.2xlarge head ${head:,.2f}")
-    spot, od = rows["p5.4xlarge spot"], rows["p5.4xlarge on_demand"]
-    print(f"  spot saves ${od - spot:,.2f} ({1 - spot / od:.0%}) on 4 x p5.4xlarge; "
+    spot, od = rows[f"{DEFAULT_INSTANCE_TYPE} spot"], rows[f"{DEFAULT_INSTANCE_TYPE} on_demand"]
+    print(f"  spot saves ${od - spot:,.2f} ({1 - spot / od:.0%}) on 4 x {DEFAULT_INSTANCE_TYPE}; "
           "add restarts lost to preemption (about one checkpoint interval each).")
     return {**rows, "head m6i.2xlarge on_demand": head}
 
