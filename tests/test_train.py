@@ -50,13 +50,15 @@ def test_exact_resume(tiny_config, tmp_path, total):
 def test_ema_matches_hand_computed(tiny_config, tmp_path):
     decay = 0.5
     tr = Trainer(tiny_config(ema=decay), LocalSession(tmp_path))
+    initial = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
     raw_after = []
     for _ in range(4):
         tr.train_step()
         raw_after.append({k: v.detach().clone() for k, v in tr.model.named_parameters()})
-    # AveragedModel: the first update copies, then ema <- decay * ema + (1 - decay) * param
-    hand = dict(raw_after[0])
-    for params in raw_after[1:]:
+    # the reference's EMAHelper: registered from the initial weights, then after every step
+    # ema <- decay * ema + (1 - decay) * param (the first update included)
+    hand = dict(initial)
+    for params in raw_after:
         hand = {k: decay * hand[k] + (1 - decay) * params[k] for k in hand}
     ema = dict(tr.ema.module.named_parameters())
     for k, v in hand.items():

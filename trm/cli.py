@@ -98,14 +98,14 @@ def _check_rerun(out: Path, cfg) -> None:
     """`trm train --workers` on a run folder of another architecture: refused before its config.yaml
     is replaced (the checkpoints live in --storage; the folder's config.yaml is the run's)."""
     from trm.config import config_from_dict
-    from trm.train import checkpoint as ckpt
+    from trm.train.state import check_compatible
 
     old = out / "config.yaml"
     if old.is_file():
         import yaml
 
         saved = config_from_dict(yaml.safe_load(old.read_text()))
-        ckpt.check_compatible(saved.to_dict()["model"], cfg.to_dict()["model"], f"--out {out} ({old})")
+        check_compatible(saved.to_dict()["model"], cfg.to_dict()["model"], f"--out {out} ({old})")
 
 
 @contextlib.contextmanager

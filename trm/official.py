@@ -322,9 +322,8 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
 
     Everything is read and checked first, then written into a temporary folder renamed to
     `out` when complete: on any error nothing is left at `out`."""
-    from trm.model import TRM
     from trm.train import checkpoint as ckpt
-    from trm.train.optim import build_optimizer
+    from trm.train.state import TrainingState
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists():
@@ -333,8 +332,8 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
         raise ReferenceImportError(f"--checkpoint {checkpoint}: no such file")
     config = Path(config) if config else checkpoint.parent / "all_config.yaml"
     cfg = read_config(config)
-    state, ema_shadow, step = read_checkpoint(checkpoint)
-    weights = convert_state_dict(state, str(checkpoint))
+    reference, ema_shadow, step = read_checkpoint(checkpoint)
+    weights = convert_state_dict(reference, str(checkpoint))
     if data is not None:
         from trm.data.dataset import read_meta
 
@@ -343,21 +342,18 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
     else:
         dataset, dataset_where = _dataset_meta(Path(cfg.data.path)), f"data_paths[0]={cfg.data.path}"
     meta = infer_meta(weights, cfg, dataset, str(checkpoint), dataset_where)
-    model = TRM(cfg.model, **meta)
-    load_weights(model, weights, str(checkpoint))
-
-    ema = None
-    if ema_shadow:  # the EMA of the parameters; buffers (puzzle table, inits) as in the model
-        averaged = TRM(cfg.model, **meta)
-        load_weights(averaged, {**weights, **convert_state_dict(ema_shadow, f"{checkpoint} (ema_helper)")},
+    # a fresh training state (optimiser too: `trm train` on the folder fine-tunes from here), the
+    # reference's weights loaded, its EMA registered from them, then its EMA shadow where saved
+    state = TrainingState(cfg, meta, torch.device("cpu"))
+    load_weights(state.model, weights, str(checkpoint))
+    state.reset_ema()
+    if ema_shadow and state.ema is not None:  # the EMA of the parameters; buffers (puzzle table, inits) as in the model
+        shadow = convert_state_dict(ema_shadow, f"{checkpoint} (ema_helper)")
+        load_weights(state.ema.module, {**weights, **shadow},
                      f"{checkpoint} (ema_helper)")
-        ema = {f"module.{k}": v for k, v in averaged.state_dict().items() if "puzzle_emb" not in k}
-        ema["n_averaged"] = torch.tensor(1, dtype=torch.long)
-    opt, sched = build_optimizer(model, cfg.train)  # fresh: `trm train` on the folder fine-tunes from here
-    source = {"checkpoint": str(checkpoint.resolve()), "config": str(config.resolve()), "step": step}
-    run_state = {"config": cfg.to_dict(), "meta": meta, "step": step, "world_size": 1, "model": model.state_dict(),
-                 "ema": ema, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "extra": {"imported_from": source}, "best": {}}
+    state.step = step
+    state.extra["imported_from"] = {"checkpoint": str(checkpoint.resolve()), "config": str(config.resolve()),
+                                    "step": step}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -365,11 +361,12 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
         folder = tmp / "checkpoints" / ckpt.step_dir_name(step)
         folder.mkdir(parents=True)
         cfg.save(tmp / "config.yaml")
-        ckpt.write_file(folder, "state.pt", run_state)
+        state.save(folder)
         ckpt.verify(folder)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": str(out), "checkpoint": str(out / "checkpoints" / ckpt.step_dir_name(step)), "step": step,
-            "arch": cfg.model.arch, **meta, "ema": ema is not None, "data_path": cfg.data.path}
+            "arch": cfg.model.arch, **meta, "ema": bool(ema_shadow) and state.ema is not None,
+            "data_path": cfg.data.path}

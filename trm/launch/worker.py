@@ -216,12 +216,11 @@ class RaySession:
                 name = f"{ckpt.step_dir_name(step)}-{n}"
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
                                checkpoint_dir_name=name)
-            score = metrics.get("score")
-            if self.tracker is not None and score is not None and score == metrics.get("best/score"):
+            if self.tracker is not None and metrics.get("best/step") == step:  # this evaluation is the best
                 from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE, TAG_BEST_STEP
 
                 # the folder's name under the run's storage; the run's end tags the full location
-                self.tracker.set_tags({TAG_BEST_CKPT: name, TAG_BEST_SCORE: score, TAG_BEST_STEP: step})
+                self.tracker.set_tags({TAG_BEST_CKPT: name, TAG_BEST_SCORE: metrics["best/score"], TAG_BEST_STEP: step})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -234,3 +233,13 @@ class RaySession:
 
     def last_logged_step(self) -> int | None:
         return self.tracker.last_logged_step() if self.tracker is not None else None
+
+    def log_params(self, cfg: Config) -> None:
+        if self.tracker is not None:
+            self.tracker.log_config(cfg)
+
+    def set_parent(self, folder: Path) -> None:
+        if self.tracker is not None:
+            from trm.tracking import TAG_INIT_FROM
+
+            self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})

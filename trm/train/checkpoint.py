@@ -1,5 +1,6 @@
-"""Checkpoints for an exact resume.
+"""Checkpoint files: atomic writes, digests, score files, and finding the latest / best / given one.
 
+What goes into the files is `trm.train.state`'s (the one writer and reader of their schema).
 A checkpoint is a folder:
     state.pt        rank 0: config, model, EMA, optimizer, scheduler, step, tracking ids, history
     rank<r>.pt      each DDP rank: its carried (y, z) and slots, data-stream position, RNG
@@ -32,11 +33,6 @@ class CheckpointError(TrmError, RuntimeError):
     """A checkpoint that is missing, corrupt or does not fit this run's config."""
 
 
-# fields that change the shape or meaning of the weights; a resume must agree on them
-ARCH_FIELDS = ("arch", "hidden", "heads", "expansion", "layers", "puzzle_emb_ndim", "puzzle_emb_len",
-               "separate_nets", "halting")
-
-
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -59,19 +55,8 @@ def read_file(folder: Path, name: str) -> Any:
     path = folder / name
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means unusable
+    except Exception as e:
         raise CheckpointError(f"{folder}: {name} cannot be read: {e}") from e
-
-
-def check_compatible(saved_model_cfg: dict, model_cfg: dict, where: str, data_meta: dict | None = None,
-                     saved_meta: dict | None = None) -> None:
-    diffs = [f"model.{k}: checkpoint {saved_model_cfg.get(k)!r} vs config {model_cfg.get(k)!r}"
-             for k in ARCH_FIELDS if saved_model_cfg.get(k) != model_cfg.get(k)]
-    if data_meta and saved_meta:
-        diffs += [f"data {k}: checkpoint {saved_meta.get(k)!r} vs dataset {data_meta.get(k)!r}"
-                  for k in ("vocab_size", "seq_len", "num_puzzle_ids") if saved_meta.get(k) != data_meta.get(k)]
-    if diffs:
-        raise CheckpointError(f"{where}: incompatible with this run's config:\n  " + "\n  ".join(diffs))
 
 
 def verify(folder: Path) -> None:
@@ -116,13 +101,13 @@ def save_local(root: Path, step: int, write: callable, keep: int) -> Path:
 
 
 # ---------------------------------------------------------------- the best checkpoint
-SCORE_FILE = "score.json"  # {"metric", "value", "step"}: the evaluation this checkpoint was written after
+SCORE_FILE = "score.json"  # {"metric", "value", "step", "mode"}: the evaluation this checkpoint was written after
 
 
-def write_score(folder: Path, metric: str, value: float, step: int) -> None:
+def write_score(folder: Path, metric: str, value: float, step: int, mode: str = "max") -> None:
     import json
 
-    (folder / SCORE_FILE).write_text(json.dumps({"metric": metric, "value": value, "step": step}))
+    (folder / SCORE_FILE).write_text(json.dumps({"metric": metric, "value": value, "step": step, "mode": mode}))
 
 
 def read_score(folder: Path) -> dict | None:
@@ -137,11 +122,13 @@ def read_score(folder: Path) -> dict | None:
 
 
 def best_local(root: Path, verified: bool = True) -> Path | None:
-    """The checkpoint under root with the highest score (the later one on a tie), None if none is
-    scored; with `verified`, only one whose state.pt matches its digest."""
+    """The checkpoint under root with the best score (the highest, or the lowest for an objective of
+    mode "min"; the later one on a tie), None if none is scored; with `verified`, only one whose
+    state.pt matches its digest."""
     if not root.is_dir():
         return None
-    scored = [(s["value"], p.name, p) for p in root.glob("step_*") if p.is_dir() and (s := read_score(p))]
+    scored = [(s["value"] if s.get("mode", "max") == "max" else -s["value"], p.name, p)
+              for p in root.glob("step_*") if p.is_dir() and (s := read_score(p))]
     for _, _, folder in sorted(scored, key=lambda x: (x[0], x[1]), reverse=True):
         try:
             if verified:

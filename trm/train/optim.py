@@ -3,7 +3,7 @@ sign-SGD that trains puzzle embeddings."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -13,12 +13,19 @@ from trm.model import PuzzleEmbedding
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to 1, then constant or cosine down to lr_min_ratio."""
-    if step < cfg.lr_warmup_steps:
-        return (step + 1) / cfg.lr_warmup_steps
+    """The lr factor of the optimiser step that follows `step` completed ones (LambdaLR's counter):
+    the reference's `cosine_schedule_with_warmup_lr_lambda` at its own step counter, which
+    `pretrain.py` increments before the optimiser step, s = step + 1. Linear warmup s / warmup,
+    then constant, or cosine from 1 down to lr_min_ratio at s = steps.
+
+    With a constant schedule this is the previous rule (step + 1) / warmup, then 1, exactly; with
+    the cosine one, the previous rule was one step late (it decayed from step, not step + 1)."""
+    s = step + 1
+    if s < cfg.lr_warmup_steps:
+        return s / cfg.lr_warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps))
+    progress = min(1.0, (s - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps))
     return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

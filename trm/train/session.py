@@ -12,10 +12,14 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from trm.train import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from trm.config import Config
 
 log = logging.getLogger(__name__)
 WriteFn = Callable[[Path], None]
@@ -29,7 +33,7 @@ class Session(Protocol):
 
     def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
         """Report `metrics` at `step` (non-finite values are not tracked); checkpoint with
-        `write(folder)` when given."""
+        `write(folder)` when given. `metrics["best/step"] == step`: this evaluation is the best so far."""
         ...
 
     def agree(self, decision: dict) -> dict:
@@ -39,6 +43,14 @@ class Session(Protocol):
 
     def last_logged_step(self) -> int | None:
         """Rank 0: the last step the tracker already holds (None without a tracker)."""
+        ...
+
+    def log_params(self, cfg: Config) -> None:
+        """Rank 0: add `cfg`'s values to the run's params (those derived once the data is read)."""
+        ...
+
+    def set_parent(self, folder: Path) -> None:
+        """Rank 0: the run is fine-tuned from the checkpoint `folder` (train.init_from)."""
         ...
 
 
@@ -66,7 +78,12 @@ class LocalSession:
             best = ckpt.best_local(root, verified=False)
             score = ckpt.read_score(best) if best is not None else None
             if self.tracker is not None and best == self.last_checkpoint and score is not None:
-                from trm.tracking import TAG_BEST_CKPT, TAG_BEST_METRIC, TAG_BEST_SCORE, TAG_BEST_STEP
+                from trm.tracking import (
+                    TAG_BEST_CKPT,
+                    TAG_BEST_METRIC,
+                    TAG_BEST_SCORE,
+                    TAG_BEST_STEP,
+                )
 
                 self.tracker.set_tags({TAG_BEST_CKPT: str(best.resolve()), TAG_BEST_SCORE: score["value"],
                                        TAG_BEST_METRIC: score["metric"], TAG_BEST_STEP: score["step"]})
@@ -82,3 +99,13 @@ class LocalSession:
 
     def last_logged_step(self) -> int | None:
         return self.tracker.last_logged_step() if self.tracker is not None else None
+
+    def log_params(self, cfg: Config) -> None:
+        if self.tracker is not None:
+            self.tracker.log_config(cfg)
+
+    def set_parent(self, folder: Path) -> None:
+        if self.tracker is not None:
+            from trm.tracking import TAG_INIT_FROM
+
+            self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})
