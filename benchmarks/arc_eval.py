@@ -30,7 +30,7 @@ from trm.data.dataset import PuzzleDataset, epoch_size
 from trm.evaluate import predict
 from trm.evaluate.task import evaluate_task
 from trm.evaluate.vote import Vote, VoteSamples
-from trm.model import TRM
+from trm.model import count_parameters
 from trm.train.loop import Trainer
 from trm.train.session import LocalSession
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = train_samples * train_per_sample
     share = eval_s / (eval_s + train_s)
     print(f"machine: {a.device}, torch threads {torch.get_num_threads()}; model {a.model} "
-          f"({sum(x.numel() for x in model.parameters()) / 1e6:.2f}M params, N_sup {model.cfg.N_sup})")
+          f"({count_parameters(model) / 1e6:.2f}M params, N_sup {model.cfg.N_sup})")
     print(f"timed evaluation: {rows} augmented inputs ({a.tasks} tasks x {a.augmentations + 1} augmentations, "
           f"{int(r.metrics['eval/num_test_inputs'])} test inputs) in {total:.2f}s "
           f"(model ~{model_time:.2f}s, vote {vote_time:.3f}s; shared cores make these noisy)")
