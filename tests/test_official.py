@@ -243,8 +243,12 @@ def test_config_maps_the_reference_names():
 @pytest.mark.parametrize("kw, key", [({"pos_encodings": "learned"}, "arch.pos_encodings='learned'"),
                                      ({"pos_encodings": "none"}, "arch.pos_encodings='none'"),
                                      ({"H_layers": 4}, "arch.H_layers=4"),
-                                     ({"name": "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1"},
-                                      "arch.name="),
+                                     ({"name": "recursive_reasoning.trm_deq_h@TinyRecursiveReasoningModel_ACTV1"},
+                                      "arch.name="),  # a fork's model (hrm, trm_singlez, ...: tests/test_variants.py)
+                                     ({"name": "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1",
+                                       "H_layers": 3}, "arch.H_layers=3: expected arch.L_layers=2"),
+                                     ({"name": "recursive_reasoning.trm_hier6@TinyRecursiveReasoningModel_ACTV1",
+                                       "L_cycles": 7}, "arch.L_cycles: model.n=7"),
                                      ({"H_cycles": None}, "arch.H_cycles"),
                                      ({"num_heads": 0}, "arch.num_heads: model.heads=0"),
                                      ({"forward_dtype": "float16"}, "arch.forward_dtype")])

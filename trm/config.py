@@ -323,7 +323,7 @@ VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
 MULTIZ_LATENTS = 6  # trm_hier6: z_1..z_6, one updated per latent step
 
 
-def variant_defaults(m: "ModelConfig") -> dict[str, Any]:
+def variant_defaults(m: ModelConfig) -> dict[str, Any]:
     """The values `model.variant` sets: fixed ones, its reference config's, and (HRM, transformer: no
     such option in the reference) a puzzle prefix of ceil(puzzle_emb_ndim / hidden) positions."""
     out = {**VARIANT_FIXED.get(m.variant, {}), **VARIANT_DEFAULTS.get(m.variant, {})}
@@ -332,7 +332,7 @@ def variant_defaults(m: "ModelConfig") -> dict[str, Any]:
     return out
 
 
-def _check_variant(m: "ModelConfig") -> None:
+def _check_variant(m: ModelConfig) -> None:
     for name, value in VARIANT_FIXED.get(m.variant, {}).items():
         if getattr(m, name) != value:
             raise ConfigError(f"model.{name}={getattr(m, name)!r}: variant={m.variant} expects {name}={value!r}")

@@ -40,11 +40,14 @@ from typing import Any
 import torch
 import yaml
 
-from trm.config import Config, ConfigError, apply_overrides
+from trm.config import MULTIZ_LATENTS, Config, ConfigError, apply_overrides
 from trm.errors import TrmError
 from trm.train.checkpoint import CheckpointError
 
 TRM_CLASS = "TinyRecursiveReasoningModel_ACTV1"
+# arch.name = recursive_reasoning.<module>@<class> -> model.variant
+VARIANT_OF = {("trm", TRM_CLASS): "trm", ("trm_singlez", TRM_CLASS): "singlez", ("trm_hier6", TRM_CLASS): "multiz",
+              ("hrm", "HierarchicalReasoningModel_ACTV1"): "hrm", ("transformers_baseline", "Model_ACTV2"): "transformer"}
 
 
 class ReferenceImportError(CheckpointError, TrmError):
@@ -53,16 +56,23 @@ class ReferenceImportError(CheckpointError, TrmError):
 
 # ---------------------------------------------------------------- state_dict
 _TOP = {"embed_tokens.embedding_weight": "embed.weight", "puzzle_emb.weights": "puzzle_emb.weight",
-        "lm_head.weight": "lm_head.weight", "q_head.weight": "q_head.weight", "q_head.bias": "q_head.bias",
-        "H_init": "y_init", "L_init": "z_init"}
+        "lm_head.weight": "lm_head.weight", "q_head.weight": "q_head.weight", "q_head.bias": "q_head.bias"}
 _PART = {"self_attn.qkv_proj": "mix.qkv", "self_attn.o_proj": "mix.out",
          "mlp_t.gate_up_proj": "mix.gate_up", "mlp_t.down_proj": "mix.down",
          "mlp.gate_up_proj": "mlp.gate_up", "mlp.down_proj": "mlp.down"}
-_LAYER = re.compile(r"L_level\.layers\.(\d+)\.(" + "|".join(re.escape(p) for p in _PART) + r")\.weight")
+_LAYER = re.compile(r"([HL])_level\.layers\.(\d+)\.(" + "|".join(re.escape(p) for p in _PART) + r")\.weight")
+# each variant's reasoning modules (reference level -> our network) and start values; the TRM's one network
+# is registered twice (net, net_y), as in our state_dicts; six-z's L1_init..L6_init are the rows of z_init
+_LEVELS = {"trm": {"L": "net"}, "singlez": {"L": "net"}, "multiz": {"L": "net"}, "hrm": {"L": "net", "H": "net_y"},
+           "transformer": {"H": "net"}}
+_INITS = {"trm": {"H_init": "y_init", "L_init": "z_init"}, "singlez": {"L_init": "z_init"},
+          "multiz": {"H_init": "y_init", **{f"L{i + 1}_init": f"z_init.{i}" for i in range(MULTIZ_LATENTS)}},
+          "hrm": {"H_init": "y_init", "L_init": "z_init"}, "transformer": {"H_init": "y_init"}}
 # derived buffers some versions persist; nothing to import
 _DERIVED = ("rotary_emb.cos_cached", "rotary_emb.sin_cached", "puzzle_emb.local_weights", "puzzle_emb.local_ids")
 _UNSUPPORTED = {"embed_pos.": "learned position embeddings (arch.pos_encodings: learned); only rope is supported",
-                "H_level.": "HRM's separate H level; the TRM has one network"}
+                "H_level.": "a separate H level, which this variant has not (the HRM is recursive_reasoning.hrm)",
+                "L_level.": "an L level, which this variant has not"}
 _WRAPPERS = ("_orig_mod.", "module.", "model.")
 
 
@@ -73,31 +83,37 @@ def _strip(key: str) -> str:
     return key
 
 
-def _our_name(ref_key: str) -> str | None:
+def _our_name(ref_key: str, variant: str = "trm") -> str | None:
     name = _strip(ref_key)
     if not name.startswith("inner."):
         return None
     name = name[len("inner."):]
     if name in _TOP:
         return _TOP[name]
+    if name in _INITS[variant]:
+        return _INITS[variant][name]
     m = _LAYER.fullmatch(name)
-    return f"net.blocks.{m.group(1)}.{_PART[m.group(2)]}.weight" if m else None
+    net = _LEVELS[variant].get(m.group(1)) if m else None
+    return f"{net}.blocks.{m.group(2)}.{_PART[m.group(3)]}.weight" if m and net else None
 
 
-def reference_name(our_key: str) -> str:
+def reference_name(our_key: str, variant: str = "trm") -> str:
     """Our state_dict key -> the reference's (without wrapper prefixes), for messages."""
-    top = {v: k for k, v in _TOP.items()}
+    top = {v: k for k, v in {**_TOP, **_INITS[variant]}.items()}
+    if our_key == "z_init" and variant == "multiz":
+        return f"inner.L1_init..L{MULTIZ_LATENTS}_init"
     if our_key in top:
         return f"inner.{top[our_key]}"
-    m = re.fullmatch(r"net(?:_y)?\.blocks\.(\d+)\.(.+)\.weight", our_key)
-    part = {v: k for k, v in _PART.items()}.get(m.group(2)) if m else None
-    return f"inner.L_level.layers.{m.group(1)}.{part}.weight" if part else our_key
+    m = re.fullmatch(r"(net(?:_y)?)\.blocks\.(\d+)\.(.+)\.weight", our_key)
+    part = {v: k for k, v in _PART.items()}.get(m.group(3)) if m else None
+    level = {v: k for k, v in _LEVELS[variant].items()}.get(m.group(1), "L") if m else "L"
+    return f"inner.{level}_level.layers.{m.group(2)}.{part}.weight" if m and part else our_key
 
 
-def convert_state_dict(state_dict: dict, where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The reference's state_dict (with or without `_orig_mod.`/`model.` prefixes) -> ours.
+def convert_state_dict(state_dict: dict, where: str = "checkpoint", variant: str = "trm") -> dict[str, torch.Tensor]:
+    """The reference's state_dict of `variant` (with or without `_orig_mod.`/`model.` prefixes) -> ours.
 
-    Float tensors become float32 (the reference keeps H_init/L_init in bfloat16).
+    Float tensors become float32 (the reference keeps its start values in bfloat16).
     Raises ReferenceImportError naming `where` and the key for a key that is unknown,
     unsupported or duplicated, or a value that is not a tensor."""
     out: dict[str, torch.Tensor] = {}
@@ -105,19 +121,26 @@ def convert_state_dict(state_dict: dict, where: str = "checkpoint") -> dict[str,
         inner = _strip(key)
         if inner.startswith("inner.") and inner[len("inner."):] in _DERIVED:
             continue
-        name = _our_name(key)
+        name = _our_name(key, variant)
         if name is None:
             why = next((w for p, w in _UNSUPPORTED.items() if inner.startswith("inner." + p)), None)
+            expected = sorted(_TOP) + sorted(_INITS[variant]) + \
+                [f"{lv}_level.layers.<i>.<{'|'.join(_PART)}>.weight" for lv in _LEVELS[variant]]
             raise ReferenceImportError(
                 f"{where}: key {key!r}: " + (why or "unknown; expected [_orig_mod.][model.]inner.<name> with <name> "
-                                             f"one of {sorted(_TOP)} or L_level.layers.<i>.<{'|'.join(_PART)}>.weight"))
+                                             f"one of {expected} (variant {variant})"))
         if name in out:
             raise ReferenceImportError(f"{where}: key {key!r}: appears twice (with and without a prefix)")
         if not isinstance(value, torch.Tensor):
             raise ReferenceImportError(f"{where}: key {key!r}: expected a tensor, found {type(value).__name__}")
         out[name] = value.detach().to(torch.float32 if value.is_floating_point() else value.dtype).contiguous()
-    # the one network is also registered as `net_y` (it is a second one with separate_nets), as in our state_dicts
-    out.update({"net_y." + k[len("net."):]: v for k, v in list(out.items()) if k.startswith("net.")})
+    if variant == "trm":  # the one network is also registered as `net_y` (a second one with separate_nets)
+        out.update({"net_y." + k[len("net."):]: v for k, v in list(out.items()) if k.startswith("net.")})
+    rows = [out.pop(f"z_init.{i}") for i in range(MULTIZ_LATENTS) if f"z_init.{i}" in out]
+    if rows:  # six-z: L1_init..L6_init, all or none (a missing one is named by load_weights)
+        if len(rows) != MULTIZ_LATENTS:
+            raise ReferenceImportError(f"{where}: {len(rows)} of inner.L1_init..L{MULTIZ_LATENTS}_init; expected all")
+        out["z_init"] = torch.stack(rows)
     return out
 
 
@@ -125,19 +148,21 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where
     """`model.load_state_dict(weights, strict=True)` after checking keys and shapes, so that a
     mismatch is one ReferenceImportError naming the reference key and both shapes."""
     expected = model.state_dict()
+    variant = model.cfg.variant
     missing = [k for k in expected if k not in weights]
     if missing:
-        raise ReferenceImportError(f"{where}: missing key {reference_name(missing[0])!r} (of {len(missing)} missing); "
-                                   f"the config describes a model with it (shape {tuple(expected[missing[0]].shape)})")
+        raise ReferenceImportError(f"{where}: missing key {reference_name(missing[0], variant)!r} (of {len(missing)} "
+                                   f"missing); the config describes a model with it (shape "
+                                   f"{tuple(expected[missing[0]].shape)})")
     extra = [k for k in weights if k not in expected]
     if extra:
-        raise ReferenceImportError(f"{where}: key {reference_name(extra[0])!r} has no place in the model the config "
-                                   f"describes (arch={model.cfg.arch}, layers={model.cfg.layers}, "
-                                   f"puzzle_emb_ndim={model.cfg.puzzle_emb_ndim})")
+        raise ReferenceImportError(f"{where}: key {reference_name(extra[0], variant)!r} has no place in the model the "
+                                   f"config describes (variant={variant}, arch={model.cfg.arch}, layers="
+                                   f"{model.cfg.layers}, puzzle_emb_ndim={model.cfg.puzzle_emb_ndim})")
     for k, v in weights.items():
         if v.shape != expected[k].shape:
-            raise ReferenceImportError(f"{where}: {reference_name(k)!r} has shape {tuple(v.shape)}; the config "
-                                       f"expects {tuple(expected[k].shape)}")
+            raise ReferenceImportError(f"{where}: {reference_name(k, variant)!r} has shape {tuple(v.shape)}; the "
+                                       f"config expects {tuple(expected[k].shape)}")
     model.load_state_dict(weights, strict=True)
 
 
@@ -170,11 +195,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None, int]:
 
 # ---------------------------------------------------------------- config
 # (reference key under arch, ours) with the reference's default where it has one
-_ARCH = [("H_cycles", "model.T", None), ("L_cycles", "model.n", None), ("L_layers", "model.layers", None),
-         ("hidden_size", "model.hidden", None), ("num_heads", "model.heads", None),
+_ARCH = [("hidden_size", "model.hidden", None), ("num_heads", "model.heads", None),
          ("expansion", "model.expansion", None), ("halt_max_steps", "model.N_sup", None),
          ("halt_exploration_prob", "model.halt_exploration", None),
          ("rms_norm_eps", "model.norm_eps", 1e-5), ("rope_theta", "model.rope_theta", 10000.0)]
+_CYCLES = [("H_cycles", "model.T", None), ("L_cycles", "model.n", None), ("L_layers", "model.layers", None)]
+# the transformer baseline: H_layers blocks once (its H_cycles is "kept for compatibility", unused)
+_ARCH_OF = {"trm": _CYCLES + _ARCH, "singlez": _CYCLES + _ARCH, "multiz": _CYCLES + _ARCH, "hrm": _CYCLES + _ARCH,
+            "transformer": [("H_layers", "model.layers", None)] + _ARCH}
 _TRAIN = [("lr", "train.lr"), ("lr_warmup_steps", "train.lr_warmup_steps"), ("beta1", "train.beta1"),
           ("beta2", "train.beta2"), ("weight_decay", "train.weight_decay"), ("puzzle_emb_lr", "train.puzzle_emb_lr"),
           ("puzzle_emb_weight_decay", "train.puzzle_emb_weight_decay"), ("global_batch_size", "train.batch_size"),
@@ -188,22 +216,36 @@ def _set(cfg: Config, ref_key: str, ours: str, value: Any) -> None:
         raise ReferenceImportError(f"{ref_key}={value!r}: {e}") from e
 
 
+def variant_of(arch: dict) -> str:
+    """model.variant of the reference's arch.name (`recursive_reasoning.<module>@<class>`)."""
+    name = str(arch.get("name", TRM_CLASS))
+    module, _, cls = name.rpartition("@")
+    module = module.rsplit(".", 1)[-1]
+    for (mod, klass), variant in VARIANT_OF.items():
+        if cls == klass and module in (mod, ""):
+            return variant
+    known = ", ".join(f"recursive_reasoning.{m}@{c}" for m, c in VARIANT_OF)
+    raise ReferenceImportError(f"arch.name={name!r}: expected one of {known}")
+
+
 def config_from_reference(all_config: dict) -> Config:
-    """Our Config from the reference's hydra config (its all_config.yaml, as a dict).
+    """Our Config from the reference's hydra config (its all_config.yaml, as a dict), for each of
+    its models (`variant_of`): trm, trm_singlez, trm_hier6, hrm, transformers_baseline.
 
     arch.loss is not mapped (training here uses stable-max cross entropy), nor are epochs,
     names, paths of checkpoints and evaluators."""
     if not isinstance(all_config, dict) or not isinstance(all_config.get("arch"), dict):
         raise ReferenceImportError("arch: missing; expected the reference's all_config.yaml with an arch section")
     arch = all_config["arch"]
-    name = str(arch.get("name", TRM_CLASS))
-    if name.split("@")[-1] != TRM_CLASS:
-        raise ReferenceImportError(f"arch.name={name!r}: expected the TRM (...@{TRM_CLASS}); HRM and the other "
-                                   "reference models have no equivalent here")
-    if (arch.get("H_layers") or 0) > 0:
-        raise ReferenceImportError(f"arch.H_layers={arch['H_layers']}: expected 0; a separate H level (HRM-style) "
-                                   "cannot be represented by the TRM's one network")
-    mlp_t = bool(arch.get("mlp_t", False))
+    variant = variant_of(arch)
+    h_layers = arch.get("H_layers") or 0
+    if variant == "hrm" and h_layers != arch.get("L_layers"):
+        raise ReferenceImportError(f"arch.H_layers={h_layers}: expected arch.L_layers={arch.get('L_layers')}; the HRM "
+                                   "here has one `layers` for f_H and f_L")
+    if variant in ("trm", "singlez", "multiz") and h_layers > 0:
+        raise ReferenceImportError(f"arch.H_layers={h_layers}: expected 0; a separate H level (HRM-style, "
+                                   "recursive_reasoning.hrm) cannot be represented by the TRM's one network")
+    mlp_t = bool(arch.get("mlp_t", False)) and variant != "transformer"  # the baseline's blocks are attention only
     pos = arch.get("pos_encodings", "rope")
     if pos == "learned" or (pos != "rope" and not mlp_t):
         raise ReferenceImportError(f"arch.pos_encodings={pos!r}: expected 'rope' ('none' only with arch.mlp_t: true, "
@@ -212,8 +254,8 @@ def config_from_reference(all_config: dict) -> Config:
     if dtype not in ("bfloat16", "float32"):
         raise ReferenceImportError(f"arch.forward_dtype={dtype!r}: expected 'bfloat16' or 'float32'")
 
-    cfg = Config()
-    for key, ours, default in _ARCH:
+    cfg = apply_overrides(Config(), {"model.variant": variant})  # with the variant's own values
+    for key, ours, default in _ARCH_OF[variant]:
         if key not in arch and default is None:
             raise ReferenceImportError(f"arch.{key}: missing; the reference config always has it")
         _set(cfg, f"arch.{key}", ours, arch.get(key, default))
@@ -221,12 +263,14 @@ def config_from_reference(all_config: dict) -> Config:
     if ndim == "${.hidden_size}":  # an unresolved hydra interpolation (the reference default)
         ndim = arch["hidden_size"]
     _set(cfg, "arch.puzzle_emb_ndim", "model.puzzle_emb_ndim", ndim)
-    length = arch.get("puzzle_emb_len", 16)
-    if length == 0:  # the reference's "0: ceil(puzzle_emb_ndim / hidden_size)"
+    # HRM and the baseline have no puzzle_emb_len: always the reference's "0", ceil(puzzle_emb_ndim / hidden_size)
+    length = arch.get("puzzle_emb_len", 16) if variant in ("trm", "singlez", "multiz") else 0
+    if length == 0:
         length = -(-cfg.model.puzzle_emb_ndim // cfg.model.hidden)
     _set(cfg, "arch.puzzle_emb_len", "model.puzzle_emb_len", length)
     cfg.model.arch = "mlp" if mlp_t else "attention"
-    cfg.model.halting = "bce" if arch.get("no_ACT_continue", True) else "q_learning"
+    if variant in ("trm", "singlez", "multiz"):  # HRM and the baseline always learn Q (the variant's default)
+        cfg.model.halting = "bce" if arch.get("no_ACT_continue", True) else "q_learning"
     cfg.train.bf16 = dtype == "bfloat16"
 
     for key, ours in _TRAIN:
@@ -246,7 +290,7 @@ def config_from_reference(all_config: dict) -> Config:
         return cfg.validate()
     except ConfigError as e:  # name the reference's key: "model.heads=0: ..." -> "arch.num_heads: model.heads=0: ..."
         ours = re.split(r"[=:]", str(e), maxsplit=1)[0]
-        names = {o: f"arch.{r}" for r, o, _ in _ARCH} | {o: r for r, o in _TRAIN} | \
+        names = {o: f"arch.{r}" for r, o, _ in _ARCH_OF[variant]} | {o: r for r, o in _TRAIN} | \
                 {"model.puzzle_emb_ndim": "arch.puzzle_emb_ndim", "model.puzzle_emb_len": "arch.puzzle_emb_len"}
         raise ReferenceImportError(f"{names.get(ours, 'all_config.yaml')}: {e}") from e
 
@@ -333,7 +377,7 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
     config = Path(config) if config else checkpoint.parent / "all_config.yaml"
     cfg = read_config(config)
     reference, ema_shadow, step = read_checkpoint(checkpoint)
-    weights = convert_state_dict(reference, str(checkpoint))
+    weights = convert_state_dict(reference, str(checkpoint), cfg.model.variant)
     if data is not None:
         from trm.data.dataset import read_meta
 
@@ -348,7 +392,7 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
     load_weights(state.model, weights, str(checkpoint))
     state.reset_ema()
     if ema_shadow and state.ema is not None:  # the EMA of the parameters; buffers (puzzle table, inits) as in the model
-        shadow = convert_state_dict(ema_shadow, f"{checkpoint} (ema_helper)")
+        shadow = convert_state_dict(ema_shadow, f"{checkpoint} (ema_helper)", cfg.model.variant)
         load_weights(state.ema.module, {**weights, **shadow},
                      f"{checkpoint} (ema_helper)")
     state.step = step
