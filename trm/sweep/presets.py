@@ -2,7 +2,8 @@
 
 smoke           small MLP-mixer TRMs (hidden 64) on generated 9x9 Sudoku with 45-55 givens: a whole depth
                 sweep in about 10 minutes on 2 CPU cores whose best trial solves most held-out puzzles
-                exactly; ranks by exact accuracy. Sizes chosen by measurement (README, "The smoke sweep").
+                exactly; ranks by exact accuracy. Sizes chosen by measurement (the figures above PRESETS;
+                the result and time in README, "The two commands").
 tiny            the platform's own tests: trials of a few seconds (every exact accuracy is 0; ranks by
                 cell accuracy).
 sudoku          the Sudoku-Extreme MLP recipe on 1000 generated puzzles x 1000 shuffles.
