@@ -109,9 +109,7 @@ def import_from_hub(spec: str, out: str | Path, file: str | None = None, config:
     if Path(out).exists():  # before any download, as the importer would after it
         raise HubError(f"--out {out}: already exists; expected a new folder")
     where = f"hub repo {repo}@{revision}"
-    listing = None
-    if file is None or config is None:
-        listing = repo_files(repo, revision)
+    listing: list[str] = repo_files(repo, revision) if file is None or config is None else []
     file = file or pick_checkpoint(listing, where)
     if config is None:
         beside = (Path(file).parent / CONFIG).as_posix().removeprefix("./")
@@ -220,7 +218,7 @@ def load_export(folder: str | Path):
     from safetensors.torch import load_model
 
     from trm.config import load_config
-    from trm.model import TRM
+    from trm.variants import build_model
 
     folder = Path(folder)
     missing = [f for f in EXPORT_FILES[:3] if not (folder / f).is_file()]
@@ -228,7 +226,7 @@ def load_export(folder: str | Path):
         raise HubError(f"{folder}: no {missing[0]}; expected a folder written by `trm export` ({', '.join(EXPORT_FILES)})")
     cfg = load_config(folder / "config.yaml")
     meta = json.loads((folder / "meta.json").read_text())
-    model = TRM(cfg.model, meta["vocab_size"], meta["seq_len"], meta["num_puzzle_ids"])
+    model = build_model(cfg.model, meta["vocab_size"], meta["seq_len"], meta["num_puzzle_ids"])
     load_model(model, str(folder / "model.safetensors"))
     return model.eval(), cfg
 
