@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     for name in a.names:
         src = BUILTIN[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
             (tmp / "src").mkdir()
             print(f"{name}: trm data {src.builder} {' '.join(src.build_args)}")
             files = sources(name, tmp / "src", a)
