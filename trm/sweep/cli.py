@@ -29,6 +29,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "watch it with `optuna-dashboard URL`")
     p.add_argument("--multi-objective", action="store_true",
                    help="Optuna: maximise the metric and minimise each trial's device-hours (Pareto front)")
+    p.add_argument("--prices", help="JSON/YAML price table for trials' dollars, as long runs (see trm/cost.py)")
     p.add_argument("--verbose", action="store_true", help="Ray's per-report and checkpoint logs, Tune's results")
     return p
 
@@ -38,6 +39,7 @@ def main(name: str, spaces: dict[str, dict[str, Any]], description: str,
     """Parse flags, pick the preset's search space, run the sweep. A user's error exits 2 before any trial."""
 
     def sweep(a: argparse.Namespace) -> None:
+        from trm.cost import load_price_table
         from trm.sweep.tune import SweepOptions, run_sweep
 
         require_positive(a, "--num-samples", "--max-concurrent", "--workers-per-trial", "--seeds")
@@ -47,7 +49,7 @@ def main(name: str, spaces: dict[str, dict[str, Any]], description: str,
                             storage=a.storage, tracking_uri=a.tracking_uri, address=a.address, resume=a.resume,
                             seed=a.seed, overrides=overrides_from(a), seeds=a.seeds,
                             optuna_storage=a.optuna_storage, multi_objective=a.multi_objective,
-                            verbose=a.verbose)
+                            verbose=a.verbose, prices=load_price_table(a.prices) if a.prices else None)
         run_sweep(opts, spaces[a.preset if a.preset in spaces else "default"], report)
 
     return run_main(parser(description), sweep, argv)

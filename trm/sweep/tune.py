@@ -52,6 +52,7 @@ class SweepOptions:
     optuna_storage: str | None = None  # Optuna RDB URL (default: optuna.db beside a SQLite MLflow DB)
     multi_objective: bool = False  # Optuna: maximise the metric and minimise each trial's device-hours
     verbose: bool = False  # Ray's per-report and checkpoint logs
+    prices: dict | None = None  # price table for trials' dollars (--prices, trm.cost.load_price_table); None: defaults
 
     @property
     def spec(self) -> WorkerSpec:
@@ -270,6 +271,7 @@ class MlflowTrialCallback(tune.Callback):
         self.best: dict[str, tuple[float, str | None]] = {}
         self.reasons: dict[str, str] = {}
         self.hours: dict[str, float] = {}
+        self.prices: dict | None = None  # the price table a trial's dollars come from (None: trm.cost's defaults)
 
     def _say(self, trial, text: str) -> None:
         if self.echo:
@@ -307,7 +309,7 @@ class MlflowTrialCallback(tune.Callback):
         self.reasons[trial.trial_id] = reason
         last = trial.last_result or {}
         seconds = float(last.get("time_total_s") or 0.0)
-        cost = trial_cost(seconds, self.spec) if self.spec is not None else {}
+        cost = trial_cost(seconds, self.spec, self.prices) if self.spec is not None else {}
         self.hours[trial.trial_id] = cost.get("cost/device_hours", 0.0)
         best = self.best.get(trial.trial_id)
         why = {"asha_pruned": "pruned by ASHA", "overfit_stopped": "stopped: overfitting",
@@ -321,18 +323,18 @@ class MlflowTrialCallback(tune.Callback):
             log.exception("could not record the end of trial %s in MLflow", trial.trial_id)
 
 
-def trial_cost(seconds: float, spec: WorkerSpec) -> dict[str, float]:
-    """A trial's cost from its wall time: GPU-hours (or CPU-hours on CPUs), and dollars for GPUs
-    at the price table's p5.4xlarge spot rate (per GPU)."""
-    from trm.cost import DEFAULT_PRICES
+def trial_cost(seconds: float, spec: WorkerSpec, prices: dict | None = None) -> dict[str, float]:
+    """A trial's cost from its wall time: GPU-hours (or CPU-hours on CPUs), and dollars for GPUs at one
+    GPU's share of the default instance (trm.cost: the same price table as long runs, `--prices`)."""
+    from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET, usd_per_gpu_hour
 
     hours = seconds / 3600.0
     out = {"cost/wall_hours": hours, "cost/cpu_hours": hours * spec.workers * spec.cpus_per_worker,
            "cost/gpu_hours": hours * spec.workers * spec.gpus_per_worker}
     out["cost/device_hours"] = out["cost/gpu_hours"] or out["cost/cpu_hours"]
     if spec.gpus_per_worker > 0:
-        entry = DEFAULT_PRICES["p5.4xlarge"]
-        out["cost/usd_estimate"] = out["cost/gpu_hours"] * entry["spot"] / max(entry["gpus"], 1)
+        out["cost/usd_estimate"] = out["cost/gpu_hours"] * usd_per_gpu_hour(DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET,
+                                                                            prices)
     return out
 
 
@@ -412,6 +414,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     metric)` (e.g. trm.sweep.reports.depth_report) gets the objective's name and returns a table."""
     import optuna
 
+    from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET
     from trm.launch.cluster import DRIVER_RESOURCE, preflight
     from trm.storage import join, resolve
 
@@ -455,6 +458,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
 
     ranking = make_ranking(objective, base, preset, opts.spec, uri, parent.run_id)
     stopper, scheduler, callback = ranking.stopper, ranking.scheduler, ranking.callback
+    callback.prices = opts.prices
     setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
@@ -503,7 +507,8 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
         print("Pareto front (best " + objective.name + " vs device-hours): " + ", ".join(
             f"{r.label} {r.best:.3f} / {r.hours:.4f} h" for r in sorted(front, key=lambda r: r.hours)))
     print(f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
-          + (f", ${total['cost/usd_estimate']:.2f} (p5.4xlarge spot)" if total["cost/usd_estimate"] else ""))
+          + (f", ${total['cost/usd_estimate']:.2f} ({DEFAULT_INSTANCE_TYPE} {DEFAULT_MARKET})"
+             if total["cost/usd_estimate"] else ""))
     print(f"MLflow: mlflow ui --backend-store-uri {uri}, then open "
           f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id()}/runs?workflowType=machine_learning "
           f"(the model-training view)\nOptuna: optuna-dashboard {optuna_url}")
