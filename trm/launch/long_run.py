@@ -26,7 +26,7 @@ from typing import Any
 
 from trm.cli_common import ArgumentParser, add_flags, overrides_from, require_positive, run_main
 from trm.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from trm.cost import RunLimits
+from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET, RunLimits
 from trm.launch.cluster import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class LongRunSettings:
     experiment: str | None = None
 
 
-DEFAULTS = LongRunSettings(workers=1, gpus_per_worker=0, cpus_per_worker=1, instance_type="p5.4xlarge",
-                           market="spot", max_failures=10, experiment="trm-long")
+DEFAULTS = LongRunSettings(workers=1, gpus_per_worker=0, cpus_per_worker=1, instance_type=DEFAULT_INSTANCE_TYPE,
+                           market=DEFAULT_MARKET, max_failures=10, experiment="trm-long")
 
 
 def parse_deadline(text: str, now: float | None = None) -> float:
@@ -189,8 +189,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     add_flags(p, "gpus_per_worker", "cpus_per_worker")
     p.add_argument("--deadline", help="stop with a checkpoint at this time: 72h, 90m, 3d or 2026-11-26T12:00 (UTC)")
     p.add_argument("--budget-gpu-hours", type=float, help="stop with a checkpoint after this many GPU-hours")
-    p.add_argument("--instance-type", help="for the cost estimate (default p5.4xlarge)")
-    p.add_argument("--market", choices=["spot", "on_demand"], help="for the cost estimate (default spot)")
+    p.add_argument("--instance-type", help=f"for the cost estimate (default {DEFAULT_INSTANCE_TYPE})")
+    p.add_argument("--market", choices=["spot", "on_demand"], help=f"for the cost estimate (default {DEFAULT_MARKET})")
     p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cost.py)")
     p.add_argument("--max-failures", type=int, help="worker errors to recover from; -1: no limit (default 10; "
                    "spot preemptions are always retried)")
