@@ -240,7 +240,15 @@ def http_download(url: str, dest: Path, size_hint: int | None = None) -> None:
 
 
 def fetch_github(src: Source, f: SourceFile, sums: Checksums) -> Path:
+    from filelock import FileLock
+
     dest = cache_dir() / "github" / src.repo / src.ref / f.path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):  # two commands sharing a cache: one writes the .part, the other waits
+        return _fetch_github(src, f, sums, dest)
+
+
+def _fetch_github(src: Source, f: SourceFile, sums: Checksums, dest: Path) -> Path:
     what = f"{github_url(src, f)}"
     if dest.is_file():  # complete and verified when it was renamed; checked again (cheap next to a build)
         verify(src, f, dest, sums, f"{dest} (cached {what})")
