@@ -101,8 +101,8 @@ def build(root: Path, rows: int, chunk: int = 100_000) -> tuple[float, int, int,
     with DatasetWriter(root / "built", {"name": "bench", "vocab_size": 11, "seq_len": 81, "num_puzzle_ids": 1}) as w:
         for start in range(0, rows, chunk):
             k = min(chunk, rows - start)
-            arrays = dict(inputs=inputs[:k], labels=labels[:k], puzzle_ids=np.zeros(k, np.int32),
-                          group_ids=ids[:k] + start, aug_ids=np.zeros(k, np.int32))
+            arrays = {"inputs": inputs[:k], "labels": labels[:k], "puzzle_ids": np.zeros(k, np.int32),
+                      "group_ids": ids[:k] + start, "aug_ids": np.zeros(k, np.int32)}
             w.append("train", **arrays)
             array_bytes += sum(a.nbytes for a in arrays.values())
     seconds, written = time.perf_counter() - t0, wchar() - w0

@@ -36,10 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trm.data.dataset import IGNORE, DatasetWriter  # noqa: E402
-
 from reference_loop import Setup  # noqa: E402  (benchmarks/reference_loop.py)
 from step_timing import compare, flops, measured_peak, spec_peak  # noqa: E402  (benchmarks/step_timing.py)
+
+from trm.data.dataset import IGNORE, DatasetWriter  # noqa: E402
 
 NVLINK_BUS_GBS, PCIE_BUS_GBS = 360.0, 22.0  # all-reduce bus bandwidths assumed for the 2-GPU estimate
 

@@ -13,13 +13,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reference_loop import Setup, reference_step_fn, swiglu_width  # noqa: E402  (benchmarks/)
+
 from trm.config import load_config  # noqa: E402
 from trm.data.dataset import PuzzleDataset  # noqa: E402
 from trm.model import count_parameters  # noqa: E402
 from trm.train.loop import Trainer  # noqa: E402
 from trm.train.session import LocalSession  # noqa: E402
-
-from reference_loop import Setup, reference_step_fn, swiglu_width  # noqa: E402  (benchmarks/)
 
 # dense bf16 tensor-core peak, TFLOP/s, by substring of the device name (first match wins)
 BF16_PEAK = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("GH200", 989.0), ("H200", 989.0),

@@ -41,10 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trm.data import sudoku  # noqa: E402
-
 from reference_loop import Setup  # noqa: E402  (benchmarks/reference_loop.py)
 from step_timing import compare, flops, spec_peak  # noqa: E402  (benchmarks/step_timing.py)
+
+from trm.data import sudoku  # noqa: E402
 
 
 def build_data(root: Path, batch: int, puzzles: int, seed: int) -> Path:

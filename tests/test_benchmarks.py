@@ -13,7 +13,7 @@ def test_throughput_benchmark_smokes_on_cpu():
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu", "--arch", "both",
                         "--hidden", "32", "--layers", "1", "--n", "2", "--T", "2", "--puzzles", "4",
                         "--steps", "1", "--warmup", "1", "--threads", "1"],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+                       capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     for arch in ("mlp", "attention"):
         assert f"== arch {arch} | parameters: ours" in r.stdout
