@@ -361,7 +361,8 @@ def _default_concurrency(opts: SweepOptions) -> int:
 # ---------------------------------------------------------------- what ranks trials
 def sweep_objective(base: Config) -> Objective:
     """The sweep's one objective: `train.objective` when set, else the base dataset's kind (its meta.json,
-    local or on S3, once preflight has built or staged it; unreadable: the kind its generator builds)."""
+    local or on S3, once preflight has built or staged it; unreadable: the kind its generator builds).
+    Pinned in `base` as `train.objective`, so each trial's trainer keeps its best checkpoint by it too."""
     from trm.storage import join, read_json
 
     try:
@@ -370,7 +371,9 @@ def sweep_objective(base: Config) -> Objective:
         meta = None
     if not isinstance(meta, dict) and base.data.generate != "none":
         meta = {"name": base.data.generate}
-    return objective_for(meta if isinstance(meta, dict) else None, base.train.objective or None)
+    objective = objective_for(meta if isinstance(meta, dict) else None, base.train.objective or None)
+    base.train.objective = objective.name
+    return objective
 
 
 @dataclass
@@ -430,7 +433,6 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     uri = preflight(base, storage=storage, tracking_uri=opts.tracking_uri, address=opts.address, spec=opts.spec,
                     what=f"one trial ({opts.spec.describe('--workers-per-trial')})")
     objective = sweep_objective(base)  # once the dataset is built or staged, where preflight put it
-    base.train.objective = objective.name  # each trial's trainer keeps its best checkpoint by the same
     sweep_path = join(storage, opts.name)
     size = discrete_size(space)
     num_samples = opts.num_samples or preset.num_samples
