@@ -140,6 +140,14 @@ def test_a_value_epochs_would_replace_is_refused_with_the_way_out(tmp_path, sett
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_sweep_refuses_steps_on_a_preset_that_counts_epochs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
+    r = subprocess.run([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), "--preset", "arc-agi-1",
+                        "--set", "steps=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    refused(r, "train.steps=3", "derived from train.epochs=", "set epochs=0")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_out_that_is_a_file_is_refused(data, tmp_path):
     (tmp_path / "runs").write_text("not a folder")
     refused(trm("train", "--out", "runs", "--no-tracking", "--set", f"data_path={data}", *TINY, cwd=tmp_path),
