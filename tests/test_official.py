@@ -108,7 +108,7 @@ def _attention(w, name, x, heads, cos, sin):
 
     q, k = rope(q), rope(k)
     o = F.scaled_dot_product_attention(q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3))
-    return _linear(w, name + ".o_proj.weight", o.permute(0, 2, 1, 3).reshape(B, S, D))
+    return _linear(w, name + ".o_proj.weight", o.permute(0, 2, 1, 3).reshape(B, S, heads * hd))  # heads*hd <= D
 
 
 def reference_step(w: dict, a: dict, z_H, z_L, inputs, puzzle_ids):
