@@ -16,11 +16,24 @@ import pytest
 import torch
 import yaml
 
-from tests.test_official import SEQ, VOCAB, _attention, _linear, _rms, _swiglu, swiglu_inner
+from tests.test_official import (
+    SEQ,
+    VOCAB,
+    _attention,
+    _linear,
+    _rms,
+    _swiglu,
+    swiglu_inner,
+)
 from trm.cli import main
 from trm.config import ConfigError, load_config
 from trm.model import TRM, count_parameters
-from trm.official import ReferenceImportError, config_from_reference, convert_state_dict, load_weights
+from trm.official import (
+    ReferenceImportError,
+    config_from_reference,
+    convert_state_dict,
+    load_weights,
+)
 from trm.train.loop import Trainer
 from trm.train.session import LocalSession
 from trm.variants import MultiZ, SingleZ, Transformer, build_model

@@ -207,6 +207,10 @@ class RecursiveModel(nn.Module):
     three); here every variant gets the intended behaviour, since it lives in the trainer."""
 
     readout = "y"  # the state the heads read: y, or z for the single-z variant
+    y_init: torch.Tensor | None  # registered by the subclass (None: it has no such state)
+    z_init: torch.Tensor | None
+    lm_head: nn.Linear
+    q_head: nn.Linear
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1):
         super().__init__()

@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from trm.config import MULTIZ_LATENTS, Config, ConfigError, apply_overrides
+from trm.model import RecursiveModel
 from trm.errors import TrmError
 from trm.train.checkpoint import CheckpointError
 
@@ -144,7 +145,7 @@ def convert_state_dict(state_dict: dict, where: str = "checkpoint", variant: str
     return out
 
 
-def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+def load_weights(model: RecursiveModel, weights: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
     """`model.load_state_dict(weights, strict=True)` after checking keys and shapes, so that a
     mismatch is one ReferenceImportError naming the reference key and both shapes."""
     expected = model.state_dict()
