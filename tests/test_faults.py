@@ -253,6 +253,17 @@ def test_every_dataset_records_its_puzzle_map_fingerprint(data):
     assert meta[FINGERPRINT] == PuzzleMap.of(meta).fingerprint
 
 
+def test_every_checkpoint_records_its_puzzle_map(mapped_run):
+    from trm.data.puzzle_map import FINGERPRINT
+    from trm.train import checkpoint as ckpt
+
+    run, ab = mapped_run
+    state = ckpt.read_file(ckpt.resolve(run, prefer="latest"), "state.pt")
+    recorded = state["extra"]["puzzle_map"]
+    assert recorded["fingerprint"] == json.loads((ab / "meta.json").read_text())[FINGERPRINT]
+    assert recorded["tasks"] == {"t1": [1, 1], "t2": [2, 1]}
+
+
 def test_eval_on_another_task_order_is_refused_naming_the_tasks(mapped_run, data, tmp_path):
     run, ab = mapped_run
     assert trm("eval", "--checkpoint", str(run), "--data", str(ab), cwd=tmp_path).returncode == 0

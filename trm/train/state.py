@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trm.config import Config, ConfigError, config_from_dict
 from trm.data.dataset import PuzzleDataset, make_stream
+from trm.data.puzzle_map import PuzzleMap
 from trm.model import TRM, Carry
 from trm.variants import build_model
 from trm.train import checkpoint as ckpt
@@ -143,6 +144,8 @@ class TrainingState:
         self.step = 0
         self.best: dict = {}  # {"metric", "value", "step"} of the best evaluation so far
         self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, restarts, provenance
+        # which task each puzzle id is, from a dataset's meta.json (checked by eval, submit, --init-from)
+        self.puzzle_map = PuzzleMap.of(meta).to_dict() if "splits" in meta else None
         self.feed: DeviceFeed | None = None
         if train_ds is not None:
             # the reference's epochs (every puzzle group once, one augmentation, all its examples
@@ -167,7 +170,8 @@ class TrainingState:
         return {"config": self.cfg.to_dict(), "meta": self.meta, "step": self.step, "world_size": self.world_size,
                 "model": self.model.state_dict(), "ema": ema, "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                "extra": self.extra, "best": self.best}
+                "extra": {**self.extra, **({"puzzle_map": self.puzzle_map} if self.puzzle_map else {})},
+                "best": self.best}
 
     def rank_state_dict(self) -> dict:
         """This rank's rank<r>.pt (waits for the device: the stream's exact position)."""
