@@ -380,7 +380,6 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
             copies = augmentations + 1 if split == "train" else 1
             reps = np.repeat(np.arange(len(p)), copies)
             for start in range(0, len(reps), chunk):
-                progress.update(min(chunk, len(reps) - start))
                 sel = reps[start:start + chunk]
                 copy = (start + np.arange(len(sel))) % copies
                 pp, ss = p[sel], s[sel]
@@ -391,6 +390,7 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
                 w.append(split, inputs=to_tokens(pp), labels=to_tokens(ss).astype(np.int16),
                          puzzle_ids=np.zeros(len(sel), dtype=np.int32), group_ids=sel.astype(np.int32),
                          aug_ids=copy.astype(np.int32))
+                progress.update(len(sel))
     return Path(out)
 
 
