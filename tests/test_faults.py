@@ -25,7 +25,7 @@ TINY = ["--set", "generate=none", "--set", "device=cpu", "--set", "arch=mlp", "-
 def trm(*args: str, cwd: Path, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
     return subprocess.run([sys.executable, "-m", "trm.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env, **popen)
+                          timeout=300, env=env, check=False, **popen)
 
 
 def refused(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -143,7 +143,7 @@ def test_a_value_epochs_would_replace_is_refused_with_the_way_out(tmp_path, sett
 def test_a_sweep_refuses_steps_on_a_preset_that_counts_epochs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
     r = subprocess.run([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), "--preset", "arc-agi-1",
-                        "--set", "steps=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+                        "--set", "steps=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env, check=False)
     refused(r, "train.steps=3", "derived from train.epochs=", "set epochs=0")
     assert list(tmp_path.iterdir()) == []
 

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Self
 
 from trm.errors import TrmError
 
@@ -33,7 +34,7 @@ class RunLock:
         self.folder, self.flag = Path(folder), flag
         self._lock = FileLock(self.folder / LOCK_FILE, is_singleton=False)
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         from filelock import Timeout
 
         try:
