@@ -11,10 +11,9 @@ trained); `halt=True` freezes each sample's answer at the first step its halting
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -9,6 +9,7 @@ Scoring takes raw arrays (`score_mazes`), separate from running the model
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from trm.data import maze

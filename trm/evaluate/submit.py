@@ -157,4 +157,4 @@ def submit(model, data_path: str | Path, challenges_path: str | Path, out: str |
     result = vote.result()
     path = write_submission(out, build_submission(challenges, result, task_map), challenges)
     return {"submission": str(path), "tasks": len(challenges), "test_inputs": sum(map(len, challenges.values())),
-            "augmented_inputs": int(len(rows)), **result.metrics}
+            "augmented_inputs": len(rows), **result.metrics}

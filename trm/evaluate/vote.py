@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+
 import numpy as np
 
 from trm.data import arc
@@ -44,7 +44,7 @@ class VoteSamples:
     unlabelled: set = None  # (task, test) whose output is unknown: voted on, never scored
 
     @classmethod
-    def from_dataset(cls, ds: PuzzleDataset) -> "VoteSamples":
+    def from_dataset(cls, ds: PuzzleDataset) -> VoteSamples:
         if ds.meta.get("name") != "arc":
             raise DatasetError(f"{ds.path}: an ARC vote needs a dataset built by `trm data arc` "
                                f"(meta name {ds.meta.get('name')!r})")

@@ -28,7 +28,7 @@ class _History:
 
 @dataclass
 class OverfitStopper(Stopper):
-    objective: Objective = Objective(EXACT_METRIC)
+    objective: Objective = field(default_factory=lambda: Objective(EXACT_METRIC))
     loss_metric: str = "train/loss"
     margin: float = 0.02
     patience: int = 3
