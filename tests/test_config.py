@@ -123,12 +123,14 @@ def test_presets_match_their_recipes(preset, recipe):
         assert p.train.steps == c.resolve_epochs(1000.0).train.steps
 
 
-def test_recipe_parameter_counts_are_the_references():
-    """The network's nn.Parameters (the reference's count: its puzzle-embedding table is a buffer)."""
-    from trm.model import TRM
+def test_recipe_parameter_counts_are_the_references(capsys):
+    """`trm params` (each recipe's network built from configs/ and counted): the network's nn.Parameters,
+    the reference's count (its puzzle-embedding table is a buffer)."""
+    from trm.cli import main
 
-    expected = {"sudoku-extreme-mlp": (11, 81, 5_028_866), "sudoku-extreme-att": (11, 81, 6_828_034),
-                "maze-hard": (6, 900, 6_822_914), "arc-agi-1": (12, 900, 6_829_058)}
-    for recipe, (vocab, seq_len, count) in expected.items():
-        model = TRM(load_config(REPO / "configs" / f"{recipe}.yaml").model, vocab, seq_len, 1)
-        assert sum(p.numel() for p in model.parameters()) == count, recipe
+    reference = {"sudoku-extreme-mlp": 5_028_866, "sudoku-extreme-att": 6_828_034, "maze-hard": 6_822_914,
+                 "arc-agi-1": 6_829_058, "arc-agi-2": 6_829_058}
+    assert main(["params"]) in (0, None)
+    rows = {line.split()[0]: int(line.split()[-1].replace(",", "")) for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in reference}
+    assert rows == reference
