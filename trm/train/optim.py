@@ -54,7 +54,7 @@ class AdamATan2(torch.optim.Optimizer):
             raise ValueError(f"betas={betas}: expected 0 <= beta < 1")
         if weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay}: expected >= 0")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:

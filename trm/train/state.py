@@ -26,10 +26,10 @@ from trm.config import Config, ConfigError, config_from_dict
 from trm.data.dataset import PuzzleDataset, make_stream
 from trm.data.puzzle_map import PuzzleMap
 from trm.model import TRM, Carry
-from trm.variants import build_model
 from trm.train import checkpoint as ckpt
 from trm.train.feed import DeviceFeed
 from trm.train.optim import PuzzleEmbeddingSGD, build_optimizer
+from trm.variants import build_model
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,11 @@ class Step:
             carry, out = self._forward(s.carry, s.tokens, s.puzzle_ids, puzzle_rows=rows)
         steps = s.steps + 1
         target_q = None
-        if out.q_continue is not None:  # HRM's ACT: bootstrap from one more (gradient-free) step
+        if out.q_continue is not None:
+            # HRM's Q-learning ACT (halting=q_learning): the continue logit's target is bootstrapped from one
+            # more gradient-free step. The TRM reference means the same (no_ACT_continue=False) but its branch
+            # crashes at its first step (trm.py unpacks five values from an inner forward that returns three);
+            # this is the intended behaviour, as the reference's hrm.py computes it.
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 _, nxt = self._bootstrap(carry, s.tokens, s.puzzle_ids, puzzle_rows=rows)
             target_q = torch.sigmoid(torch.where(steps >= cfg.model.N_sup, nxt.q_halt,
