@@ -651,12 +651,12 @@ def test_unlabelled_rows_are_voted_not_scored(tmp_path: Path) -> None:
 def test_objective_by_dataset_kind() -> None:
     from trm.evaluate.objective import objective_for
 
-    def primary_metric(meta):
+    def metric_of(meta):
         return objective_for(meta).name
 
-    assert primary_metric({"name": "arc"}) == "eval/task_pass_at_2"
-    assert primary_metric({"name": "maze"}) == "eval/maze_valid_path_accuracy"
-    assert primary_metric({"name": "sudoku"}) == primary_metric(None) == "val/exact_accuracy"
+    assert metric_of({"name": "arc"}) == "eval/task_pass_at_2"
+    assert metric_of({"name": "maze"}) == "eval/maze_valid_path_accuracy"
+    assert metric_of({"name": "sudoku"}) == metric_of(None) == "val/exact_accuracy"
 
 
 def test_trainer_votes_and_eval_matches_training(small, tmp_path: Path, capsys) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from trm.data.dataset import IGNORE, PuzzleDataset, iterate_batches
-from trm.evaluate.objective import ARC_METRIC, EXACT_METRIC, MAZE_METRIC, Objective, objective_for, primary_metric
+from trm.evaluate.objective import ARC_METRIC, EXACT_METRIC, MAZE_METRIC, Objective, objective_for
 from trm.model import TRM
 from trm.progress import Progress
 
@@ -174,4 +174,4 @@ def means(sums: dict[str, float]) -> dict[str, float]:
 
 __all__ = ["ARC_METRIC", "CHUNK", "EXACT_METRIC", "MAZE_METRIC", "VAL_KEYS", "Objective", "Predictions", "Rows",
            "check_n_sup", "concat_predictions", "gather_predictions", "means", "objective_for", "predict",
-           "predict_chunks", "primary_metric", "row_chunks", "score"]
+           "predict_chunks", "row_chunks", "score"]

@@ -49,7 +49,3 @@ def objective_for(meta: dict | None, override: str | None = None) -> Objective:
         return Objective(override)
     return Objective(_BY_KIND.get((meta or {}).get("name"), EXACT_METRIC))
 
-
-def primary_metric(meta: dict | None) -> str:
-    """The objective's name for a dataset's meta (no override)."""
-    return objective_for(meta).name

@@ -30,8 +30,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
-def depth_report(rows, parent: Tracker, metric: str = "val/exact_accuracy") -> str:
-    """Paper Table 3 style: effective depth = layers * (n + 1) * T against accuracy at a matched budget."""
+def depth_report(rows, parent: Tracker, metric: str) -> str:
+    """Paper Table 3 style: effective depth = layers * (n + 1) * T against the sweep's objective (`metric`,
+    what every trial was ranked by) at a matched budget."""
     import matplotlib
 
     matplotlib.use("Agg")
