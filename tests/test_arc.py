@@ -817,7 +817,7 @@ def test_arc_run_logs_the_vote_keeps_best_and_submits(tmp_path: Path, capsys) ->
 
     from tests.test_submit import EVAL_IDS, TRAIN_IDS, build, check_submission_format, train, write_kaggle
     from trm.cli import main
-    from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE
+    from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE, checkpoint_path
 
     write_kaggle(tmp_path / "src", "training", TRAIN_IDS, "training", solutions=True)
     challenges = write_kaggle(tmp_path / "src", "evaluation", EVAL_IDS, "evaluation", solutions=True)
@@ -827,7 +827,7 @@ def test_arc_run_logs_the_vote_keeps_best_and_submits(tmp_path: Path, capsys) ->
                 tracking=uri)
     client = MlflowClient(uri)
     (r,) = client.search_runs(client.get_experiment_by_name("trm-train").experiment_id)
-    best_dir = Path(r.data.tags[TAG_BEST_CKPT])
+    best_dir = Path(checkpoint_path(r.data.tags[TAG_BEST_CKPT]))
     step = int(best_dir.name.split("_")[1])
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--batch-size", "8", "--device", "cpu"]) == 0

@@ -33,7 +33,7 @@ def test_check_storage_local(tmp_path: Path) -> None:
 def test_check_storage_local_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StorageError, match="not writable"):
+    with pytest.raises(StorageError, match="is a file, so the folder cannot be created"):
         check_storage(str(blocker / "sub"))
 
 

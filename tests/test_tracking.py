@@ -38,7 +38,7 @@ def test_sweep_parent_and_trial_children_are_found_again(uri, tmp_path):
                        metric="val/exact_accuracy", best=(0.5, str(tmp_path / "ckpt")))
     run = child.client.get_run(child.run_id)
     assert run.data.tags[TAG_END_REASON] == "asha_pruned" and run.data.tags[TAG_TRIAL_ID] == "t1"
-    assert run.data.tags[TAG_BEST_CKPT] == str(tmp_path / "ckpt")
+    assert run.data.tags[TAG_BEST_CKPT] == (tmp_path / "ckpt").as_uri()  # the one form: checkpoint_uri
     assert run.data.tags["best_val_exact_accuracy"] == "0.5" and run.info.status == "FINISHED"
     assert runs.trial_run_ids(parent) == {"t1": child.run_id}
     runs.record_sweep(parent, "val/exact_accuracy", 0.5, {"trial_id": ["t1"]})

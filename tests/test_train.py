@@ -115,3 +115,63 @@ def test_load_for_eval_uses_ema(tiny_config, tmp_path):
     model, cfg, state = load_for_eval(ckpt.latest_local(tmp_path / "checkpoints"))
     for name, p in model.named_parameters():
         assert torch.equal(p, dict(tr.ema.module.named_parameters())[name])
+
+
+def test_divergence_stops_with_the_last_finite_checkpoint(tiny_config, tmp_path):
+    """A loss that becomes NaN (weights poisoned after the step-25 checkpoint): the run stops at the
+    next log with one sentence, writes no checkpoint of the NaN weights, and the best stays finite."""
+    import json
+    import math
+
+    from trm.train.loop import Diverged
+
+    tr = None
+
+    def poison(metrics, step):
+        if step == 25:
+            with torch.no_grad():
+                tr.model.lm_head.weight[0, 0] = float("nan")
+
+    tr = Trainer(tiny_config(steps=100, log_every=5), LocalSession(tmp_path, on_report=poison))
+    with pytest.raises(Diverged) as e:
+        tr.fit()
+    assert str(e.value).startswith("diverged at step 30: loss is nan") and str(e.value).endswith(
+        f"last good checkpoint {ckpt.step_dir_name(25)} kept"), str(e.value)
+    assert "\n" not in str(e.value) and tr.stop_reason == "diverged"
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == [ckpt.step_dir_name(25)]
+    assert ckpt.best_local(root).name == ckpt.step_dir_name(25) and tr.best["step"] == 25
+    last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 30 and last["stop_reason"] == "diverged" and math.isnan(last["train/loss"])
+
+
+def test_non_finite_weights_are_never_checkpointed(tiny_config, tmp_path):
+    """Weights that went non-finite while the window's loss still looks finite: refused at the checkpoint."""
+    from trm.train.loop import Diverged
+
+    tr = Trainer(tiny_config(steps=50, log_every=25), LocalSession(tmp_path))
+    step = tr.train_step
+
+    def last_step_poisons():
+        stats = step()
+        if tr.step == 25:
+            with torch.no_grad():
+                tr.ema.module.lm_head.weight[0, 0] = float("inf")
+        return stats
+
+    tr.train_step = last_step_poisons
+    with pytest.raises(Diverged, match="diverged at step 25: weights are non-finite; no checkpoint was written"):
+        tr.fit()
+    assert not list((tmp_path / "checkpoints").glob("step_*")) if (tmp_path / "checkpoints").exists() else True
+
+
+def test_resume_logs_no_step_twice(tiny_config, tmp_path):
+    """A crash after step 40 (checkpoint at 25): the resumed run cuts metrics.jsonl back to 25."""
+    import json
+
+    cfg = tiny_config(steps=50, log_every=5, eval_every=5, checkpoint_every=25)
+    with pytest.raises(Crash):
+        Trainer(cfg, LocalSession(tmp_path, on_report=crash_at(40))).fit()
+    Trainer(cfg, LocalSession(tmp_path)).fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 55, 5))

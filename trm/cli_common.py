@@ -97,6 +97,13 @@ def setup_logging(debug: bool = False) -> None:
     if debug:  # third-party libraries stay at INFO: their DEBUG drowns the project's
         for name in ("urllib3", "botocore", "boto3", "s3transfer", "matplotlib", "filelock", "git", "alembic"):
             logging.getLogger(name).setLevel(logging.INFO)
+        return
+    # their INFO lines say nothing a user acts on: a new MLflow database's schema, matplotlib's font cache
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "matplotlib")
 
 
 def one_line(error: BaseException) -> str:

@@ -87,6 +87,7 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     from pathlib import Path
 
     from trm.launch.cluster import preflight
+    from trm.launch.single import tag_best
     from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer
     from trm.storage import check_storage, join, read_json, resolve, write_json
     from trm.tracking import runs
@@ -138,27 +139,10 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     with tempfile.TemporaryDirectory() as d:  # the final weights as an artifact, wherever they are stored
         weights = Path(result.checkpoint.to_directory(d)) / "state.pt" if result.checkpoint is not None else None
         runs.finish_run(tracker, reason=reason, checkpoint=checkpoint, artifact=weights)
-    best = tag_best(tracker, storage, result)
+    best = tag_best(tracker, storage, result)  # the loop tags it as it goes; here with its full location
     log.info("run %s ended (%s) at step %s", name, reason, metrics.get("step"))
     return {"mlflow_run_id": tracker.run_id, "end_reason": reason, "checkpoint": checkpoint, "best_checkpoint": best,
             **metrics}
-
-
-def tag_best(tracker, storage: str, result) -> str | None:
-    """Tag the run's best checkpoint (Ray kept it by the loop's "score") with its location and score."""
-    import math
-
-    from trm.launch.worker import METRIC, checkpoint_location
-    from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE
-
-    scored = [(m.get(METRIC), c) for c, m in (getattr(result, "best_checkpoints", None) or [])
-              if isinstance(m.get(METRIC), (int, float)) and math.isfinite(m[METRIC])]
-    if not scored:
-        return None
-    score, best = max(scored, key=lambda x: x[0])
-    where = checkpoint_location(storage, best)
-    tracker.set_tags({TAG_BEST_CKPT: where, TAG_BEST_SCORE: score})
-    return where
 
 
 def _merge(given: LongRunSettings, base: LongRunSettings) -> LongRunSettings:

@@ -1,6 +1,7 @@
 """One DDP training run through Ray Train, outside Tune: `trm train --workers N`."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from trm.config import Config
@@ -29,6 +30,28 @@ def run_training(cfg: Config, *, name: str, storage: str, spec: WorkerSpec, trac
     with runs.guard(tracker):
         result = trainer.fit()
     checkpoint = checkpoint_location(storage, result.checkpoint)
+    best = None
     if tracker is not None:
+        best = tag_best(tracker, storage, result)  # rank 0 tags it as it goes; here with its full location
         runs.finish_run(tracker, checkpoint=checkpoint)
-    return {"mlflow_run_id": tracker.run_id if tracker else None, "checkpoint": checkpoint, **(result.metrics or {})}
+    return {"mlflow_run_id": tracker.run_id if tracker else None, "checkpoint": checkpoint, "best_checkpoint": best,
+            **(result.metrics or {})}
+
+
+def tag_best(tracker, storage: str, result) -> str | None:
+    """Tag the run's best checkpoint (Ray keeps the best by the loop's "score", and the latest) with
+    its location (`trm.tracking.checkpoint_uri`), score and step; return the location."""
+    import math
+
+    from trm.launch.worker import METRIC
+    from trm.tracking import TAG_BEST_CKPT, best_checkpoint_tags
+
+    scored = [(m[METRIC], c, m) for c, m in (getattr(result, "best_checkpoints", None) or [])
+              if isinstance(m.get(METRIC), (int, float)) and math.isfinite(m[METRIC])]
+    if not scored:
+        return None
+    # ties go to the later checkpoint, as the loop's own best does
+    score, best, metrics = max(scored, key=lambda x: (x[0], Path(x[1].path).name))
+    tags = best_checkpoint_tags(checkpoint_location(storage, best), score, step=metrics.get("step"), storage=storage)
+    tracker.set_tags(tags)
+    return tags[TAG_BEST_CKPT]

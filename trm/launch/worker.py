@@ -28,9 +28,9 @@ from trm.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
-# The loop reports its dataset's primary metric (trm.evaluate.primary_metric: ARC task pass@2 after the
-# vote, maze path validity, exact accuracy) also as "score": Ray keeps the best checkpoints by it, and,
-# Train V2's CheckpointManager, always the latest besides (what a resume uses).
+# The loop reports its objective (trm.evaluate.objective: ARC task pass@2 after the vote, maze path
+# validity, exact accuracy; every one an accuracy, mode "max") also as "score": Ray keeps the best
+# checkpoints by it, and, Train V2's CheckpointManager, always the latest besides (what a resume uses).
 METRIC = "score"
 
 
@@ -44,6 +44,7 @@ class WorkerRun:
     threads: int = 1  # torch threads per worker
     quiet: bool = False  # console: warnings only (a sweep's trials: Ray's per-report and checkpoint lines off)
     system_metrics: bool = True  # rank 0 logs system/* (CPU, memory, GPU) into the run
+    checkpoint_root: str | None = None  # storage/name: where Ray puts the run's checkpoints (set by make_trainer)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -53,7 +54,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from trm.data.build import ensure_dataset
     from trm.tracking import Tracker
-    from trm.train.loop import Trainer
+    from trm.train.loop import Diverged, Trainer
 
     run: WorkerRun = config["run"]
     cfg = run.cfg
@@ -61,7 +62,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg.data.path = str(ensure_dataset(cfg.data))  # built or downloaded once per node (file-locked)
     rank = ray.train.get_context().get_world_rank()
     tracker = Tracker(run.tracking_uri, run.mlflow_run_id) if rank == 0 and run.mlflow_run_id else None
-    trainer = Trainer(cfg, RaySession(tracker), run.limits)
+    trainer = Trainer(cfg, RaySession(tracker, run.checkpoint_root), run.limits)
     if tracker is not None:
         trainer.extra["mlflow_run_id"] = run.mlflow_run_id
     if run.quiet:
@@ -73,6 +74,8 @@ def train_loop_per_worker(config: dict) -> None:
         monitor = start_system_metrics(run.tracking_uri, run.mlflow_run_id)
     try:
         trainer.fit()
+    except Diverged as e:  # reported with stop_reason "diverged" (the launcher's end reason); not retried
+        log.error("%s", e)
     finally:
         if monitor is not None:
             monitor.finish()
@@ -103,6 +106,8 @@ def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, m
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from trm.storage import join
+
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     callbacks = []
@@ -112,7 +117,8 @@ def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, m
         callbacks.append(TuneReportCallback())
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": replace(run, threads=max(1, int(spec.cpus_per_worker)))},
+        train_loop_config={"run": replace(run, threads=max(1, int(spec.cpus_per_worker)),
+                                          checkpoint_root=join(storage, name))},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage, callbacks=callbacks,
@@ -151,10 +157,11 @@ def _remove_stale_tmp(root: Path) -> None:
 class RaySession:
     """Inside `TorchTrainer`'s train_loop_per_worker: Ray persists and restores checkpoints."""
 
-    def __init__(self, tracker=None):
+    def __init__(self, tracker=None, checkpoint_root: str | None = None):
         import ray.train
 
         self._train = ray.train
+        self.checkpoint_root = checkpoint_root
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.tracker = tracker if self.rank == 0 else None
@@ -217,10 +224,11 @@ class RaySession:
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
                                checkpoint_dir_name=name)
             if self.tracker is not None and metrics.get("best/step") == step:  # this evaluation is the best
-                from trm.tracking import TAG_BEST_CKPT, TAG_BEST_SCORE, TAG_BEST_STEP
+                from trm.storage import join
+                from trm.tracking import best_checkpoint_tags
 
-                # the folder's name under the run's storage; the run's end tags the full location
-                self.tracker.set_tags({TAG_BEST_CKPT: name, TAG_BEST_SCORE: metrics["best/score"], TAG_BEST_STEP: step})
+                where = join(self.checkpoint_root, name) if self.checkpoint_root else name
+                self.tracker.set_tags(best_checkpoint_tags(where, metrics["best/score"], step=step))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

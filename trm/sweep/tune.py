@@ -26,9 +26,10 @@ from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
 from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides, refuse_replaced
 from trm.evaluate.objective import Objective, objective_for
 from trm.launch.cluster import WorkerSpec
+from trm.sweep.console import SweepConsole, quiet_loggers, tune_verbosity
 from trm.sweep.presets import PRESETS, Preset
 from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
-from trm.tracking import Tracker, runs
+from trm.tracking import TAG_BEST_CKPT, Tracker, checkpoint_path, runs
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from trm.launch.worker import WorkerRun, make_trainer
 
     if not setup.verbose:
-        quiet_ray_logs()
+        quiet_loggers()
     ctx = tune.get_context()
     cfg = setup.config(config)
     tracker = runs.trial_run(setup.tracking_uri, setup.parent_run_id, ctx.get_trial_id(), trial_label(config))
@@ -206,17 +207,12 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trainer.fit()
 
 
-def quiet_ray_logs() -> None:
-    """Ray Train's per-report and per-checkpoint INFO lines off (warnings and errors stay)."""
-    for name in ("ray.train", "ray.tune", "ray.air"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 class UniqueOptunaSearch(OptunaSearchBase):
     """Optuna (TPE) that never proposes a configuration twice, and with `seeds` > 1 runs each new
     configuration with training seeds 0..seeds-1 (Optuna learns from seed 0; the others are
-    repeats that the report averages). A duplicate proposal is told to Optuna as failed and
-    asked again; when every configuration of a discrete space has run, the search is finished."""
+    repeats that the report averages). A duplicate proposal is told to Optuna as failed (through the
+    Searcher's own on_trial_complete, under a stand-in trial id) and asked again; when every
+    configuration of a discrete space has run, the search is finished."""
 
     def __init__(self, *args, seeds: int = 1, size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -224,9 +220,9 @@ class UniqueOptunaSearch(OptunaSearchBase):
         self._seen: set[tuple] = set()
         self._queue: list[dict] = []
         self._repeats: set[str] = set()
+        self._asked_as: dict[str, str] = {}  # trial id -> the stand-in id Optuna's trial was asked under
 
     def suggest(self, trial_id: str):
-        from optuna.trial import TrialState
         from ray.tune.search import Searcher
 
         if self._queue:
@@ -234,16 +230,19 @@ class UniqueOptunaSearch(OptunaSearchBase):
             return self._queue.pop(0)
         if self.size is not None and len(self._seen) >= self.size:
             return Searcher.FINISHED
-        for _ in range(500):
-            config = super().suggest(trial_id)
+        for attempt in range(500):
+            asked_as = trial_id if attempt == 0 else f"{trial_id}~{attempt}"
+            config = super().suggest(asked_as)
             if not isinstance(config, dict):
                 return config
             key = tuple(sorted((k, repr(v)) for k, v in config.items()))
             if key not in self._seen:
                 break
-            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+            super().on_trial_complete(asked_as, None, error=True)  # Optuna: FAIL, so TPE moves on
         else:
             return Searcher.FINISHED
+        if asked_as != trial_id:
+            self._asked_as[trial_id] = asked_as
         self._seen.add(key)
         if self.seeds > 1:
             self._queue += [{**config, "seed": s} for s in range(1, self.seeds)]
@@ -252,47 +251,29 @@ class UniqueOptunaSearch(OptunaSearchBase):
 
     def on_trial_result(self, trial_id: str, result: dict):
         if trial_id not in self._repeats:
-            super().on_trial_result(trial_id, result)
+            super().on_trial_result(self._asked_as.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id not in self._repeats:
-            super().on_trial_complete(trial_id, result, error)
+            super().on_trial_complete(self._asked_as.get(trial_id, trial_id), result, error)
 
 
 class MlflowTrialCallback(tune.Callback):
     """Driver side: remembers each trial's best checkpoint and its evaluations, and when the trial
     ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
-    Prints one line per trial event (started, evaluation, ended and why)."""
+    `storage`: the sweep's, which Ray's checkpoint paths are under. (The console is `SweepConsole`'s.)"""
 
     def __init__(self, uri: str, parent_run_id: str, objective: Objective, stopper: OverfitStopper,
-                 scheduler: RecordingASHA, spec: WorkerSpec | None = None, echo: bool = True):
+                 scheduler: RecordingASHA, spec: WorkerSpec | None = None, storage: str | None = None):
         self.uri, self.parent_run_id, self.objective, self.metric = uri, parent_run_id, objective, objective.name
-        self.stopper, self.scheduler, self.spec, self.echo = stopper, scheduler, spec, echo
+        self.stopper, self.scheduler, self.spec, self.storage = stopper, scheduler, spec, storage
         self.best: dict[str, tuple[float, str | None]] = {}
         self.reasons: dict[str, str] = {}
         self.hours: dict[str, float] = {}
         self.prices: dict | None = None  # the price table a trial's dollars come from (None: trm.cost's defaults)
 
-    def _say(self, trial, text: str) -> None:
-        if self.echo:
-            import time
-
-            print(f"{time.strftime('%H:%M:%S')} {trial_label(trial.config):14s} {text}", flush=True)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        depth = ""
-        try:
-            depth = f" (effective depth {trial.config['layers'] * (trial.config['n'] + 1) * trial.config['T']})"
-        except (KeyError, TypeError):
-            pass
-        self._say(trial, f"started{depth}")
-
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value, path = result.get(self.metric), result.get("checkpoint_path")
-        if value is not None and math.isfinite(value):
-            cell = result.get("val/cell_accuracy")
-            extra = f", val/cell_accuracy {cell:.3f}" if cell is not None and self.metric != "val/cell_accuracy" else ""
-            self._say(trial, f"step {result.get('step', '?')}: {self.metric} {value:.3f}{extra}")
         if value is None or path is None or not math.isfinite(value):
             return
         if self.objective.better(value, self.best.get(trial.trial_id, (self.objective.worst, None))[0]):
@@ -312,13 +293,10 @@ class MlflowTrialCallback(tune.Callback):
         cost = trial_cost(seconds, self.spec, self.prices) if self.spec is not None else {}
         self.hours[trial.trial_id] = cost.get("cost/device_hours", 0.0)
         best = self.best.get(trial.trial_id)
-        why = {"asha_pruned": "pruned by ASHA", "overfit_stopped": "stopped: overfitting",
-               "diverged": "stopped: diverged", "error": "failed", "completed": "completed"}.get(reason, reason)
-        self._say(trial, f"{why} at step {last.get('step', '?')}" + (f", best {self.metric} {best[0]:.3f}"
-                                                                    if best else "") + f", {seconds:.0f} s")
         try:
             runs.end_trial_run(self.uri, self.parent_run_id, trial.trial_id, trial_label(trial.config),
-                               reason=reason, errored=errored, metric=self.metric, best=best, cost=cost)
+                               reason=reason, errored=errored, metric=self.metric, best=best, cost=cost,
+                               storage=self.storage)
         except Exception:  # noqa: BLE001 - tracking must never take the sweep down
             log.exception("could not record the end of trial %s in MLflow", trial.trial_id)
 
@@ -415,23 +393,19 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
               report: Callable[[list[TrialRow], Tracker, str], str | None] | None = None) -> list[TrialRow]:
     """Validate everything, start (or resume) the sweep, return one row per trial. `report(rows, parent,
     metric)` (e.g. trm.sweep.reports.depth_report) gets the objective's name and returns a table."""
-    import optuna
-
     from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET
     from trm.launch.cluster import DRIVER_RESOURCE, preflight
     from trm.storage import join, resolve
 
     if not opts.verbose:
-        quiet_ray_logs()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        _status_every(STATUS_SECONDS)
+        quiet_loggers()
     base, preset = base_config(opts)
     validate_space(space, base)
     if opts.seeds > 1 and "seed" in space:
         raise ConfigError("--seeds: the search space already sweeps `seed`")
     storage = resolve(opts.storage)
     uri = preflight(base, storage=storage, tracking_uri=opts.tracking_uri, address=opts.address, spec=opts.spec,
-                    what=f"one trial ({opts.spec.describe('--workers-per-trial')})")
+                    what=f"one trial ({opts.spec.describe('--workers-per-trial')})", quiet=not opts.verbose)
     objective = sweep_objective(base)  # once the dataset is built or staged, where preflight put it
     sweep_path = join(storage, opts.name)
     size = discrete_size(space)
@@ -461,6 +435,8 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     ranking = make_ranking(objective, base, preset, opts.spec, uri, parent.run_id)
     stopper, scheduler, callback = ranking.stopper, ranking.scheduler, ranking.callback
     callback.prices = opts.prices
+    callback.storage = storage
+    console = SweepConsole(objective, stopper, scheduler, num_samples, verbose=opts.verbose)
     setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
@@ -475,9 +451,10 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
                                         max_concurrent_trials=max_concurrent,
                                         trial_name_creator=lambda t: trial_label(t.config),
                                         trial_dirname_creator=lambda t: f"{trial_label(t.config)}_{t.trial_id}"),
-            run_config=tune.RunConfig(name=opts.name, storage_path=storage, stop=stopper, callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=1),
-                                      verbose=2 if opts.verbose else 1))
+            # Tune's own reporter off without --verbose; SweepConsole prints
+            run_config=tune.RunConfig(name=opts.name, storage_path=storage, stop=stopper,
+                                      callbacks=[callback, console], failure_config=tune.FailureConfig(max_failures=1),
+                                      verbose=tune_verbosity(opts.verbose)))
     grid = tuner.fit()
 
     rows = _rows(grid, objective, base, callback, runs.trial_run_ids(parent))
@@ -491,6 +468,7 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
                        for k in ("trial_id", "label", "params", "best", "reason", "run_id", "effective_depth",
                                  "steps")},
                       extra={k.replace("cost/", "cost/total_"): v for k, v in total.items()})
+    table = None
     if report is not None:
         table = report(rows, parent, objective.name)
         if table:
@@ -502,7 +480,8 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
         parent.client.update_run(parent.run_id, name=f"{opts.name}: {len(rows)} trials, best {top.label} "
                                                      f"{objective.name.split('/')[-1]} {top.best:.3f}")
     parent.end()
-    _print_rows(rows, objective)
+    if not table:  # the report's table already ranks every trial
+        _print_rows(rows, objective)
     if opts.multi_objective:
         front = [r for r in rows if math.isfinite(r.best) and not any(
             o.best >= r.best and o.hours <= r.hours and (o.best, o.hours) != (r.best, r.hours) for o in rows)]
@@ -516,19 +495,6 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
           f"(the model-training view)\nOptuna: optuna-dashboard {optuna_url}")
     sys.stdout.flush()
     return rows
-
-
-STATUS_SECONDS = 120  # Tune's status table, without --verbose (Ray's default: every 30 s)
-
-
-def _status_every(seconds: float) -> None:
-    """How often Tune prints its status table (Ray 2.60 has no setting for it: a class attribute)."""
-    try:
-        from ray.tune.experimental.output import ProgressReporter
-
-        ProgressReporter._heartbeat_freq = seconds
-    except (ImportError, AttributeError):
-        pass
 
 
 def _trial_metric(parent: Tracker, run_id: str | None, key: str) -> float:
@@ -548,13 +514,13 @@ def _register_best(ranked: list[TrialRow], uri: str, name: str) -> None:
     top = done[0]
     try:
         run = Tracker(uri, top.run_id)
-        path = run.client.get_run(top.run_id).data.tags.get("best_checkpoint")
+        tag = run.client.get_run(top.run_id).data.tags.get(TAG_BEST_CKPT)
+        path = checkpoint_path(tag) if tag else None
         if not path or "://" in path or not Path(path).is_dir():
             return
         model, cfg, state = load_for_eval(path)
         version = runs.register_best_model(uri, top.run_id, model, name, {
             **top.params, "step": state.get("step"), "best": top.best})
-        log.info("registered %s version %s (alias best): trial %s", name, version, top.label)
         print(f"best model: models:/{name}@best (version {version}, trial {top.label}, step {state.get('step')})")
     except Exception:  # noqa: BLE001 - registration must never take the sweep down
         log.warning("could not register the best model", exc_info=True)

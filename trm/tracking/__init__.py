@@ -52,10 +52,10 @@ END_REASONS = ("completed", "asha_pruned", "overfit_stopped", "diverged", "error
 TAG_END_REASON = "trial_end_reason"  # END_REASONS for trials; completed | deadline | gpu_budget | error for long runs
 TAG_TRIAL_ID = "ray_trial_id"
 TAG_COMMIT = "git_commit"
-TAG_BEST_CKPT = "best_checkpoint"  # a trial's best checkpoint (path or URI)
-TAG_LAST_CKPT = "last_checkpoint"  # a run's last checkpoint (path or URI)
+TAG_BEST_CKPT = "best_checkpoint"  # a run's best checkpoint: `checkpoint_uri`, written by `best_checkpoint_tags` only
+TAG_LAST_CKPT = "last_checkpoint"  # a run's last checkpoint: `checkpoint_uri`
 TAG_BEST_SCORE = "best_score"  # the best checkpoint's score (by TAG_BEST_METRIC)
-TAG_BEST_METRIC = "best_metric"  # the metric that picks a run's best checkpoint (trm.evaluate.primary_metric)
+TAG_BEST_METRIC = "best_metric"  # the metric that picks a run's best checkpoint (trm.evaluate.objective)
 TAG_BEST_STEP = "best_step"
 TAG_INIT_FROM = "init_from_checkpoint"  # a fine-tuned run's parent checkpoint (trm train --init-from)
 TAG_PARENT = "mlflow.parentRunId"
@@ -225,6 +225,40 @@ class Tracker:
 
     def download(self, artifact_path: str) -> Path:
         return Path(self.client.download_artifacts(self.run_id, artifact_path, tempfile.mkdtemp()))
+
+
+def checkpoint_uri(location: str | Path, storage: str | None = None) -> str:
+    """A checkpoint's location in the one form tags hold: ``file:///abs/path`` or ``s3://bucket/key``.
+    `location` is a local path (made absolute), a file:// or s3:// URI, or Ray's scheme-less path of a
+    checkpoint under `storage` (Ray drops the scheme: s3://bucket/p -> "bucket/p/...")."""
+    text = str(location)
+    if "://" in text:
+        return text
+    if storage is not None and "://" in storage:
+        return storage.split("://", 1)[0] + "://" + text.lstrip("/")
+    return Path(text).expanduser().resolve().as_uri()
+
+
+def checkpoint_path(uri: str) -> str:
+    """What `trm eval --checkpoint` and `load_for_eval` open from a tag: a local folder's path for
+    file:// (and for a bare path, as older runs wrote), the URI itself for s3://."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(uri).path)
+    return uri
+
+
+def best_checkpoint_tags(location: str | Path, score: float, *, step: int | None = None, metric: str | None = None,
+                         storage: str | None = None) -> dict[str, Any]:
+    """The tags of a run's best checkpoint, for every writer (local runs, Ray runs, long runs, sweep
+    trials): its `checkpoint_uri`, score, and, when known, step and the metric that scored it."""
+    tags: dict[str, Any] = {TAG_BEST_CKPT: checkpoint_uri(location, storage), TAG_BEST_SCORE: score}
+    if step is not None:
+        tags[TAG_BEST_STEP] = step
+    if metric is not None:
+        tags[TAG_BEST_METRIC] = metric
+    return tags
 
 
 def run_params(flat_config: dict[str, Any], effective_depth: int) -> dict[str, Any]:

@@ -14,6 +14,8 @@ other module names a tag or calls `MlflowClient` itself.
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_TRIALS, EXPERIMENT_KIND,
                           MODEL_ALIAS, TAG_BEST_CKPT, TAG_DRIVER_STARTS, TAG_END_REASON, TAG_EXPERIMENT_KIND,
                           TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT, TAG_RUN_PATH, TAG_SWEEP,
-                          TAG_TRIAL_ID, Tracker)
+                          TAG_TRIAL_ID, Tracker, best_checkpoint_tags, checkpoint_path, checkpoint_uri)
 
 TAG_NOTE = "mlflow.note.content"  # a run's description in the UI
 
@@ -80,7 +82,7 @@ def finish_run(tracker: Tracker, *, reason: str | None = None, checkpoint: str |
     if reason is not None:
         tags[TAG_END_REASON] = reason
     if checkpoint is not None:
-        tags[TAG_LAST_CKPT] = checkpoint
+        tags[TAG_LAST_CKPT] = checkpoint_uri(checkpoint)
     if artifact is not None:
         tracker.log_artifact(artifact, ART_CHECKPOINT)
     tracker.set_tags(tags)
@@ -196,9 +198,15 @@ def register_best_model(uri: str, run_id: str, model, name: str, params: dict[st
                   "mlflow.tracking._model_registry"):
         logging.getLogger(noisy).setLevel(logging.ERROR)  # pickle caution, +cpu label, "Successfully registered"
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    # MLflow prints "Successfully registered model" / "Created version" on stderr (not through logging); the
+    # caller says it in one line. Anything else MLflow prints here goes on to stderr.
+    printed = io.StringIO()
+    with mlflow.start_run(run_id=run_id), contextlib.redirect_stderr(printed):
         info = mlflow.pytorch.log_model(model, name="model", registered_model_name=name, params=params,
                                         serialization_format="pickle")  # pt2 needs an input example
+    for line in printed.getvalue().splitlines():
+        if line.strip() and not line.startswith(("Successfully registered model", "Created version")):
+            print(line, file=sys.stderr)
     client = MlflowClient(uri)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, MODEL_ALIAS, version)
@@ -219,10 +227,11 @@ def trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str) -> T
 
 
 def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, *, reason: str, errored: bool,
-                  metric: str, best: tuple[float, str] | None, cost: dict[str, float] | None = None) -> None:
-    """Tag the trial's child run with its end reason and `best` (value, checkpoint), log that
-    checkpoint when it is a local folder, its `cost` metrics (cost/cpu_hours, cost/gpu_hours, ...),
-    and end the run."""
+                  metric: str, best: tuple[float, str] | None, cost: dict[str, float] | None = None,
+                  storage: str | None = None) -> None:
+    """Tag the trial's child run with its end reason and `best` (value, checkpoint as Ray reports it under
+    `storage`), log that checkpoint when it is a local folder, its `cost` metrics (cost/cpu_hours,
+    cost/gpu_hours, ...), and end the run."""
     tracker = trial_run(uri, parent_run_id, trial_id, trial_name)
     if cost:
         tracker.log_metrics(cost, step=0, once_per_step=False)
@@ -236,10 +245,11 @@ def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, 
     tags[TAG_NOTE] = note + "."
     if best is not None:
         value, path = best
-        tags[TAG_BEST_CKPT] = path
+        tags.update(best_checkpoint_tags(path, value, metric=metric, storage=storage))
         tags[best_metric_name(metric)] = value
-        if "://" not in path and Path(path).is_dir():
-            tracker.log_artifact(path, ART_BEST_CHECKPOINT)
+        local = checkpoint_path(tags[TAG_BEST_CKPT])
+        if "://" not in local and Path(local).is_dir():
+            tracker.log_artifact(local, ART_BEST_CHECKPOINT)
     tracker.set_tags(tags)
     tracker.end("FAILED" if errored else "FINISHED")
 

@@ -141,7 +141,12 @@ def best_local(root: Path, verified: bool = True) -> Path | None:
 
 def resolve(path: str | Path, flag: str = "--checkpoint", prefer: str = "best") -> Path:
     """A checkpoint folder from what a user gives: the folder itself (it holds state.pt), or a run
-    folder (runs/NAME, or its checkpoints/): its best checkpoint by default, else its latest."""
+    folder (runs/NAME, or its checkpoints/): its best checkpoint by default, else its latest. A file://
+    URI (how MLflow's best_checkpoint tag names a local checkpoint) is its path."""
+    if str(path).startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        path = unquote(urlparse(str(path)).path)
     folder = Path(path)
     if (folder / "state.pt").is_file():
         return folder

@@ -16,6 +16,7 @@ import torch
 from trm.config import Config, ConfigError
 from trm.cost import RunLimits
 from trm.data.dataset import PuzzleDataset, epoch_size
+from trm.errors import TrmError
 from trm.evaluate import VAL_KEYS
 from trm.evaluate.objective import Objective, objective_for
 from trm.evaluate.task import evaluate_task
@@ -27,6 +28,10 @@ from trm.train.state import TrainingState, load_for_eval, pick_device  # noqa: F
 from trm.train.step import Step, Window
 
 log = logging.getLogger(__name__)
+
+
+class Diverged(TrmError):
+    """The loss (or the weights) became non-finite: the run stopped, its last finite checkpoint kept."""
 
 
 def _on_state(name: str) -> property:
@@ -101,7 +106,7 @@ class Trainer:
         A spot notice leaves about two minutes: that checkpoint is written without an evaluation.
         """
         t = self.cfg.train
-        self._start()
+        last_good = self._start()  # the step of the newest checkpoint with finite weights (None: none yet)
         window, metrics, jit_saved = Window(), {}, False
         last_ckpt_step, last_ckpt_time, t_start, step_start = self.step, time.time(), time.time(), self.step
         while self.step < t.steps:
@@ -110,22 +115,28 @@ class Trainer:
             at_log, at_eval = self.step % t.log_every == 0 or final, self.step % t.eval_every == 0 or final
             if not (at_log or at_eval):
                 continue
+            loss = window.peek("loss") if self.session.rank == 0 else 0.0  # rank 0 decides (DDP: same weights)
             if at_log and self.session.rank == 0:
                 rate = (self.step - step_start) / max(time.time() - t_start, 1e-9)
                 log.info("step %d/%d | loss %.4f | train exact %.3f | %.2f steps/s %.0f samples/s | ETA %s",
-                         self.step, t.steps, window.peek("loss"), window.peek_exact(), rate,
+                         self.step, t.steps, loss, window.peek_exact(), rate,
                          rate * t.batch_size, fmt_time((t.steps - self.step) / max(rate, 1e-9)))
             agreed = self.session.agree({
                 "time_due": time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes,
-                "stop": self.limits.reached(self.meter)} if self.session.rank == 0 else {})
+                "stop": self.limits.reached(self.meter), "diverged": not math.isfinite(loss)}
+                if self.session.rank == 0 else {})
+            if agreed.get("diverged"):
+                self._diverged(window, f"loss is {loss}", last_good)
             jit, jit_saved = agreed["preempting"] and not jit_saved, agreed["preempting"]
             forced = agreed["time_due"] or jit or agreed["stop"] is not None
             if not (at_eval or forced):
                 continue
             due = forced or final or self.step - last_ckpt_step >= t.checkpoint_every
+            if due and not self.state.finite():  # never a checkpoint of non-finite weights
+                self._diverged(window, "weights are non-finite", last_good)
             metrics = self._report(window, evaluate=not jit or final, checkpoint=due, stop=agreed["stop"])
             if due:
-                last_ckpt_step, last_ckpt_time = self.step, time.time()
+                last_ckpt_step, last_ckpt_time, last_good = self.step, time.time(), self.step
             if agreed["stop"] is not None:
                 self.stop_reason = agreed["stop"]
                 log.info("stopping at step %d/%d: %s reached; checkpoint written, resume to continue",
@@ -133,8 +144,9 @@ class Trainer:
                 break
         return metrics
 
-    def _start(self) -> None:
-        """Resume from the session's checkpoint, or start a fine-tuning run from its parent."""
+    def _start(self) -> int | None:
+        """Resume from the session's checkpoint (its step is returned), or start a fine-tuning run
+        from its parent."""
         with self.session.restore() as folder:
             if folder is not None:
                 self.state.restore(folder)
@@ -144,6 +156,20 @@ class Trainer:
         if self.session.rank == 0:
             self._count_restart(folder is not None)
             self.meter = self.limits.meter(self.extra.get("cost"))
+        return self.step if folder is not None else None
+
+    def _diverged(self, window: Window, what: str, last_good: int | None) -> None:
+        """Stop: report the window (no evaluation, no checkpoint) with stop_reason "diverged", and raise
+        `Diverged` with the one sentence a user reads in the morning."""
+        metrics = {**window.flush(self.cfg.train.batch_size), **self._run_metrics(), "step": self.step,
+                   "diverged": 1.0, "stop_reason": "diverged"}
+        bad = [k.split("/", 1)[1] for k, v in metrics.items() if k.startswith("train/") and not math.isfinite(v)]
+        kept = f"last good checkpoint {ckpt.step_dir_name(last_good)} kept" if last_good is not None \
+            else "no checkpoint was written"
+        message = f"diverged at step {self.step}: {what}" + (f" ({', '.join(bad)} non-finite)" if bad else "") + f"; {kept}"
+        self.session.report(metrics, self.step, None)
+        self.stop_reason = "diverged"
+        raise Diverged(message)
 
     def _report(self, window: Window, evaluate: bool, checkpoint: bool, stop: str | None) -> dict:
         """Evaluate (unless a spot notice: val/* NaN, which Ray ranks last, Tune's stoppers skip and

@@ -69,7 +69,23 @@ class LocalSession:
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
-        yield ckpt.latest_local(self.out_dir / "checkpoints")
+        folder = ckpt.latest_local(self.out_dir / "checkpoints")
+        self._cut_log(int(folder.name.split("_")[1].split("-")[0]) if folder is not None else 0)
+        yield folder
+
+    def _cut_log(self, step: int) -> None:
+        """metrics.jsonl back to the steps up to `step` (where training resumes), so that no step is
+        logged twice; rewritten atomically."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+            log.info("%s: %d records after step %d dropped (training resumes there)", path, len(lines) - len(kept), step)
 
     def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
         if write is not None:
@@ -78,15 +94,10 @@ class LocalSession:
             best = ckpt.best_local(root, verified=False)
             score = ckpt.read_score(best) if best is not None else None
             if self.tracker is not None and best == self.last_checkpoint and score is not None:
-                from trm.tracking import (
-                    TAG_BEST_CKPT,
-                    TAG_BEST_METRIC,
-                    TAG_BEST_SCORE,
-                    TAG_BEST_STEP,
-                )
+                from trm.tracking import best_checkpoint_tags
 
-                self.tracker.set_tags({TAG_BEST_CKPT: str(best.resolve()), TAG_BEST_SCORE: score["value"],
-                                       TAG_BEST_METRIC: score["metric"], TAG_BEST_STEP: score["step"]})
+                self.tracker.set_tags(best_checkpoint_tags(best, score["value"], step=score["step"],
+                                                           metric=score["metric"]))
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         if self.tracker is not None:

@@ -163,6 +163,11 @@ class TrainingState:
                     if a is not b:  # the puzzle table is shared
                         a.copy_(b)
 
+    def finite(self) -> bool:
+        """Every weight, EMA weight and puzzle-embedding row is finite (waits for the device)."""
+        tensors = [*self.model.parameters(), *self.model.buffers(), *(self.ema.parameters() if self.ema else [])]
+        return bool(torch.stack([t.isfinite().all() for t in tensors if t.is_floating_point()]).all())
+
     # ---------------------------------------------------------------- the checkpoint
     def state_dict(self) -> dict:
         """Rank 0's state.pt."""
