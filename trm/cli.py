@@ -1,17 +1,18 @@
 """`trm` command line: build data, train, evaluate, count parameters.
 
-    trm data sudoku --out data/sudoku [--num-train 1000 --augmentations 1000 ...]
-    trm data arc --src DIR [--src DIR ...] --out DIR --augmentations N
-    trm data maze --out DIR ...
-    trm data download NAME --out DIR | --list
-    trm train [--config FILE] [--set key=value ...] [--out runs/NAME] [--workers N]
-    trm eval --checkpoint DIR [--data DIR] [--N-sup K] [--halt] [--curve] [--latest]
-    trm submit --checkpoint RUN --challenges arc-agi_test_challenges.json --out submission.json
-    trm import --checkpoint FILE [--config all_config.yaml] --out RUN_DIR [--data DIR]
-    trm import --hf OWNER/NAME[@REVISION] [--file PATH] --out RUN_DIR
-    trm export --checkpoint RUN (--out DIR | --hf OWNER/NAME)
-    trm params
+trm data sudoku --out data/sudoku [--num-train 1000 --augmentations 1000 ...]
+trm data arc --src DIR [--src DIR ...] --out DIR --augmentations N
+trm data maze --out DIR ...
+trm data download NAME --out DIR | --list
+trm train [--config FILE] [--set key=value ...] [--out runs/NAME] [--workers N]
+trm eval --checkpoint DIR [--data DIR] [--N-sup K] [--halt] [--curve] [--latest]
+trm submit --checkpoint RUN --challenges arc-agi_test_challenges.json --out submission.json
+trm import --checkpoint FILE [--config all_config.yaml] --out RUN_DIR [--data DIR]
+trm import --hf OWNER/NAME[@REVISION] [--file PATH] --out RUN_DIR
+trm export --checkpoint RUN (--out DIR | --hf OWNER/NAME)
+trm params
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,19 @@ log = logging.getLogger("trm")
 # ---------------------------------------------------------------- data
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="build a dataset").add_subparsers(dest="kind", required=True)
-    helps = {"sudoku": "generate Sudoku or import Sudoku-Extreme CSVs (--subsample 1000: Sudoku-Extreme-1K)",
-             "download": "fetch a published dataset by name (pinned, checksummed, cached) and build it"}
+    helps = {
+        "sudoku": "generate Sudoku or import Sudoku-Extreme CSVs (--subsample 1000: Sudoku-Extreme-1K)",
+        "download": "fetch a published dataset by name (pinned, checksummed, cached) and build it",
+    }
     # a broken import is an error here, never a missing subcommand
     from trm.data import arc, download, maze, sudoku
 
-    for kind, module in (("sudoku", sudoku), ("arc", arc), ("maze", maze),
-                         ("download", download)):  # each owns add_args and run
+    for kind, module in (
+        ("sudoku", sudoku),
+        ("arc", arc),
+        ("maze", maze),
+        ("download", download),
+    ):  # each owns add_args and run
         p = data.add_parser(kind, help=helps.get(kind) or (module.__doc__ or kind).strip().splitlines()[0])
         module.add_args(p)
         p.set_defaults(fn=module.run)
@@ -45,15 +52,19 @@ def _add_data(sub) -> None:
 def _train_args(p: argparse.ArgumentParser) -> None:
     add_flags(p, "config", "set")
     p.add_argument("--out", default="runs/train", help="run folder: checkpoints, metrics.jsonl, config.yaml")
-    p.add_argument("--workers", type=int, default=0,
-                   help="0: this process; N: Ray Train TorchTrainer with N DDP workers")
+    p.add_argument(
+        "--workers", type=int, default=0, help="0: this process; N: Ray Train TorchTrainer with N DDP workers"
+    )
     add_flags(p, "gpus_per_worker", "cpus_per_worker", gpus_per_worker=0.0, cpus_per_worker=1.0)
     add_flags(p, "storage", "address")  # with --workers
     add_flags(p, "tracking_uri", "experiment", experiment="trm-train")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--init-from", metavar="RUN_OR_CHECKPOINT",
-                   help="fine-tune: start from this run's best checkpoint (or this checkpoint folder); puzzle ids "
-                   "it lacks start at the mean of its puzzle embeddings (--set freeze_weights=true: train only those)")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_OR_CHECKPOINT",
+        help="fine-tune: start from this run's best checkpoint (or this checkpoint folder); puzzle ids "
+        "it lacks start at the mean of its puzzle embeddings (--set freeze_weights=true: train only those)",
+    )
 
 
 def _train_run(a: argparse.Namespace) -> None:
@@ -77,16 +88,24 @@ def _train_run(a: argparse.Namespace) -> None:
         from trm.launch.single import run_training
 
         with contextlib.ExitStack() as held:
+
             def save_config(cfg) -> None:  # once every check has passed; the folder is ours till the end
                 _check_rerun(out, cfg)
                 out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(RunLock(out))
                 cfg.save(out / "config.yaml")
 
-            result = run_training(cfg, name=out.name, storage=a.storage or str(out.resolve().parent),
-                                  spec=WorkerSpec(a.workers, a.gpus_per_worker, a.cpus_per_worker),
-                                  tracking_uri=a.tracking_uri, experiment=a.experiment, address=a.address,
-                                  tracking=not a.no_tracking, on_ready=save_config)
+            result = run_training(
+                cfg,
+                name=out.name,
+                storage=a.storage or str(out.resolve().parent),
+                spec=WorkerSpec(a.workers, a.gpus_per_worker, a.cpus_per_worker),
+                tracking_uri=a.tracking_uri,
+                experiment=a.experiment,
+                address=a.address,
+                tracking=not a.no_tracking,
+                on_ready=save_config,
+            )
         print(json.dumps(result, indent=2, default=str))
         return
 
@@ -145,8 +164,12 @@ def _train_local(a: argparse.Namespace, cfg, out: Path, uri: str | None) -> None
         log.info("MLflow run %s at %s", tracker.run_id, tracker.uri)
     session = LocalSession(out, keep=cfg.train.keep_checkpoints, tracker=tracker)
     trainer = Trainer(cfg, session)
-    log.info("model: %s, %.2fM parameters, effective depth %d", cfg.model.arch,
-             count_parameters(trainer.model) / 1e6, cfg.effective_depth)
+    log.info(
+        "model: %s, %.2fM parameters, effective depth %d",
+        cfg.model.arch,
+        count_parameters(trainer.model) / 1e6,
+        cfg.effective_depth,
+    )
     with runs.guard(tracker):
         metrics = trainer.fit()
     if tracker is not None:
@@ -164,20 +187,31 @@ def _positive(flag: str):
         if v < 1:
             raise argparse.ArgumentTypeError(f"{text!r}: expected a number of supervision steps >= 1")
         return v
+
     parse.__name__ = flag
     return parse
 
 
 def _compute_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--N-sup", dest="n_sup", type=_positive("--N-sup"), metavar="K",
-                   help="supervision steps at inference (default: as trained; more or fewer is allowed)")
-    p.add_argument("--halt", action="store_true",
-                   help="stop each sample at the first step its halting head says 'done'")
+    p.add_argument(
+        "--N-sup",
+        dest="n_sup",
+        type=_positive("--N-sup"),
+        metavar="K",
+        help="supervision steps at inference (default: as trained; more or fewer is allowed)",
+    )
+    p.add_argument(
+        "--halt", action="store_true", help="stop each sample at the first step its halting head says 'done'"
+    )
 
 
 def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (runs/NAME/checkpoints/step_...)"
-                   " or a run folder (its best checkpoint by the dataset's metric; its latest with --latest)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder (runs/NAME/checkpoints/step_...)"
+        " or a run folder (its best checkpoint by the dataset's metric; its latest with --latest)",
+    )
     p.add_argument("--latest", action="store_true", help="a run folder's latest checkpoint instead of its best")
 
 
@@ -190,8 +224,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N samples (0 = all)")
     p.add_argument("--device", default="auto")
     _compute_args(p)
-    p.add_argument("--curve", action="store_true",
-                   help="also the metric after each supervision step 1..K (logged to MLflow with --tracking-uri)")
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="also the metric after each supervision step 1..K (logged to MLflow with --tracking-uri)",
+    )
     p.add_argument("--tracking-uri", help="log this evaluation as an MLflow run (the curve as a metric by step)")
     p.add_argument("--experiment", default="trm-eval")
 
@@ -218,8 +255,17 @@ def _eval_run(a: argparse.Namespace) -> None:
     _check_data(state, data, a.split, "--data" if a.data else "--checkpoint's dataset")
     ds = PuzzleDataset(data, a.split)
     with torch.no_grad():
-        r = evaluate_task(model, ds, a.batch_size, device, limit=a.limit, n_sup=a.n_sup, halt=a.halt,
-                          curve=a.curve, objective=cfg.train.objective or None)  # the run's objective
+        r = evaluate_task(
+            model,
+            ds,
+            a.batch_size,
+            device,
+            limit=a.limit,
+            n_sup=a.n_sup,
+            halt=a.halt,
+            curve=a.curve,
+            objective=cfg.train.objective or None,
+        )  # the run's objective
     out = {"checkpoint": str(folder), "step": state["step"], "data": str(data), "metric": r.metric, **r.metrics}
     if a.curve:
         out["curve"] = {str(k): v for k, v in r.curve.items()}
@@ -254,8 +300,11 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
     _checkpoint_flag(p)
     p.add_argument("--challenges", required=True, help="Kaggle challenges file (arc-agi_test_challenges.json)")
     p.add_argument("--out", default="submission.json", help="submission file, written atomically when complete")
-    p.add_argument("--data", help="the dataset whose task ids the challenges' tasks are (default: the "
-                   "checkpoint's; a fine-tuned run's is built from the challenges)")
+    p.add_argument(
+        "--data",
+        help="the dataset whose task ids the challenges' tasks are (default: the "
+        "checkpoint's; a fine-tuned run's is built from the challenges)",
+    )
     p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -263,11 +312,9 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _submit_run(a: argparse.Namespace) -> None:
-    from trm.evaluate.submit import submit
+    from trm.evaluate.submit import read_challenges, submit
     from trm.train.checkpoint import resolve
     from trm.train.loop import load_for_eval, pick_device
-
-    from trm.evaluate.submit import read_challenges
 
     _check_flags(a)
     read_challenges(a.challenges)  # a bad file is refused before a model is loaded
@@ -282,17 +329,32 @@ def _submit_run(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- import
 def _import_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a checkpoint file of the reference implementation "
-                     "(SamsungSAILMontreal/TinyRecursiveModels: checkpoints/PROJECT/RUN/step_N)")
-    src.add_argument("--hf", metavar="OWNER/NAME[@REVISION]", help="a hub model repo in the reference's layout "
-                     "(step_N beside all_config.yaml), fetched into the Hugging Face cache")
-    p.add_argument("--file", metavar="PATH", help="with --hf: the checkpoint's path in the repo (default: its "
-                   "highest step_N, or its one weights file)")
-    p.add_argument("--config", help="its hydra config (default: all_config.yaml beside the checkpoint; with --hf "
-                   "a path in the repo)")
+    src.add_argument(
+        "--checkpoint",
+        help="a checkpoint file of the reference implementation "
+        "(SamsungSAILMontreal/TinyRecursiveModels: checkpoints/PROJECT/RUN/step_N)",
+    )
+    src.add_argument(
+        "--hf",
+        metavar="OWNER/NAME[@REVISION]",
+        help="a hub model repo in the reference's layout "
+        "(step_N beside all_config.yaml), fetched into the Hugging Face cache",
+    )
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="with --hf: the checkpoint's path in the repo (default: its highest step_N, or its one weights file)",
+    )
+    p.add_argument(
+        "--config",
+        help="its hydra config (default: all_config.yaml beside the checkpoint; with --hf a path in the repo)",
+    )
     p.add_argument("--out", required=True, help="run folder to create (what `trm eval --checkpoint` reads)")
-    p.add_argument("--data", help="dataset folder built by `trm data` (default: the config's data_paths[0]); "
-                   "needed for an attention model's sequence length when data_paths[0] is not here")
+    p.add_argument(
+        "--data",
+        help="dataset folder built by `trm data` (default: the config's data_paths[0]); "
+        "needed for an attention model's sequence length when data_paths[0] is not here",
+    )
 
 
 def _import_run(a: argparse.Namespace) -> None:
@@ -313,10 +375,16 @@ def _import_run(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- export
 def _export_args(p: argparse.ArgumentParser) -> None:
     _checkpoint_flag(p)
-    p.add_argument("--out", metavar="DIR", help="hub-ready folder to create: model.safetensors, config.yaml, "
-                   "meta.json, README.md (model card)")
-    p.add_argument("--hf", metavar="OWNER/NAME", help="upload that folder to this hub model repo (created if "
-                   "needed; needs `hf auth login` or HF_TOKEN)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="hub-ready folder to create: model.safetensors, config.yaml, meta.json, README.md (model card)",
+    )
+    p.add_argument(
+        "--hf",
+        metavar="OWNER/NAME",
+        help="upload that folder to this hub model repo (created if needed; needs `hf auth login` or HF_TOKEN)",
+    )
     p.add_argument("--private", action="store_true", help="with --hf: create the repo private")
 
 
@@ -350,9 +418,11 @@ def _params_run(a: argparse.Namespace) -> None:
         with torch.device("meta"):
             n = count_parameters(TRM(m, shapes[kind].VOCAB_SIZE, shapes[kind].SEQ_LEN, 1))
         print(f"{name:21s} {m.arch:9s} {m.layers:6d} {m.n:3d} {m.T:3d} {m.hidden:6d} {n:11,d}")
-    print("params: the network's nn.Parameters, counted as the reference does. The puzzle-embedding table\n"
-          "(puzzle ids x 512, a buffer trained by sign-SGD) is not in them: one row on Sudoku and Maze,\n"
-          "one per task and augmentation on ARC.")
+    print(
+        "params: the network's nn.Parameters, counted as the reference does. The puzzle-embedding table\n"
+        "(puzzle ids x 512, a buffer trained by sign-SGD) is not in them: one row on Sudoku and Maze,\n"
+        "one per task and augmentation on ARC."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

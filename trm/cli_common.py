@@ -11,6 +11,7 @@
 
 This module imports neither Ray nor MLflow: `trm params` and `trm data` stay fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from trm.errors import TrmError
 
@@ -34,8 +36,12 @@ class ArgumentParser(argparse.ArgumentParser):
         # the innermost (sub-)command's name, for its error line: `trm train: error: ...`
         self.set_defaults(_prog=self.prog)
         # SUPPRESS: a sub-command's default must not overwrite `trm --debug train`
-        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                          help="show the traceback of an error, and debug logging")
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the traceback of an error, and debug logging",
+        )
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -44,12 +50,21 @@ class ArgumentParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- shared flags
 _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "config": ("--config", {"help": "YAML file with model/train/data sections"}),
-    "set": ("--set", {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                      "help": "override a config field: model.n=4 or just n=4 (repeatable)"}),
+    "set": (
+        "--set",
+        {
+            "action": "append",
+            "default": [],
+            "metavar": "KEY=VALUE",
+            "help": "override a config field: model.n=4 or just n=4 (repeatable)",
+        },
+    ),
     "data": ("--data", {"help": "dataset folder or s3:// URI (sets data_path)"}),
     "storage": ("--storage", {"help": "checkpoint storage: a folder or s3://bucket/prefix"}),
-    "tracking_uri": ("--tracking-uri", {"help": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                                "sqlite:///mlflow.db)"}),
+    "tracking_uri": (
+        "--tracking-uri",
+        {"help": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"},
+    ),
     "experiment": ("--experiment", {"help": "MLflow experiment"}),
     "address": ("--address", {"help": "Ray cluster address (default: $RAY_ADDRESS or a new local Ray)"}),
     "gpus_per_worker": ("--gpus-per-worker", {"type": float, "help": "GPUs per Ray Train worker"}),
@@ -92,8 +107,11 @@ def require_positive(a: argparse.Namespace, *flags: str) -> None:
 
 # ---------------------------------------------------------------- running an entry point
 def setup_logging(debug: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if debug:  # third-party libraries stay at INFO: their DEBUG drowns the project's
         for name in ("urllib3", "botocore", "boto3", "s3transfer", "matplotlib", "filelock", "git", "alembic"):
             logging.getLogger(name).setLevel(logging.INFO)
@@ -115,8 +133,9 @@ def one_line(error: BaseException) -> str:
     return head + (" " if head.endswith(":") else "; ") + "; ".join(rest) if rest else head
 
 
-def run_main(parser: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], Any],
-             argv: list[str] | None = None) -> int:
+def run_main(
+    parser: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], Any], argv: list[str] | None = None
+) -> int:
     """Parse `argv`, set up logging, run `fn(args)`; a user's error is one line and exit 2."""
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False) or os.environ.get("TRM_DEBUG"))

@@ -4,6 +4,7 @@ Everything a run needs is one `Config` (model + train + data). It is built from
 YAML and `key=value` overrides, validated once here, and flattened to unique
 leaf names (`n`, `T`, `lr`, ...) for MLflow params and Tune search spaces.
 """
+
 from __future__ import annotations
 
 import copy
@@ -112,7 +113,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Types and choices (from the type hints, as `apply_overrides`), then ranges; returns self."""
         for section in SECTIONS:
             _check_types(section, getattr(self, section))
@@ -124,13 +125,16 @@ class Config:
         if m.arch == "attention" and m.hidden % m.heads and m.variant != "transformer":
             raise ConfigError(f"model.hidden={m.hidden}: expected a multiple of model.heads={m.heads}")
         if m.arch == "attention" and (m.hidden // m.heads) % 2:  # the reference's baseline: 12 heads of 42 at 512
-            raise ConfigError(f"model.heads={m.heads}: expected hidden // heads even (RoPE rotates pairs); "
-                              f"{m.hidden} // {m.heads} = {m.hidden // m.heads}")
+            raise ConfigError(
+                f"model.heads={m.heads}: expected hidden // heads even (RoPE rotates pairs); "
+                f"{m.hidden} // {m.heads} = {m.hidden // m.heads}"
+            )
         _check_variant(m)
         if m.puzzle_emb_ndim and m.puzzle_emb_len * m.hidden < m.puzzle_emb_ndim:
             raise ConfigError(
                 f"model.puzzle_emb_len={m.puzzle_emb_len}: expected >= ceil(puzzle_emb_ndim/hidden)"
-                f" = {-(-m.puzzle_emb_ndim // m.hidden)}")
+                f" = {-(-m.puzzle_emb_ndim // m.hidden)}"
+            )
         _range("model.expansion", m.expansion, lo=0.5)
         _range("model.halt_exploration", m.halt_exploration, lo=0, hi=1)
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
@@ -152,9 +156,11 @@ class Config:
         from trm.evaluate.objective import METRIC_PREFIXES  # lazy: trm.evaluate imports the model, which imports this
 
         if t.objective and (not t.objective.startswith(METRIC_PREFIXES) or t.objective in METRIC_PREFIXES):
-            raise ConfigError(f"train.objective={t.objective!r}: expected \"\" (the dataset kind's) or a metric an "
-                              f"evaluation reports, named {' or '.join(p + '...' for p in METRIC_PREFIXES)} "
-                              f"(e.g. val/cell_accuracy)")
+            raise ConfigError(
+                f'train.objective={t.objective!r}: expected "" (the dataset kind\'s) or a metric an '
+                f"evaluation reports, named {' or '.join(p + '...' for p in METRIC_PREFIXES)} "
+                f"(e.g. val/cell_accuracy)"
+            )
         _range("train.checkpoint_minutes", t.checkpoint_minutes, lo=0, lo_open=True)
         for name in ("num_train", "num_test", "augmentations"):
             _range(f"data.{name}", getattr(d, name), lo=0 if name == "augmentations" else 1)
@@ -170,7 +176,7 @@ class Config:
         """True when `steps` or `eval_every` come from epochs, which need the dataset's epoch size."""
         return self.train.epochs > 0 or self.train.eval_every_epochs > 0
 
-    def resolve_epochs(self, epoch_samples: float) -> "Config":
+    def resolve_epochs(self, epoch_samples: float) -> Config:
         """A copy with `steps` (from `epochs`) and `eval_every` (from `eval_every_epochs`) derived from
         the samples in one training epoch (`trm.data.dataset.epoch_size`), as the reference:
         steps = floor(epochs * epoch_samples / batch_size); evaluations every ceil(eval_every_epochs *
@@ -386,14 +392,14 @@ def _leaf(key: str) -> str:
     return "path" if name == "data_path" else name
 
 
-def refuse_replaced(cfg: "Config", base: dict[str, Any], user: dict[str, Any], base_name: str) -> None:
+def refuse_replaced(cfg: Config, base: dict[str, Any], user: dict[str, Any], base_name: str) -> None:
     """`_refuse_overridden` for a config built from `base` (a sweep preset) then `user` (--set)."""
     levels = {_leaf(k): 1 for k in base}
     levels.update({_leaf(k): 2 for k in user})
     _refuse_overridden(cfg, levels, base_name)
 
 
-def _refuse_overridden(cfg: "Config", levels: dict[str, int], path: Path | str | None) -> None:
+def _refuse_overridden(cfg: Config, levels: dict[str, int], path: Path | str | None) -> None:
     """Refuse `steps` (or `eval_every`) set where a count of epochs would silently replace it:
     the epochs come from the same or an earlier source (the file, then --set). A later source
     wins: `--set epochs=5` on a file that sets steps counts epochs, as asked."""
@@ -403,7 +409,8 @@ def _refuse_overridden(cfg: "Config", levels: dict[str, int], path: Path | str |
             where = "--set" if levels[name] == 2 else str(path)
             raise ConfigError(
                 f"train.{name}={getattr(t, name)} ({where}): {name} is derived from train.{source}="
-                f"{getattr(t, source)} here; set {source}=0 to count {name} yourself, or set {source}=... instead")
+                f"{getattr(t, source)} here; set {source}=0 to count {name} yourself, or set {source}=... instead"
+            )
 
 
 def _read_yaml(path: Path) -> Any:
@@ -425,10 +432,17 @@ def config_from_dict(d: dict[str, dict[str, Any]]) -> Config:
     return cfg.validate()
 
 
-def _range(name: str, value: float, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False, hi_open: bool = False) -> None:
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
-          (hi is not None and (value > hi or (hi_open and value == hi)))
+def _range(
+    name: str,
+    value: float,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+        hi is not None and (value > hi or (hi_open and value == hi))
+    )
     if bad:
         lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
         hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"

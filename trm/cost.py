@@ -111,15 +111,13 @@ def load_price_table(path: str | os.PathLike[str] | None = None) -> dict[str, di
         raise PriceTableError(f"--prices {p}: cannot parse price file: {e}") from e
     if not isinstance(data, dict):
         raise PriceTableError(
-            f"--prices {p}: expected a mapping of instance type -> {{gpus, on_demand, spot}}, "
-            f"got {type(data).__name__}"
+            f"--prices {p}: expected a mapping of instance type -> {{gpus, on_demand, spot}}, got {type(data).__name__}"
         )
     for itype, entry in data.items():
         where = f"--prices {p}: {itype!r}"
         if not isinstance(entry, dict):
             raise PriceTableError(
-                f"{where}: expected a mapping with keys {list(_PRICE_FIELDS)}, "
-                f"got {type(entry).__name__}"
+                f"{where}: expected a mapping with keys {list(_PRICE_FIELDS)}, got {type(entry).__name__}"
             )
         merged = dict(table.get(itype, {}))
         for key, value in entry.items():
@@ -132,20 +130,14 @@ def load_price_table(path: str | os.PathLike[str] | None = None) -> dict[str, di
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise PriceTableError(f"{where}.gpus: expected an integer >= 0, got {value!r}")
             elif (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
             ):
-                raise PriceTableError(
-                    f"{where}.{key}: expected a number >= 0 (USD per instance-hour), got {value!r}"
-                )
+                raise PriceTableError(f"{where}.{key}: expected a number >= 0 (USD per instance-hour), got {value!r}")
             merged[key] = value
         missing = [k for k in _PRICE_FIELDS if k not in merged]
         if missing:
             raise PriceTableError(
-                f"{where}: new instance type is missing {missing}; "
-                f"expected all of {list(_PRICE_FIELDS)}"
+                f"{where}: new instance type is missing {missing}; expected all of {list(_PRICE_FIELDS)}"
             )
         table[itype] = merged
     return table
@@ -162,8 +154,10 @@ def _instance_rate(
     """USD per wall-hour for enough instances of ``instance_type`` to hold ``gpus``."""
     table = prices if prices is not None else DEFAULT_PRICES
     if instance_type not in table:
-        raise UnknownPriceError(f"--instance-type {instance_type!r}: no price for instance type "
-                                f"{instance_type!r}; known: {sorted(table)} (add it with --prices)")
+        raise UnknownPriceError(
+            f"--instance-type {instance_type!r}: no price for instance type "
+            f"{instance_type!r}; known: {sorted(table)} (add it with --prices)"
+        )
     entry = table[instance_type]
     per_instance = int(entry["gpus"])
     # Whole instances are billed: 4 GPUs on p5.48xlarge pay for all 8.
@@ -289,7 +283,7 @@ class RunLimits:
         return CostMeter(self.gpus, self.instance_type, self.market, self.prices, state)
 
     def reached(self, meter: CostMeter | None, now: float | None = None) -> str | None:
-        """"deadline", "gpu_budget" or None."""
+        """ "deadline", "gpu_budget" or None."""
         if self.deadline is not None and (now if now is not None else time.time()) >= self.deadline:
             return "deadline"
         if self.gpu_hours is not None and meter is not None and meter.metrics()["cost/gpu_hours"] >= self.gpu_hours:
@@ -316,8 +310,10 @@ def paper_arc_run_cost(prices: Mapping[str, Mapping[str, float]] | None = None) 
         print(f"  {n} x {name:<22} ${usd:>9,.2f}{idle}")
     print(f"  + on-demand m6i.2xlarge head ${head:,.2f}")
     spot, od = rows[f"{DEFAULT_INSTANCE_TYPE} spot"], rows[f"{DEFAULT_INSTANCE_TYPE} on_demand"]
-    print(f"  spot saves ${od - spot:,.2f} ({1 - spot / od:.0%}) on 4 x {DEFAULT_INSTANCE_TYPE}; "
-          "add restarts lost to preemption (about one checkpoint interval each).")
+    print(
+        f"  spot saves ${od - spot:,.2f} ({1 - spot / od:.0%}) on 4 x {DEFAULT_INSTANCE_TYPE}; "
+        "add restarts lost to preemption (about one checkpoint interval each)."
+    )
     return {**rows, "head m6i.2xlarge on_demand": head}
 
 

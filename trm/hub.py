@@ -10,6 +10,7 @@
 
 HF_ENDPOINT (a mirror), HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE apply as for `trm data download`.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def repo_files(repo: str, revision: str) -> list[str]:
         try:
             root = Path(snapshot_download(repo, revision=revision, cache_dir=dl.hf_cache(), local_files_only=True))
         except (hf_errors.LocalEntryNotFoundError, OSError) as e:
-            raise HubError(f"hub repo {repo}@{revision}: not in the cache {dl.hf_cache()} and HF_HUB_OFFLINE is set "
-                           f"(import it once online, or pass --file)") from e
+            raise HubError(
+                f"hub repo {repo}@{revision}: not in the cache {dl.hf_cache()} and HF_HUB_OFFLINE is set "
+                f"(import it once online, or pass --file)"
+            ) from e
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     url = f"{dl.hf_endpoint()}/api/models/{repo}/tree/{revision}"
     try:
@@ -78,8 +81,10 @@ def pick_checkpoint(files: list[str], where: str) -> str:
     if len(weights) == 1:
         return weights[0]
     if not weights:
-        raise HubError(f"{where}: no checkpoint (expected the reference's layout, a step_N file beside "
-                       f"{CONFIG}); found {files[:6]}")
+        raise HubError(
+            f"{where}: no checkpoint (expected the reference's layout, a step_N file beside "
+            f"{CONFIG}); found {files[:6]}"
+        )
     raise HubError(f"{where}: several checkpoints {weights[:6]}; pick one with --file PATH")
 
 
@@ -99,8 +104,9 @@ def _as_torch_file(path: Path, tmp: Path) -> Path:
     return out
 
 
-def import_from_hub(spec: str, out: str | Path, file: str | None = None, config: str | None = None,
-                    data: str | Path | None = None) -> dict:
+def import_from_hub(
+    spec: str, out: str | Path, file: str | None = None, config: str | None = None, data: str | Path | None = None
+) -> dict:
     """Fetch a reference checkpoint and its all_config.yaml from the hub, import them as run `out`."""
     from trm.official import import_checkpoint
 
@@ -115,8 +121,10 @@ def import_from_hub(spec: str, out: str | Path, file: str | None = None, config:
         beside = (Path(file).parent / CONFIG).as_posix().removeprefix("./")
         config = beside if beside in listing else CONFIG if CONFIG in listing else None
         if config is None:
-            raise HubError(f"{where}: no {CONFIG} beside {file} (the reference writes its hydra config there); "
-                           f"pass --config PATH_IN_REPO")
+            raise HubError(
+                f"{where}: no {CONFIG} beside {file} (the reference writes its hydra config there); "
+                f"pass --config PATH_IN_REPO"
+            )
     try:
         ckpt = dl.hub_download(repo, file, revision, repo_type="model")
         cfg = dl.hub_download(repo, config, revision, repo_type="model")
@@ -149,28 +157,68 @@ def _last_eval(run: Path) -> dict:
 def model_card(cfg, meta: dict, score: dict | None, last_eval: dict, data: dict | None, source: str) -> str:
     """README.md of an export: hub metadata, the architecture, the run's scores, its data."""
     m = cfg.model
-    rows = [("arch", m.arch), ("layers", m.layers), ("n (L_cycles)", m.n), ("T (H_cycles)", m.T),
-            ("N_sup", m.N_sup), ("hidden", m.hidden), ("heads", m.heads), ("vocab_size", meta["vocab_size"]),
-            ("seq_len", meta["seq_len"]), ("puzzle ids", meta["num_puzzle_ids"])]
+    rows = [
+        ("arch", m.arch),
+        ("layers", m.layers),
+        ("n (L_cycles)", m.n),
+        ("T (H_cycles)", m.T),
+        ("N_sup", m.N_sup),
+        ("hidden", m.hidden),
+        ("heads", m.heads),
+        ("vocab_size", meta["vocab_size"]),
+        ("seq_len", meta["seq_len"]),
+        ("puzzle ids", meta["num_puzzle_ids"]),
+    ]
     weights = "EMA" if meta["ema"] else "raw"
-    about = ('A Tiny Recursive Model ("Less is More: Recursive Reasoning with Tiny Networks", '
-             f"Jolicoeur-Martineau, 2025) trained with `trm`. Exported from `{source}` (step {meta['step']}, "
-             f"{weights} weights).")
-    lines = ["---", "library_name: trm", "tags: [tiny-recursive-model, trm, reasoning]", "---", "",
-             "# Tiny Recursive Model", "", about, "", "| setting | value |", "| --- | --- |",
-             *(f"| {k} | {v} |" for k, v in rows), ""]
+    about = (
+        'A Tiny Recursive Model ("Less is More: Recursive Reasoning with Tiny Networks", '
+        f"Jolicoeur-Martineau, 2025) trained with `trm`. Exported from `{source}` (step {meta['step']}, "
+        f"{weights} weights)."
+    )
+    lines = [
+        "---",
+        "library_name: trm",
+        "tags: [tiny-recursive-model, trm, reasoning]",
+        "---",
+        "",
+        "# Tiny Recursive Model",
+        "",
+        about,
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+    ]
     if score:
         best = f"Best checkpoint: `{score['metric']}` = {score['value']:.4f} at step {score['step']}."
         lines += ["## Results", "", best, ""]
     if last_eval:
-        lines += ["Last evaluation of the run:", "", "| metric | value |", "| --- | --- |",
-                  *(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                    for k, v in sorted(last_eval.items())), ""]
-    described = ", ".join(f"{k} {data[k]}" for k in ("name", "source", "augmentations", "splits", "subsample")
-                          if data and k in data)
-    lines += ["## Data", "", f"`{cfg.data.path}`" + (f": {described}" if described else ""), "",
-              "## Use", "", "```python", "from trm.hub import load_export", "",
-              "model, cfg = load_export('THIS_FOLDER')", "```", ""]
+        lines += [
+            "Last evaluation of the run:",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+            *(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(last_eval.items())),
+            "",
+        ]
+    described = ", ".join(
+        f"{k} {data[k]}" for k in ("name", "source", "augmentations", "splits", "subsample") if data and k in data
+    )
+    lines += [
+        "## Data",
+        "",
+        f"`{cfg.data.path}`" + (f": {described}" if described else ""),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from trm.hub import load_export",
+        "",
+        "model, cfg = load_export('THIS_FOLDER')",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -187,8 +235,13 @@ def write_export(checkpoint: str | Path, out: str | Path, latest: bool = False) 
     folder = resolve(checkpoint, prefer="latest" if latest else "best")
     model, cfg, state = load_for_eval(folder, "cpu", use_ema=True)
     run = folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent
-    meta = {**state["meta"], "step": int(state["step"]), "ema": state.get("ema") is not None,
-            "format": "trm", "weights": "model.safetensors"}
+    meta = {
+        **state["meta"],
+        "step": int(state["step"]),
+        "ema": state.get("ema") is not None,
+        "format": "trm",
+        "weights": "model.safetensors",
+    }
     data = None
     try:
         from trm.data.dataset import read_meta
@@ -204,8 +257,7 @@ def write_export(checkpoint: str | Path, out: str | Path, latest: bool = False) 
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(meta["step"])})
         cfg.save(tmp / "config.yaml")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        (tmp / "README.md").write_text(model_card(cfg, meta, read_score(folder), _last_eval(run), data,
-                                                  str(folder)))
+        (tmp / "README.md").write_text(model_card(cfg, meta, read_score(folder), _last_eval(run), data, str(folder)))
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,7 +275,9 @@ def load_export(folder: str | Path):
     folder = Path(folder)
     missing = [f for f in EXPORT_FILES[:3] if not (folder / f).is_file()]
     if missing:
-        raise HubError(f"{folder}: no {missing[0]}; expected a folder written by `trm export` ({', '.join(EXPORT_FILES)})")
+        raise HubError(
+            f"{folder}: no {missing[0]}; expected a folder written by `trm export` ({', '.join(EXPORT_FILES)})"
+        )
     cfg = load_config(folder / "config.yaml")
     meta = json.loads((folder / "meta.json").read_text())
     model = build_model(cfg.model, meta["vocab_size"], meta["seq_len"], meta["num_puzzle_ids"])
@@ -231,8 +285,13 @@ def load_export(folder: str | Path):
     return model.eval(), cfg
 
 
-def export(checkpoint: str | Path, out: str | Path | None = None, hf: str | None = None, latest: bool = False,
-           private: bool = False) -> dict:
+def export(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    hf: str | None = None,
+    latest: bool = False,
+    private: bool = False,
+) -> dict:
     """--out: the folder; --hf: the folder uploaded to a model repo (created if needed)."""
     if out is None and hf is None:
         raise HubError("--out DIR or --hf OWNER/NAME: expected at least one")
@@ -248,16 +307,28 @@ def export(checkpoint: str | Path, out: str | Path | None = None, hf: str | None
             api = HfApi(endpoint=dl.hf_endpoint())
             try:
                 api.create_repo(repo, private=private, exist_ok=True)
-                info = api.upload_folder(repo_id=repo, folder_path=str(folder),
-                                         commit_message=f"trm export of {checkpoint}")
+                info = api.upload_folder(
+                    repo_id=repo, folder_path=str(folder), commit_message=f"trm export of {checkpoint}"
+                )
             except Exception as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise HubError(f"--hf {repo}: upload to {dl.hf_endpoint()} failed ({first}); log in with "
-                               f"`hf auth login` or set HF_TOKEN") from e
+                raise HubError(
+                    f"--hf {repo}: upload to {dl.hf_endpoint()} failed ({first}); log in with "
+                    f"`hf auth login` or set HF_TOKEN"
+                ) from e
             result["hub"] = f"{repo}@{getattr(info, 'oid', None) or 'main'}"
             result["url"] = f"{dl.hf_endpoint()}/{repo}"
     return result
 
 
-__all__ = ["HubError", "export", "import_from_hub", "load_export", "model_card", "parse_repo", "pick_checkpoint",
-           "repo_files", "write_export"]
+__all__ = [
+    "HubError",
+    "export",
+    "import_from_hub",
+    "load_export",
+    "model_card",
+    "parse_repo",
+    "pick_checkpoint",
+    "repo_files",
+    "write_export",
+]

@@ -30,6 +30,7 @@ halting logits (SamsungSAILMontreal/TinyRecursiveModels, `trm.py` and `layers.py
   - dtype: under autocast the embeddings, residual stream and carry are in the autocast dtype (the
     reference's forward_dtype=bfloat16); the q logits are float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,7 @@ def trunc_normal_(t: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tens
         if std == 0:
             return t.zero_()
         mass = math.erf(bound / math.sqrt(2))  # P(|N(0,1)| < bound)
-        pdf = math.exp(-bound ** 2 / 2) / math.sqrt(2 * math.pi)
+        pdf = math.exp(-(bound**2) / 2) / math.sqrt(2 * math.pi)
         s = std / math.sqrt(1 - 2 * bound * pdf / mass)  # var of N(0,1) cut at +-bound: 1 - 2 b pdf(b) / mass
         # inverse-CDF sampling: sqrt(2) erfinv(U(-mass, mass)) is N(0,1) restricted to (-bound, bound)
         return t.uniform_(-mass, mass).erfinv_().mul_(math.sqrt(2) * s).clamp_(-bound * s, bound * s)
@@ -185,6 +186,7 @@ class PuzzleEmbedding(nn.Module):
 class Carry:
     """Per-sample state carried across supervision steps (detached). A variant without y (single z)
     or without z (the transformer) carries an empty [B, 0, D] there; six-z carries z as [B, 6, L', D]."""
+
     y: torch.Tensor  # [B, L', D]
     z: torch.Tensor  # [B, L', D]
 
@@ -227,8 +229,9 @@ class RecursiveModel(nn.Module):
         """A fresh network of `layers` blocks over the prefix + sequence."""
         cfg, total_len = self.cfg, self.seq_len + self.prefix
         if not hasattr(self, "_rotary"):  # one RoPE table (a non-persistent buffer) shared by every block
-            self._rotary = Rotary(cfg.hidden // cfg.heads, total_len, cfg.rope_theta) if cfg.arch == "attention" \
-                else None
+            self._rotary = (
+                Rotary(cfg.hidden // cfg.heads, total_len, cfg.rope_theta) if cfg.arch == "attention" else None
+            )
         return Net(cfg, total_len, self._rotary)
 
     def make_heads(self) -> None:
@@ -252,8 +255,13 @@ class RecursiveModel(nn.Module):
             return torch.get_autocast_dtype(device.type)
         return self.embed.weight.dtype
 
-    def embed_input(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor, dtype: torch.dtype | None = None,
-                    puzzle_rows: torch.Tensor | None = None):
+    def embed_input(
+        self,
+        tokens: torch.Tensor,
+        puzzle_ids: torch.Tensor,
+        dtype: torch.dtype | None = None,
+        puzzle_rows: torch.Tensor | None = None,
+    ):
         dtype = dtype or self.compute_dtype(tokens.device)
         x = self.embed(tokens).to(dtype)
         if self.prefix:  # puzzle_rows: the rows of puzzle_ids, gathered by the caller
@@ -275,6 +283,7 @@ class RecursiveModel(nn.Module):
 
     def reset_carry(self, carry: Carry, reset: torch.Tensor) -> Carry:
         """Slots where `reset` is True start again from (y_init, z_init)."""
+
         def restart(state, init):
             if init is None:
                 return state
@@ -283,12 +292,13 @@ class RecursiveModel(nn.Module):
         return Carry(restart(carry.y, self.y_init), restart(carry.z, self.z_init))
 
     def heads(self, h: torch.Tensor) -> StepOutput:
-        logits = self.lm_head(h[:, self.prefix:])
+        logits = self.lm_head(h[:, self.prefix :])
         q = self.q_head(h[:, 0]).float()
         return StepOutput(logits, q[:, 0], q[:, 1] if self.cfg.halting == "q_learning" else None)
 
-    def forward(self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor,
-                puzzle_rows: torch.Tensor | None = None) -> tuple[Carry, StepOutput]:
+    def forward(
+        self, carry: Carry, tokens: torch.Tensor, puzzle_ids: torch.Tensor, puzzle_rows: torch.Tensor | None = None
+    ) -> tuple[Carry, StepOutput]:
         """One supervision step. Returns the detached carry to feed the next step.
         `puzzle_rows`: the puzzle embeddings of `puzzle_ids` when the caller gathered them
         (`PuzzleEmbedding.training_rows`), so that a compiled forward has no graph break."""

@@ -27,6 +27,7 @@ arch.mlp_t -> arch=mlp, arch.no_ACT_continue=False -> halting=q_learning, ... (s
 `config_from_reference`). What the model here cannot represent (learned position
 embeddings, HRM's separate H level, other reference models) is refused by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,14 +42,19 @@ import torch
 import yaml
 
 from trm.config import MULTIZ_LATENTS, Config, ConfigError, apply_overrides
-from trm.model import RecursiveModel
 from trm.errors import TrmError
+from trm.model import RecursiveModel
 from trm.train.checkpoint import CheckpointError
 
 TRM_CLASS = "TinyRecursiveReasoningModel_ACTV1"
 # arch.name = recursive_reasoning.<module>@<class> -> model.variant
-VARIANT_OF = {("trm", TRM_CLASS): "trm", ("trm_singlez", TRM_CLASS): "singlez", ("trm_hier6", TRM_CLASS): "multiz",
-              ("hrm", "HierarchicalReasoningModel_ACTV1"): "hrm", ("transformers_baseline", "Model_ACTV2"): "transformer"}
+VARIANT_OF = {
+    ("trm", TRM_CLASS): "trm",
+    ("trm_singlez", TRM_CLASS): "singlez",
+    ("trm_hier6", TRM_CLASS): "multiz",
+    ("hrm", "HierarchicalReasoningModel_ACTV1"): "hrm",
+    ("transformers_baseline", "Model_ACTV2"): "transformer",
+}
 
 
 class ReferenceImportError(CheckpointError, TrmError):
@@ -56,24 +62,45 @@ class ReferenceImportError(CheckpointError, TrmError):
 
 
 # ---------------------------------------------------------------- state_dict
-_TOP = {"embed_tokens.embedding_weight": "embed.weight", "puzzle_emb.weights": "puzzle_emb.weight",
-        "lm_head.weight": "lm_head.weight", "q_head.weight": "q_head.weight", "q_head.bias": "q_head.bias"}
-_PART = {"self_attn.qkv_proj": "mix.qkv", "self_attn.o_proj": "mix.out",
-         "mlp_t.gate_up_proj": "mix.gate_up", "mlp_t.down_proj": "mix.down",
-         "mlp.gate_up_proj": "mlp.gate_up", "mlp.down_proj": "mlp.down"}
+_TOP = {
+    "embed_tokens.embedding_weight": "embed.weight",
+    "puzzle_emb.weights": "puzzle_emb.weight",
+    "lm_head.weight": "lm_head.weight",
+    "q_head.weight": "q_head.weight",
+    "q_head.bias": "q_head.bias",
+}
+_PART = {
+    "self_attn.qkv_proj": "mix.qkv",
+    "self_attn.o_proj": "mix.out",
+    "mlp_t.gate_up_proj": "mix.gate_up",
+    "mlp_t.down_proj": "mix.down",
+    "mlp.gate_up_proj": "mlp.gate_up",
+    "mlp.down_proj": "mlp.down",
+}
 _LAYER = re.compile(r"([HL])_level\.layers\.(\d+)\.(" + "|".join(re.escape(p) for p in _PART) + r")\.weight")
 # each variant's reasoning modules (reference level -> our network) and start values; the TRM's one network
 # is registered twice (net, net_y), as in our state_dicts; six-z's L1_init..L6_init are the rows of z_init
-_LEVELS = {"trm": {"L": "net"}, "singlez": {"L": "net"}, "multiz": {"L": "net"}, "hrm": {"L": "net", "H": "net_y"},
-           "transformer": {"H": "net"}}
-_INITS = {"trm": {"H_init": "y_init", "L_init": "z_init"}, "singlez": {"L_init": "z_init"},
-          "multiz": {"H_init": "y_init", **{f"L{i + 1}_init": f"z_init.{i}" for i in range(MULTIZ_LATENTS)}},
-          "hrm": {"H_init": "y_init", "L_init": "z_init"}, "transformer": {"H_init": "y_init"}}
+_LEVELS = {
+    "trm": {"L": "net"},
+    "singlez": {"L": "net"},
+    "multiz": {"L": "net"},
+    "hrm": {"L": "net", "H": "net_y"},
+    "transformer": {"H": "net"},
+}
+_INITS = {
+    "trm": {"H_init": "y_init", "L_init": "z_init"},
+    "singlez": {"L_init": "z_init"},
+    "multiz": {"H_init": "y_init", **{f"L{i + 1}_init": f"z_init.{i}" for i in range(MULTIZ_LATENTS)}},
+    "hrm": {"H_init": "y_init", "L_init": "z_init"},
+    "transformer": {"H_init": "y_init"},
+}
 # derived buffers some versions persist; nothing to import
 _DERIVED = ("rotary_emb.cos_cached", "rotary_emb.sin_cached", "puzzle_emb.local_weights", "puzzle_emb.local_ids")
-_UNSUPPORTED = {"embed_pos.": "learned position embeddings (arch.pos_encodings: learned); only rope is supported",
-                "H_level.": "a separate H level, which this variant has not (the HRM is recursive_reasoning.hrm)",
-                "L_level.": "an L level, which this variant has not"}
+_UNSUPPORTED = {
+    "embed_pos.": "learned position embeddings (arch.pos_encodings: learned); only rope is supported",
+    "H_level.": "a separate H level, which this variant has not (the HRM is recursive_reasoning.hrm)",
+    "L_level.": "an L level, which this variant has not",
+}
 _WRAPPERS = ("_orig_mod.", "module.", "model.")
 
 
@@ -88,7 +115,7 @@ def _our_name(ref_key: str, variant: str = "trm") -> str | None:
     name = _strip(ref_key)
     if not name.startswith("inner."):
         return None
-    name = name[len("inner."):]
+    name = name[len("inner.") :]
     if name in _TOP:
         return _TOP[name]
     if name in _INITS[variant]:
@@ -120,23 +147,31 @@ def convert_state_dict(state_dict: dict, where: str = "checkpoint", variant: str
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         inner = _strip(key)
-        if inner.startswith("inner.") and inner[len("inner."):] in _DERIVED:
+        if inner.startswith("inner.") and inner[len("inner.") :] in _DERIVED:
             continue
         name = _our_name(key, variant)
         if name is None:
             why = next((w for p, w in _UNSUPPORTED.items() if inner.startswith("inner." + p)), None)
-            expected = sorted(_TOP) + sorted(_INITS[variant]) + \
-                [f"{lv}_level.layers.<i>.<{'|'.join(_PART)}>.weight" for lv in _LEVELS[variant]]
+            expected = (
+                sorted(_TOP)
+                + sorted(_INITS[variant])
+                + [f"{lv}_level.layers.<i>.<{'|'.join(_PART)}>.weight" for lv in _LEVELS[variant]]
+            )
             raise ReferenceImportError(
-                f"{where}: key {key!r}: " + (why or "unknown; expected [_orig_mod.][model.]inner.<name> with <name> "
-                                             f"one of {expected} (variant {variant})"))
+                f"{where}: key {key!r}: "
+                + (
+                    why
+                    or "unknown; expected [_orig_mod.][model.]inner.<name> with <name> "
+                    f"one of {expected} (variant {variant})"
+                )
+            )
         if name in out:
             raise ReferenceImportError(f"{where}: key {key!r}: appears twice (with and without a prefix)")
         if not isinstance(value, torch.Tensor):
             raise ReferenceImportError(f"{where}: key {key!r}: expected a tensor, found {type(value).__name__}")
         out[name] = value.detach().to(torch.float32 if value.is_floating_point() else value.dtype).contiguous()
     if variant == "trm":  # the one network is also registered as `net_y` (a second one with separate_nets)
-        out.update({"net_y." + k[len("net."):]: v for k, v in list(out.items()) if k.startswith("net.")})
+        out.update({"net_y." + k[len("net.") :]: v for k, v in list(out.items()) if k.startswith("net.")})
     rows = [out.pop(f"z_init.{i}") for i in range(MULTIZ_LATENTS) if f"z_init.{i}" in out]
     if rows:  # six-z: L1_init..L6_init, all or none (a missing one is named by load_weights)
         if len(rows) != MULTIZ_LATENTS:
@@ -152,18 +187,24 @@ def load_weights(model: RecursiveModel, weights: dict[str, torch.Tensor], where:
     variant = model.cfg.variant
     missing = [k for k in expected if k not in weights]
     if missing:
-        raise ReferenceImportError(f"{where}: missing key {reference_name(missing[0], variant)!r} (of {len(missing)} "
-                                   f"missing); the config describes a model with it (shape "
-                                   f"{tuple(expected[missing[0]].shape)})")
+        raise ReferenceImportError(
+            f"{where}: missing key {reference_name(missing[0], variant)!r} (of {len(missing)} "
+            f"missing); the config describes a model with it (shape "
+            f"{tuple(expected[missing[0]].shape)})"
+        )
     extra = [k for k in weights if k not in expected]
     if extra:
-        raise ReferenceImportError(f"{where}: key {reference_name(extra[0], variant)!r} has no place in the model the "
-                                   f"config describes (variant={variant}, arch={model.cfg.arch}, layers="
-                                   f"{model.cfg.layers}, puzzle_emb_ndim={model.cfg.puzzle_emb_ndim})")
+        raise ReferenceImportError(
+            f"{where}: key {reference_name(extra[0], variant)!r} has no place in the model the "
+            f"config describes (variant={variant}, arch={model.cfg.arch}, layers="
+            f"{model.cfg.layers}, puzzle_emb_ndim={model.cfg.puzzle_emb_ndim})"
+        )
     for k, v in weights.items():
         if v.shape != expected[k].shape:
-            raise ReferenceImportError(f"{where}: {reference_name(k, variant)!r} has shape {tuple(v.shape)}; the "
-                                       f"config expects {tuple(expected[k].shape)}")
+            raise ReferenceImportError(
+                f"{where}: {reference_name(k, variant)!r} has shape {tuple(v.shape)}; the "
+                f"config expects {tuple(expected[k].shape)}"
+            )
     model.load_state_dict(weights, strict=True)
 
 
@@ -179,15 +220,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None, int]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, not a torch file, or holding code
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ReferenceImportError(f"{path}: cannot be read as a torch checkpoint (truncated or not written by "
-                                   f"torch.save?): {first}") from e
+        raise ReferenceImportError(
+            f"{path}: cannot be read as a torch checkpoint (truncated or not written by torch.save?): {first}"
+        ) from e
     step = None
     ema = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         step, ema, obj = obj.get("step"), obj.get("ema_helper"), obj["model"]
     if not isinstance(obj, dict) or not obj:
-        raise ReferenceImportError(f"{path}: expected the reference's state_dict (a mapping of names to tensors), "
-                                   f"found {type(obj).__name__}")
+        raise ReferenceImportError(
+            f"{path}: expected the reference's state_dict (a mapping of names to tensors), found {type(obj).__name__}"
+        )
     if step is None:
         m = re.search(r"step_(\d+)", path.name)
         step = int(m.group(1)) if m else 0
@@ -196,18 +239,35 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None, int]:
 
 # ---------------------------------------------------------------- config
 # (reference key under arch, ours) with the reference's default where it has one
-_ARCH = [("hidden_size", "model.hidden", None), ("num_heads", "model.heads", None),
-         ("expansion", "model.expansion", None), ("halt_max_steps", "model.N_sup", None),
-         ("halt_exploration_prob", "model.halt_exploration", None),
-         ("rms_norm_eps", "model.norm_eps", 1e-5), ("rope_theta", "model.rope_theta", 10000.0)]
+_ARCH = [
+    ("hidden_size", "model.hidden", None),
+    ("num_heads", "model.heads", None),
+    ("expansion", "model.expansion", None),
+    ("halt_max_steps", "model.N_sup", None),
+    ("halt_exploration_prob", "model.halt_exploration", None),
+    ("rms_norm_eps", "model.norm_eps", 1e-5),
+    ("rope_theta", "model.rope_theta", 10000.0),
+]
 _CYCLES = [("H_cycles", "model.T", None), ("L_cycles", "model.n", None), ("L_layers", "model.layers", None)]
 # the transformer baseline: H_layers blocks once (its H_cycles is "kept for compatibility", unused)
-_ARCH_OF = {"trm": _CYCLES + _ARCH, "singlez": _CYCLES + _ARCH, "multiz": _CYCLES + _ARCH, "hrm": _CYCLES + _ARCH,
-            "transformer": [("H_layers", "model.layers", None)] + _ARCH}
-_TRAIN = [("lr", "train.lr"), ("lr_warmup_steps", "train.lr_warmup_steps"), ("beta1", "train.beta1"),
-          ("beta2", "train.beta2"), ("weight_decay", "train.weight_decay"), ("puzzle_emb_lr", "train.puzzle_emb_lr"),
-          ("puzzle_emb_weight_decay", "train.puzzle_emb_weight_decay"), ("global_batch_size", "train.batch_size"),
-          ("seed", "train.seed")]
+_ARCH_OF = {
+    "trm": _CYCLES + _ARCH,
+    "singlez": _CYCLES + _ARCH,
+    "multiz": _CYCLES + _ARCH,
+    "hrm": _CYCLES + _ARCH,
+    "transformer": [("H_layers", "model.layers", None)] + _ARCH,
+}
+_TRAIN = [
+    ("lr", "train.lr"),
+    ("lr_warmup_steps", "train.lr_warmup_steps"),
+    ("beta1", "train.beta1"),
+    ("beta2", "train.beta2"),
+    ("weight_decay", "train.weight_decay"),
+    ("puzzle_emb_lr", "train.puzzle_emb_lr"),
+    ("puzzle_emb_weight_decay", "train.puzzle_emb_weight_decay"),
+    ("global_batch_size", "train.batch_size"),
+    ("seed", "train.seed"),
+]
 
 
 def _set(cfg: Config, ref_key: str, ours: str, value: Any) -> None:
@@ -241,16 +301,22 @@ def config_from_reference(all_config: dict) -> Config:
     variant = variant_of(arch)
     h_layers = arch.get("H_layers") or 0
     if variant == "hrm" and h_layers != arch.get("L_layers"):
-        raise ReferenceImportError(f"arch.H_layers={h_layers}: expected arch.L_layers={arch.get('L_layers')}; the HRM "
-                                   "here has one `layers` for f_H and f_L")
+        raise ReferenceImportError(
+            f"arch.H_layers={h_layers}: expected arch.L_layers={arch.get('L_layers')}; the HRM "
+            "here has one `layers` for f_H and f_L"
+        )
     if variant in ("trm", "singlez", "multiz") and h_layers > 0:
-        raise ReferenceImportError(f"arch.H_layers={h_layers}: expected 0; a separate H level (HRM-style, "
-                                   "recursive_reasoning.hrm) cannot be represented by the TRM's one network")
+        raise ReferenceImportError(
+            f"arch.H_layers={h_layers}: expected 0; a separate H level (HRM-style, "
+            "recursive_reasoning.hrm) cannot be represented by the TRM's one network"
+        )
     mlp_t = bool(arch.get("mlp_t", False)) and variant != "transformer"  # the baseline's blocks are attention only
     pos = arch.get("pos_encodings", "rope")
     if pos == "learned" or (pos != "rope" and not mlp_t):
-        raise ReferenceImportError(f"arch.pos_encodings={pos!r}: expected 'rope' ('none' only with arch.mlp_t: true, "
-                                   "where no position encoding is used); learned position embeddings are not supported")
+        raise ReferenceImportError(
+            f"arch.pos_encodings={pos!r}: expected 'rope' ('none' only with arch.mlp_t: true, "
+            "where no position encoding is used); learned position embeddings are not supported"
+        )
     dtype = arch.get("forward_dtype", "bfloat16")
     if dtype not in ("bfloat16", "float32"):
         raise ReferenceImportError(f"arch.forward_dtype={dtype!r}: expected 'bfloat16' or 'float32'")
@@ -291,16 +357,21 @@ def config_from_reference(all_config: dict) -> Config:
         return cfg.validate()
     except ConfigError as e:  # name the reference's key: "model.heads=0: ..." -> "arch.num_heads: model.heads=0: ..."
         ours = re.split(r"[=:]", str(e), maxsplit=1)[0]
-        names = {o: f"arch.{r}" for r, o, _ in _ARCH_OF[variant]} | {o: r for r, o in _TRAIN} | \
-                {"model.puzzle_emb_ndim": "arch.puzzle_emb_ndim", "model.puzzle_emb_len": "arch.puzzle_emb_len"}
+        names = (
+            {o: f"arch.{r}" for r, o, _ in _ARCH_OF[variant]}
+            | {o: r for r, o in _TRAIN}
+            | {"model.puzzle_emb_ndim": "arch.puzzle_emb_ndim", "model.puzzle_emb_len": "arch.puzzle_emb_len"}
+        )
         raise ReferenceImportError(f"{names.get(ours, 'all_config.yaml')}: {e}") from e
 
 
 def read_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
-        raise ReferenceImportError(f"--config {path}: no such file (the reference writes all_config.yaml beside "
-                                   "its checkpoints; pass --config FILE)")
+        raise ReferenceImportError(
+            f"--config {path}: no such file (the reference writes all_config.yaml beside "
+            "its checkpoints; pass --config FILE)"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -322,22 +393,33 @@ def _dataset_meta(folder: Path) -> dict | None:
     if ref.is_file():
         try:
             m = json.loads(ref.read_text())
-            return {"vocab_size": m["vocab_size"], "seq_len": m["seq_len"],
-                    "num_puzzle_ids": m["num_puzzle_identifiers"]}
+            return {
+                "vocab_size": m["vocab_size"],
+                "seq_len": m["seq_len"],
+                "num_puzzle_ids": m["num_puzzle_identifiers"],
+            }
         except (ValueError, KeyError) as e:
             raise ReferenceImportError(f"{ref}: unreadable dataset metadata: {e}") from e
     return None
 
 
-def infer_meta(weights: dict[str, torch.Tensor], cfg: Config, dataset: dict | None = None,
-               where: str = "checkpoint", dataset_where: str = "dataset") -> dict[str, int]:
+def infer_meta(
+    weights: dict[str, torch.Tensor],
+    cfg: Config,
+    dataset: dict | None = None,
+    where: str = "checkpoint",
+    dataset_where: str = "dataset",
+) -> dict[str, int]:
     """vocab_size, seq_len, num_puzzle_ids: from the weights' shapes where they tell (seq_len only
     with the MLP-mixer), else from the dataset's metadata; a disagreement is an error."""
     m = cfg.model
     if "embed.weight" not in weights:
         raise ReferenceImportError(f"{where}: missing key 'inner.embed_tokens.embedding_weight'")
-    meta: dict[str, int | None] = {"vocab_size": weights["embed.weight"].shape[0], "seq_len": None,
-                                   "num_puzzle_ids": None}
+    meta: dict[str, int | None] = {
+        "vocab_size": weights["embed.weight"].shape[0],
+        "seq_len": None,
+        "num_puzzle_ids": None,
+    }
     if m.puzzle_emb_ndim and "puzzle_emb.weight" in weights:
         meta["num_puzzle_ids"] = weights["puzzle_emb.weight"].shape[0]
     mixer = weights.get("net.blocks.0.mix.gate_up.weight")
@@ -345,24 +427,30 @@ def infer_meta(weights: dict[str, torch.Tensor], cfg: Config, dataset: dict | No
         meta["seq_len"] = mixer.shape[1] - (m.puzzle_emb_len if m.puzzle_emb_ndim else 0)
     for k in meta:
         if dataset is not None and meta[k] is not None and dataset.get(k) != meta[k]:
-            raise ReferenceImportError(f"{dataset_where}: {k}={dataset.get(k)} but the checkpoint {where} has "
-                                       f"{k}={meta[k]}; expected the dataset the model was trained on")
+            raise ReferenceImportError(
+                f"{dataset_where}: {k}={dataset.get(k)} but the checkpoint {where} has "
+                f"{k}={meta[k]}; expected the dataset the model was trained on"
+            )
         if meta[k] is None and dataset is not None:
             meta[k] = dataset.get(k)
     if meta["num_puzzle_ids"] is None and not m.puzzle_emb_ndim:
         meta["num_puzzle_ids"] = 1
     if meta["seq_len"] is None:
-        raise ReferenceImportError(f"{where}: cannot tell the sequence length (an attention model's weights do not "
-                                   f"show it, and {dataset_where} has no dataset metadata); pass --data DATASET_DIR")
+        raise ReferenceImportError(
+            f"{where}: cannot tell the sequence length (an attention model's weights do not "
+            f"show it, and {dataset_where} has no dataset metadata); pass --data DATASET_DIR"
+        )
     if meta["num_puzzle_ids"] is None:
-        raise ReferenceImportError(f"{where}: missing key 'inner.puzzle_emb.weights' (puzzle_emb_ndim="
-                                   f"{m.puzzle_emb_ndim})")
+        raise ReferenceImportError(
+            f"{where}: missing key 'inner.puzzle_emb.weights' (puzzle_emb_ndim={m.puzzle_emb_ndim})"
+        )
     return {k: int(v) for k, v in meta.items()}
 
 
 # ---------------------------------------------------------------- import
-def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Path | None = None,
-                      data: str | Path | None = None) -> dict:
+def import_checkpoint(
+    checkpoint: str | Path, out: str | Path, config: str | Path | None = None, data: str | Path | None = None
+) -> dict:
     """Write run folder `out` (config.yaml, checkpoints/step_N/state.pt) from a reference checkpoint.
 
     Everything is read and checked first, then written into a temporary folder renamed to
@@ -394,11 +482,13 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
     state.reset_ema()
     if ema_shadow and state.ema is not None:  # the EMA of the parameters; buffers (puzzle table, inits) as in the model
         shadow = convert_state_dict(ema_shadow, f"{checkpoint} (ema_helper)", cfg.model.variant)
-        load_weights(state.ema.module, {**weights, **shadow},
-                     f"{checkpoint} (ema_helper)")
+        load_weights(state.ema.module, {**weights, **shadow}, f"{checkpoint} (ema_helper)")
     state.step = step
-    state.extra["imported_from"] = {"checkpoint": str(checkpoint.resolve()), "config": str(config.resolve()),
-                                    "step": step}
+    state.extra["imported_from"] = {
+        "checkpoint": str(checkpoint.resolve()),
+        "config": str(config.resolve()),
+        "step": step,
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -412,6 +502,12 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, config: str | Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "checkpoint": str(out / "checkpoints" / ckpt.step_dir_name(step)), "step": step,
-            "arch": cfg.model.arch, **meta, "ema": bool(ema_shadow) and state.ema is not None,
-            "data_path": cfg.data.path}
+    return {
+        "out": str(out),
+        "checkpoint": str(out / "checkpoints" / ckpt.step_dir_name(step)),
+        "step": step,
+        "arch": cfg.model.arch,
+        **meta,
+        "ema": bool(ema_shadow) and state.ema is not None,
+        "data_path": cfg.data.path,
+    }

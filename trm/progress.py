@@ -1,5 +1,6 @@
 """Progress of long work (evaluation, the vote, dataset builds): one log line every few seconds with
 the count, rate and ETA. Logging only, so it is quiet under tests and visible in a run's log."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ def fmt_time(seconds: float) -> str:
 class Progress:
     """`with Progress("eval", total, unit="rows") as p: ... p.update(k)` logs at most every `every` s."""
 
-    def __init__(self, label: str, total: int, unit: str = "items", every: float = 10.0,
-                 logger: logging.Logger | None = None):
+    def __init__(
+        self, label: str, total: int, unit: str = "items", every: float = 10.0, logger: logging.Logger | None = None
+    ):
         self.label, self.total, self.unit, self.every = label, total, unit, every
         self.log = logger or log
         self.done = 0
@@ -38,13 +40,16 @@ class Progress:
         pct = 100.0 * self.done / max(self.total, 1)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta_s = fmt_time(eta) if eta != float("inf") else "?"
-        return (f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({pct:.0f}%) | "
-                f"{rate:,.1f} {self.unit}/s | ETA {eta_s}")
+        return (
+            f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({pct:.0f}%) | "
+            f"{rate:,.1f} {self.unit}/s | ETA {eta_s}"
+        )
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None and time.monotonic() - self.t0 >= self.every:
-            self.log.info("%s: %s %s in %s", self.label, f"{self.done:,}", self.unit,
-                          fmt_time(time.monotonic() - self.t0))
+            self.log.info(
+                "%s: %s %s in %s", self.label, f"{self.done:,}", self.unit, fmt_time(time.monotonic() - self.t0)
+            )

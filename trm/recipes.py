@@ -1,5 +1,6 @@
 """The paper's recipes: configs/*.yaml, one per command of the reference README. The one place they are
 written; the sweep presets (`trm.sweep.presets`) and `trm params` read them from here."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,11 @@ def recipe_path(name: str) -> Path:
 def recipe(name: str) -> dict:
     """The values configs/NAME.yaml sets, as --set keys (`data.path` as `data_path`)."""
     raw = yaml.safe_load(recipe_path(name).read_text())
-    return {("data_path" if (section, k) == ("data", "path") else k): v
-            for section, values in raw.items() for k, v in values.items()}
+    return {
+        ("data_path" if (section, k) == ("data", "path") else k): v
+        for section, values in raw.items()
+        for k, v in values.items()
+    }
 
 
 def recipe_kind(name: str) -> str | None:

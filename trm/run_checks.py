@@ -10,6 +10,7 @@ and compare them with the run's config and dataset:
   --init-from  architecture, vocab_size / seq_len; tasks in both keep their puzzle ids (new ones are fine)
   eval/submit  vocab_size / seq_len; every task of the dataset at the checkpoint's puzzle ids
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,15 +60,24 @@ def check_init_from(folder: Path, cfg: Config, meta: dict) -> None:
 def check_eval_data(state: dict, meta: dict, data: str, flag: str) -> None:
     """Evaluating or submitting the checkpoint `state` on the dataset `data` (its `meta`)."""
     where = f"{flag} {data}"
-    diffs = [f"{k}: checkpoint {state['meta'].get(k)!r} vs dataset {meta.get(k)!r}"
-             for k in SHAPE_KEYS if state["meta"].get(k) != meta.get(k)]
+    diffs = [
+        f"{k}: checkpoint {state['meta'].get(k)!r} vs dataset {meta.get(k)!r}"
+        for k in SHAPE_KEYS
+        if state["meta"].get(k) != meta.get(k)
+    ]
     if diffs:
-        raise ckpt.CheckpointError(f"{where}: another vocabulary or sequence length than the checkpoint's: "
-                                   + "; ".join(diffs))
+        raise ckpt.CheckpointError(
+            f"{where}: another vocabulary or sequence length than the checkpoint's: " + "; ".join(diffs)
+        )
     check_same_ids(checkpoint_map(state, where), dataset_map(meta, data), where)
 
 
 def _compatible(state: dict, cfg: Config, meta: dict, where: str, keys: tuple[str, ...]) -> None:
     # the trainer's own rule (trm.train.state), checked here before anything is written
-    check_compatible(state["config"]["model"], cfg.to_dict()["model"], where,
-                     {k: meta.get(k) for k in keys}, {k: state["meta"].get(k) for k in keys})
+    check_compatible(
+        state["config"]["model"],
+        cfg.to_dict()["model"],
+        where,
+        {k: meta.get(k) for k in keys},
+        {k: state["meta"].get(k) for k in keys},
+    )

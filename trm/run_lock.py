@@ -9,6 +9,7 @@ beside it (`.trm.writer.json`) for the error a second writer gets:
     with RunLock(out, "--out"):
         ...  # everything that writes into `out`
 """
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,14 @@ class RunLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            raise RunLockedError(f"{self.flag} {self.folder}: another process is writing this run "
-                                 f"({self.holder()}); wait for it to end, or choose another {self.flag}") from None
+            raise RunLockedError(
+                f"{self.flag} {self.folder}: another process is writing this run "
+                f"({self.holder()}); wait for it to end, or choose another {self.flag}"
+            ) from None
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        (self.folder / HOLDER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                           "since": since}))
+        (self.folder / HOLDER_FILE).write_text(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since})
+        )
         return self
 
     def __exit__(self, *exc) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "write_json",
 ]
 
+
 class StorageError(TrmError, RuntimeError):
     """Storage URI is unusable; the message says why and what to check."""
 
@@ -132,23 +133,31 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
         ) from e
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
         raise StorageError(
-            f"{uri}: S3 endpoint {endpoint} does not answer ({e}). "
-            "Check AWS_ENDPOINT_URL / network access."
+            f"{uri}: S3 endpoint {endpoint} does not answer ({e}). Check AWS_ENDPOINT_URL / network access."
         ) from e
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "NoSuchBucket":
             why = f"bucket {bucket!r} does not exist (at {endpoint}); create it or fix the name"
-        elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                      "ExpiredToken", "TokenRefreshRequired"):
+        elif code in (
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "InvalidToken",
+            "ExpiredToken",
+            "TokenRefreshRequired",
+        ):
             why = f"credentials were rejected ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE"
         elif code == "AccessDenied":
-            why = (f"access denied; the credentials/instance profile need "
-                   f"s3:PutObject and s3:DeleteObject on {bucket}/{prefix}*")
+            why = (
+                f"access denied; the credentials/instance profile need "
+                f"s3:PutObject and s3:DeleteObject on {bucket}/{prefix}*"
+            )
         elif code.isdigit():  # bare HTTP status, no S3 error document
-            why = (f"{endpoint} answered HTTP {status} without an S3 error code; "
-                   "is it really an S3 endpoint? (check AWS_ENDPOINT_URL)")
+            why = (
+                f"{endpoint} answered HTTP {status} without an S3 error code; "
+                "is it really an S3 endpoint? (check AWS_ENDPOINT_URL)"
+            )
         else:
             why = f"S3 error {code or status}: {e}"
         raise StorageError(f"{uri}: {why}") from e
@@ -169,8 +178,10 @@ def check_local_folder(path: str | os.PathLike[str], flag: str) -> Path:
     if not existing.is_dir():
         raise StorageError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise StorageError(f"{flag} {path}: {existing} is not writable (read-only disk or permissions); "
-                           f"expected a folder this user can write")
+        raise StorageError(
+            f"{flag} {path}: {existing} is not writable (read-only disk or permissions); "
+            f"expected a folder this user can write"
+        )
     return folder
 
 
@@ -295,8 +306,7 @@ def download_dir(
             return dest
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
         try:
-            pafs.copy_files(root, str(tmp), source_filesystem=fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
             tmp.mkdir(parents=True, exist_ok=True)  # an empty remote dir copies nothing
             for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
                 if info.type == pafs.FileType.File:
@@ -311,4 +321,3 @@ def download_dir(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
-

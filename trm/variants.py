@@ -15,6 +15,7 @@ blocks each; 1-step gradient; Q-learning halting with the extra forward pass): w
 deep recursion is, call for call, hrm.py's loop (tests/test_variants.py checks both against the
 reference's files). Halting with Q-learning works for every variant (see `RecursiveModel`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -94,8 +95,13 @@ class Transformer(RecursiveModel):
         return self.net(y, x), z
 
 
-VARIANTS: dict[str, type[RecursiveModel]] = {"trm": TRM, "singlez": SingleZ, "multiz": MultiZ, "hrm": TRM,
-                                             "transformer": Transformer}
+VARIANTS: dict[str, type[RecursiveModel]] = {
+    "trm": TRM,
+    "singlez": SingleZ,
+    "multiz": MultiZ,
+    "hrm": TRM,
+    "transformer": Transformer,
+}
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1) -> RecursiveModel:

@@ -22,6 +22,7 @@ colours 1..9 (0, the background, stays), applied to every grid of the task;
 each (task, augmentation) is its own puzzle identifier (0 = blank). Training
 pairs are also translated (input and output by the same offset).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,9 @@ import logging
 import time
 import warnings
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -84,11 +85,12 @@ def inverse_dihedral(grid: np.ndarray, d: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Augmentation:
     """grid -> dihedral(colors[grid], d). colors[c] is the new colour of c; colors[0] == 0."""
+
     dihedral: int
     colors: np.ndarray  # [10] uint8, a permutation
 
     @classmethod
-    def identity(cls) -> "Augmentation":
+    def identity(cls) -> Augmentation:
         return cls(0, np.arange(NUM_COLORS, dtype=np.uint8))
 
     def apply(self, grid: np.ndarray) -> np.ndarray:
@@ -128,8 +130,10 @@ class ArcCorpus:
 
 def _grid(obj, where: str) -> Grid:
     if not isinstance(obj, list) or not obj:
-        raise ArcError(f"{where}: expected a non-empty list of rows, got {type(obj).__name__}"
-                       + (" (empty)" if isinstance(obj, list) else ""))
+        raise ArcError(
+            f"{where}: expected a non-empty list of rows, got {type(obj).__name__}"
+            + (" (empty)" if isinstance(obj, list) else "")
+        )
     width = None
     for r, row in enumerate(obj):
         if not isinstance(row, list):
@@ -173,9 +177,12 @@ def parse_task(obj, where: str, task_id: str, held_out: bool = False, subset: st
                 if key not in pair and not (key == "output" and part == "test" and held_out):
                     raise ArcError(f"{where}: {part}[{i}] has no {key!r} grid")
             out = pair.get("output")
-            pairs[part].append((_grid(pair["input"], f"{where}: {part}[{i}].input"),
-                                None if out is None and part == "test" and held_out
-                                else _grid(out, f"{where}: {part}[{i}].output")))
+            pairs[part].append(
+                (
+                    _grid(pair["input"], f"{where}: {part}[{i}].input"),
+                    None if out is None and part == "test" and held_out else _grid(out, f"{where}: {part}[{i}].output"),
+                )
+            )
     return ArcTask(task_id, where, pairs["train"], pairs["test"], held_out, subset)
 
 
@@ -204,11 +211,11 @@ def is_challenges_file(path: Path) -> bool:
 
 def combined_subset(path: Path) -> str:
     """`PREFIX_<subset>_challenges.json` -> subset (the reference's `{prefix}_{subset}_challenges.json`)."""
-    return path.name[:-len(CHALLENGES_SUFFIX)].rsplit("_", 1)[-1]
+    return path.name[: -len(CHALLENGES_SUFFIX)].rsplit("_", 1)[-1]
 
 
 def solutions_file(path: Path) -> Path:
-    return path.with_name(path.name[:-len(CHALLENGES_SUFFIX)] + SOLUTIONS_SUFFIX)
+    return path.with_name(path.name[: -len(CHALLENGES_SUFFIX)] + SOLUTIONS_SUFFIX)
 
 
 def _combined_entries(path: Path, held_out: bool) -> list[tuple[str, str, Callable[[str], ArcTask]]]:
@@ -220,20 +227,29 @@ def _combined_entries(path: Path, held_out: bool) -> list[tuple[str, str, Callab
     (they are trained on): its loader raises naming the file and the task."""
     obj = _read_json(path)
     if not isinstance(obj, dict):
-        raise ArcError(f"{path}: expected a JSON object {{task_id: {{'train', 'test'}}}} (a challenges file), "
-                       f"got {type(obj).__name__}")
+        raise ArcError(
+            f"{path}: expected a JSON object {{task_id: {{'train', 'test'}}}} (a challenges file), "
+            f"got {type(obj).__name__}"
+        )
     subset = combined_subset(path)
     sol_path = solutions_file(path)
     sols = None
     if sol_path.is_file():
         sols = _read_json(sol_path)
         if not isinstance(sols, dict):
-            raise ArcError(f"{sol_path}: expected a JSON object {{task_id: [output grid per test input]}}, "
-                           f"got {type(sols).__name__}")
+            raise ArcError(
+                f"{sol_path}: expected a JSON object {{task_id: [output grid per test input]}}, "
+                f"got {type(sols).__name__}"
+            )
         stray = sorted(set(sols) - set(obj))
         if stray:
-            log.warning("arc: %s has solutions for %d task(s) not in %s (ignored), e.g. %s",
-                        sol_path, len(stray), path.name, stray[0])
+            log.warning(
+                "arc: %s has solutions for %d task(s) not in %s (ignored), e.g. %s",
+                sol_path,
+                len(stray),
+                path.name,
+                stray[0],
+            )
 
     def loader(raw_id: str) -> Callable[[str], ArcTask]:
         def load(task_id: str) -> ArcTask:
@@ -247,24 +263,33 @@ def _combined_entries(path: Path, held_out: bool) -> list[tuple[str, str, Callab
                     outs = sols[raw_id]
                     if not isinstance(outs, list) or len(outs) != len(tests):
                         got = f"{len(outs)} entries" if isinstance(outs, list) else type(outs).__name__
-                        raise ArcError(f"{sol_path}: task {raw_id}: expected a list of {len(tests)} output grid(s), "
-                                       f"one per test input, got {got}")
+                        raise ArcError(
+                            f"{sol_path}: task {raw_id}: expected a list of {len(tests)} output grid(s), "
+                            f"one per test input, got {got}"
+                        )
                     for i, g in enumerate(outs):
                         _grid(g, f"{sol_path}: task {raw_id}: solution {i}")
-                    tests = [{**t, "output": o} if isinstance(t, dict) else t for t, o in zip(tests, outs)]
+                    tests = [{**t, "output": o} if isinstance(t, dict) else t for t, o in zip(tests, outs, strict=True)]
                 elif not held_out and any(isinstance(t, dict) and "output" not in t for t in tests):
-                    raise ArcError(f"{where}: no test outputs and no solutions file {sol_path.name} beside it; "
-                                   f"subset {subset!r} is not a test set (--test-set), so its test pairs are "
-                                   f"trained on and need their outputs")
+                    raise ArcError(
+                        f"{where}: no test outputs and no solutions file {sol_path.name} beside it; "
+                        f"subset {subset!r} is not a test set (--test-set), so its test pairs are "
+                        f"trained on and need their outputs"
+                    )
                 task = {**task, "test": tests}
             return parse_task(task, where, task_id, held_out, subset)
+
         return load
 
     return [(raw_id, f"{subset}/{raw_id}", loader(raw_id)) for raw_id in sorted(obj)]
 
 
-def load_tasks(sources: Sequence[str | Path], test_set: str | Sequence[str] = DEFAULT_TEST_SETS,
-               skip_invalid: bool = False, subsets: Sequence[str] | None = None) -> ArcCorpus:
+def load_tasks(
+    sources: Sequence[str | Path],
+    test_set: str | Sequence[str] = DEFAULT_TEST_SETS,
+    skip_invalid: bool = False,
+    subsets: Sequence[str] | None = None,
+) -> ArcCorpus:
     """Every task under each source, in order: a folder is searched recursively for per-task
     `*.json` files and Kaggle-style `*_challenges.json` files (with `*_solutions.json` beside
     them); a source may also be one such file.
@@ -306,15 +331,19 @@ def load_tasks(sources: Sequence[str | Path], test_set: str | Sequence[str] = DE
     if wanted is not None:
         have = {combined_subset(f) for f, _, kind in files if kind == "challenges"}
         if wanted - have:
-            raise ArcError(f"--subsets {' '.join(sorted(wanted - have))}: no *_<subset>_challenges.json file for "
-                           f"{'it' if len(wanted - have) == 1 else 'them'} in {[str(s) for s in sources]}")
+            raise ArcError(
+                f"--subsets {' '.join(sorted(wanted - have))}: no *_<subset>_challenges.json file for "
+                f"{'it' if len(wanted - have) == 1 else 'them'} in {[str(s) for s in sources]}"
+            )
     else:
         names = {combined_subset(f) for f, _, kind in files if kind == "challenges"}
         if names & {"training", "evaluation"} and names & {"training2", "evaluation2"}:
-            raise ArcError(f"{[str(s) for s in sources]}: holds both ARC-AGI-1 (training, evaluation) and ARC-AGI-2 "
-                           f"(training2, evaluation2) challenges files; ARC-AGI-2's training set contains "
-                           f"ARC-AGI-1's evaluation tasks. Pick with --subsets (reference: training evaluation "
-                           f"concept, or training2 evaluation2 concept)")
+            raise ArcError(
+                f"{[str(s) for s in sources]}: holds both ARC-AGI-1 (training, evaluation) and ARC-AGI-2 "
+                f"(training2, evaluation2) challenges files; ARC-AGI-2's training set contains "
+                f"ARC-AGI-1's evaluation tasks. Pick with --subsets (reference: training evaluation "
+                f"concept, or training2 evaluation2 concept)"
+            )
 
     entries: list[tuple[str, str, str, Callable[[str], ArcTask]]] = []  # (id, qualified id, file, loader)
     corpus = ArcCorpus([])
@@ -327,8 +356,13 @@ def load_tasks(sources: Sequence[str | Path], test_set: str | Sequence[str] = DE
 
     for f, root, kind in files:
         if kind == "orphan":
-            skip(f, ArcError(f"{f}: a solutions file without its challenges file "
-                             f"{f.name[:-len(SOLUTIONS_SUFFIX)] + CHALLENGES_SUFFIX} beside it"))
+            skip(
+                f,
+                ArcError(
+                    f"{f}: a solutions file without its challenges file "
+                    f"{f.name[: -len(SOLUTIONS_SUFFIX)] + CHALLENGES_SUFFIX} beside it"
+                ),
+            )
         elif kind == "challenges":
             try:
                 held = combined_subset(f) in test_sets
@@ -340,8 +374,14 @@ def load_tasks(sources: Sequence[str | Path], test_set: str | Sequence[str] = DE
             parts = (root.name, *rel.parent.parts)
             held = bool(test_sets) and any(t in parts for t in test_sets)
             sub = rel.parts[0] if len(rel.parts) > 1 else root.name
-            entries.append((f.stem, f"{root.name}/{rel.with_suffix('').as_posix()}", str(f),
-                            lambda task_id, f=f, held=held, sub=sub: load_task(f, task_id, held, sub)))
+            entries.append(
+                (
+                    f.stem,
+                    f"{root.name}/{rel.with_suffix('').as_posix()}",
+                    str(f),
+                    lambda task_id, f=f, held=held, sub=sub: load_task(f, task_id, held, sub),
+                )
+            )
     counts: dict[str, int] = {}
     for raw, _, _, _ in entries:
         counts[raw] = counts.get(raw, 0) + 1
@@ -419,13 +459,13 @@ def _decode_canvas(g: np.ndarray) -> list[Grid | None]:
     inside = (r < hh) & (c < ww)
     eos_at = ((r == hh) & (c < ww)) | ((c == ww) & (r < hh))
     ok = (colour | ~inside).all((1, 2)) & ((g == EOS) | ~eos_at).all((1, 2)) & (h > 0) & (w > 0)
-    return [(g[k, :h[k], :w[k]] - COLOR_OFFSET).astype(np.uint8) if ok[k] else None for k in range(n)]
+    return [(g[k, : h[k], : w[k]] - COLOR_OFFSET).astype(np.uint8) if ok[k] else None for k in range(n)]
 
 
 def decode(tokens: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Grid | None:
     """Tokens [900] -> the grid, or None when they do not encode a well-formed grid."""
     g = np.asarray(tokens).reshape(MAX_SIZE, MAX_SIZE)
-    return _decode_canvas(g[None, offset[0]:, offset[1]:])[0]
+    return _decode_canvas(g[None, offset[0] :, offset[1] :])[0]
 
 
 def decode_batch(tokens: np.ndarray, chunk: int = 4096) -> list[Grid | None]:
@@ -433,7 +473,7 @@ def decode_batch(tokens: np.ndarray, chunk: int = 4096) -> list[Grid | None]:
     tokens = np.asarray(tokens)
     out: list[Grid | None] = []
     for s in range(0, len(tokens), chunk):
-        out += _decode_canvas(tokens[s:s + chunk].reshape(-1, MAX_SIZE, MAX_SIZE))
+        out += _decode_canvas(tokens[s : s + chunk].reshape(-1, MAX_SIZE, MAX_SIZE))
     return out
 
 
@@ -499,8 +539,9 @@ def plan_augmentations(task: ArcTask, count: int, rng: np.random.Generator) -> t
     return keep_d, keep_c
 
 
-def encode_augmented(grid: Grid, dihedrals: np.ndarray, colors: np.ndarray,
-                     offsets: np.ndarray | None = None) -> np.ndarray:
+def encode_augmented(
+    grid: Grid, dihedrals: np.ndarray, colors: np.ndarray, offsets: np.ndarray | None = None
+) -> np.ndarray:
     """Tokens [K, 900] of one grid under K augmentations (and optional offsets [K, 2]).
 
     Augmentations are grouped by the shape they give the grid (at most two: transposed or
@@ -534,6 +575,7 @@ def _pair_offsets(pair: tuple[Grid, Grid], dihedrals: np.ndarray, rng: np.random
 @dataclass
 class _Buffer:
     """Rows accumulated per split and flushed to the writer in chunks (bounded memory)."""
+
     writer: DatasetWriter
     chunk: int
     parts: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
@@ -554,9 +596,17 @@ class _Buffer:
             self.parts[s], self.rows[s] = {}, 0
 
 
-def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int, seed: int = 0,
-                  translate: bool = True, overwrite: bool = False, chunk: int = 16384,
-                  progress_every: float = 10.0, extra_meta: dict | None = None) -> Path:
+def build_dataset(
+    out: str | Path,
+    tasks: Sequence[ArcTask],
+    augmentations: int,
+    seed: int = 0,
+    translate: bool = True,
+    overwrite: bool = False,
+    chunk: int = 16384,
+    progress_every: float = 10.0,
+    extra_meta: dict | None = None,
+) -> Path:
     """Stream the ARC dataset to `out` task by task.
 
     train: for every task and each of its augmentations (identity first), every
@@ -573,26 +623,45 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
     """
     tasks = list(tasks)
     if not any(t.held_out for t in tasks):
-        raise ArcError("no held-out tasks: no task is in a test-set subset (--test-set, default evaluation and "
-                       "evaluation2: a folder of that name above a task file, or PREFIX_<subset>_challenges.json), "
-                       "so there would be no test split")
-    meta = {"name": "arc", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
-            "pad_token": PAD, "eos_token": EOS, "color_offset": COLOR_OFFSET, "label_pad": "ignore",
-            "blank_puzzle_id": BLANK_PUZZLE_ID, "augmentations": augmentations, "seed": seed,
-            "translate": translate, "dihedral_inverse": list(DIHEDRAL_INVERSE),
-            "task_ids": [t.task_id for t in tasks], "task_held_out": [t.held_out for t in tasks],
-            "task_files": [t.path for t in tasks], "task_subsets": [t.subset for t in tasks],
-            "unlabelled_tasks": [t.task_id for t in tasks if t.held_out and not t.labelled], **(extra_meta or {})}
+        raise ArcError(
+            "no held-out tasks: no task is in a test-set subset (--test-set, default evaluation and "
+            "evaluation2: a folder of that name above a task file, or PREFIX_<subset>_challenges.json), "
+            "so there would be no test split"
+        )
+    meta = {
+        "name": "arc",
+        "vocab_size": VOCAB_SIZE,
+        "seq_len": SEQ_LEN,
+        "num_puzzle_ids": 1,
+        "pad_token": PAD,
+        "eos_token": EOS,
+        "color_offset": COLOR_OFFSET,
+        "label_pad": "ignore",
+        "blank_puzzle_id": BLANK_PUZZLE_ID,
+        "augmentations": augmentations,
+        "seed": seed,
+        "translate": translate,
+        "dihedral_inverse": list(DIHEDRAL_INVERSE),
+        "task_ids": [t.task_id for t in tasks],
+        "task_held_out": [t.held_out for t in tasks],
+        "task_files": [t.path for t in tasks],
+        "task_subsets": [t.subset for t in tasks],
+        "unlabelled_tasks": [t.task_id for t in tasks if t.held_out and not t.labelled],
+        **(extra_meta or {}),
+    }
     for t in tasks:
         if not t.held_out and not t.labelled:
-            raise ArcError(f"{t.path}: test outputs unknown, but the task is not held out (its test pairs "
-                           f"would be trained on)")
+            raise ArcError(
+                f"{t.path}: test outputs unknown, but the task is not held out (its test pairs would be trained on)"
+            )
     first_ids, counts = [], []
     next_id = BLANK_PUZZLE_ID + 1
     t0 = time.time()
     written = {"train": 0, "test": 0}
-    with DatasetWriter(out, meta, overwrite=overwrite) as w, \
-            Progress(f"arc: building {Path(out).name}", len(tasks), unit="tasks", every=progress_every) as progress:
+    with (
+        DatasetWriter(out, meta, overwrite=overwrite) as w,
+        Progress(f"arc: building {Path(out).name}", len(tasks), unit="tasks", every=progress_every) as progress,
+    ):
         buf = _Buffer(w, chunk)
         for ti, task in enumerate(tasks):
             rng = _task_rng(seed, task.task_id)
@@ -608,53 +677,97 @@ def build_dataset(out: str | Path, tasks: Sequence[ArcTask], augmentations: int,
                 if translate:
                     off = _pair_offsets(pair, D, rng)
                     off[plain == pi] = 0
-                buf.add("train", inputs=encode_augmented(pair[0], D, C, off),
-                        labels=to_labels(encode_augmented(pair[1], D, C, off)), puzzle_ids=ids,
-                        group_ids=np.full(K, ti, np.int32), aug_ids=np.arange(K, dtype=np.int32))
+                buf.add(
+                    "train",
+                    inputs=encode_augmented(pair[0], D, C, off),
+                    labels=to_labels(encode_augmented(pair[1], D, C, off)),
+                    puzzle_ids=ids,
+                    group_ids=np.full(K, ti, np.int32),
+                    aug_ids=np.arange(K, dtype=np.int32),
+                )
                 written["train"] += K
             if task.held_out:
                 for qi, (inp, outp) in enumerate(task.test):
-                    labels = (np.full((K, SEQ_LEN), IGNORE, np.int8) if outp is None
-                              else to_labels(encode_augmented(outp, D, C)))
-                    buf.add("test", inputs=encode_augmented(inp, D, C), labels=labels, puzzle_ids=ids,
-                            task_index=np.full(K, ti, np.int32), test_index=np.full(K, qi, np.int16),
-                            aug_index=np.arange(K, dtype=np.int32), dihedral=D.astype(np.int8), colors=C,
-                            labelled=np.full(K, outp is not None, np.uint8),
-                            group_ids=np.full(K, ti, np.int32), aug_ids=np.arange(K, dtype=np.int32))
+                    labels = (
+                        np.full((K, SEQ_LEN), IGNORE, np.int8)
+                        if outp is None
+                        else to_labels(encode_augmented(outp, D, C))
+                    )
+                    buf.add(
+                        "test",
+                        inputs=encode_augmented(inp, D, C),
+                        labels=labels,
+                        puzzle_ids=ids,
+                        task_index=np.full(K, ti, np.int32),
+                        test_index=np.full(K, qi, np.int16),
+                        aug_index=np.arange(K, dtype=np.int32),
+                        dihedral=D.astype(np.int8),
+                        colors=C,
+                        labelled=np.full(K, outp is not None, np.uint8),
+                        group_ids=np.full(K, ti, np.int32),
+                        aug_ids=np.arange(K, dtype=np.int32),
+                    )
                     written["test"] += K
             progress.update(1)
         buf.flush()
         w.meta.update(num_puzzle_ids=next_id, task_first_puzzle_id=first_ids, task_num_augmentations=counts)
-    log.info("arc: wrote %s: %d tasks, %d puzzle ids, %d train + %d test samples in %.1fs", out, len(tasks),
-             next_id, written["train"], written["test"], time.time() - t0)
+    log.info(
+        "arc: wrote %s: %d tasks, %d puzzle ids, %d train + %d test samples in %.1fs",
+        out,
+        len(tasks),
+        next_id,
+        written["train"],
+        written["test"],
+        time.time() - t0,
+    )
     short = sum(1 for k in counts if k < augmentations + 1)
     if short:
-        log.info("arc: %d task(s) have fewer than %d distinct augmentations (few colours or symmetric)",
-                 short, augmentations)
+        log.info(
+            "arc: %d task(s) have fewer than %d distinct augmentations (few colours or symmetric)", short, augmentations
+        )
     return Path(out)
 
 
 # ---------------------------------------------------------------- CLI: trm data arc
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--src", action="append", required=True, metavar="PATH",
-                        help="ARC source, repeat to mix: a folder of per-task JSON files and/or Kaggle-style "
-                             "PREFIX_<subset>_challenges.json files (searched recursively), or one such file; "
-                             "test outputs come from the PREFIX_<subset>_solutions.json beside a challenges file")
-    parser.add_argument("--subsets", nargs="+", metavar="NAME",
-                        help="read only these subsets' challenges files from --src folders (reference: "
-                             "training evaluation concept for ARC-AGI-1, training2 evaluation2 concept for ARC-AGI-2)")
+    parser.add_argument(
+        "--src",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="ARC source, repeat to mix: a folder of per-task JSON files and/or Kaggle-style "
+        "PREFIX_<subset>_challenges.json files (searched recursively), or one such file; "
+        "test outputs come from the PREFIX_<subset>_solutions.json beside a challenges file",
+    )
+    parser.add_argument(
+        "--subsets",
+        nargs="+",
+        metavar="NAME",
+        help="read only these subsets' challenges files from --src folders (reference: "
+        "training evaluation concept for ARC-AGI-1, training2 evaluation2 concept for ARC-AGI-2)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
-    parser.add_argument("--augmentations", type=int, default=1000, metavar="N",
-                        help="augmented copies per task besides the original (paper: 1000)")
+    parser.add_argument(
+        "--augmentations",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="augmented copies per task besides the original (paper: 1000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-set", action="append", metavar="NAME",
-                        help="held-out subset, repeatable: its tasks' test inputs form the test split (their "
-                             "demonstrations are still trained on); a per-task file's subset is any folder "
-                             "above it, a challenges file's is in its name (default, as the reference: "
-                             "evaluation and evaluation2)")
+    parser.add_argument(
+        "--test-set",
+        action="append",
+        metavar="NAME",
+        help="held-out subset, repeatable: its tasks' test inputs form the test split (their "
+        "demonstrations are still trained on); a per-task file's subset is any folder "
+        "above it, a challenges file's is in its name (default, as the reference: "
+        "evaluation and evaluation2)",
+    )
     parser.add_argument("--no-translate", action="store_true", help="do not translate training pairs")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="warn about and skip invalid task files instead of failing")
+    parser.add_argument(
+        "--skip-invalid", action="store_true", help="warn about and skip invalid task files instead of failing"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     return parser
 
@@ -668,17 +781,35 @@ def run(args: argparse.Namespace) -> Path:
     corpus = load_tasks(args.src, test_sets, args.skip_invalid, getattr(args, "subsets", None))
     held = sum(t.held_out for t in corpus.tasks)
     log.info("arc: %d tasks (%d held out for testing) from %s", len(corpus.tasks), held, ", ".join(args.src))
-    out = build_dataset(args.out, corpus.tasks, args.augmentations, args.seed, translate=not args.no_translate,
-                        overwrite=args.overwrite,
-                        extra_meta={"sources": [str(Path(s).resolve()) for s in args.src], "test_sets": test_sets,
-                                    "subsets": sorted({t.subset for t in corpus.tasks}),
-                                    "skipped_files": [f for f, _ in corpus.skipped]})
+    out = build_dataset(
+        args.out,
+        corpus.tasks,
+        args.augmentations,
+        args.seed,
+        translate=not args.no_translate,
+        overwrite=args.overwrite,
+        extra_meta={
+            "sources": [str(Path(s).resolve()) for s in args.src],
+            "test_sets": test_sets,
+            "subsets": sorted({t.subset for t in corpus.tasks}),
+            "skipped_files": [f for f, _ in corpus.skipped],
+        },
+    )
     meta = json.loads((out / "meta.json").read_text())
     unlabelled = len(meta["unlabelled_tasks"])
     if unlabelled:
         log.info("arc: %d held-out task(s) have no known test outputs (unlabelled rows, not scored)", unlabelled)
-    print(json.dumps({"out": str(out), "tasks": len(corpus.tasks), "held_out": held, "skipped": len(corpus.skipped),
-                      "unlabelled": unlabelled,
-                      **{k: meta[k] for k in ("num_puzzle_ids", "splits", "augmentations", "seed")}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "tasks": len(corpus.tasks),
+                "held_out": held,
+                "skipped": len(corpus.skipped),
+                "unlabelled": unlabelled,
+                **{k: meta[k] for k in ("num_puzzle_ids", "splits", "augmentations", "seed")},
+            },
+            indent=2,
+        )
+    )
     return out
-

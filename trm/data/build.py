@@ -1,4 +1,5 @@
 """Build the dataset a config names, once, when it is not on disk yet (embedded defaults)."""
+
 from __future__ import annotations
 
 import logging
@@ -25,16 +26,23 @@ def ensure_dataset(d: DataConfig) -> Path:
     if (path / "meta.json").is_file():
         return path
     if d.generate == "none":
-        raise DatasetError(f"data.path={d.path}: no dataset there (build one with `trm data ...`, "
-                           f"or set data.generate=sudoku|maze)")
+        raise DatasetError(
+            f"data.path={d.path}: no dataset there (build one with `trm data ...`, or set data.generate=sudoku|maze)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
 
     with FileLock(path.parent / f".{path.name}.lock"):
         if (path / "meta.json").is_file():  # built by another process while we waited
             return path
-        log.info("building %s dataset at %s (%d train puzzles x %d augmentations, %d test)",
-                 d.generate, path, d.num_train, d.augmentations, d.num_test)
+        log.info(
+            "building %s dataset at %s (%d train puzzles x %d augmentations, %d test)",
+            d.generate,
+            path,
+            d.num_train,
+            d.augmentations,
+            d.num_test,
+        )
         if d.generate == "sudoku":
             from trm.data import sudoku
 

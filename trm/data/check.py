@@ -11,6 +11,7 @@ value checks) and refuses, naming the file and what was expected:
 The value checks are a vectorised min/max over the memory map in chunks of `CHUNK_BYTES`, so a
 multi-GB ARC split costs seconds (disk speed), once per run start.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ def check_dataset(path: str | Path, splits: tuple[str, ...] | None = None) -> di
         if key not in meta:
             raise DatasetError(f"{where}: missing key {key!r}; rebuild the dataset with `trm data ...`")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool) or (kind is int and meta[key] < 1):
-            raise DatasetError(f"{where}: {key}={meta[key]!r}: expected "
-                               f"{'a positive integer' if kind is int else 'an object {split: samples}'}")
+            raise DatasetError(
+                f"{where}: {key}={meta[key]!r}: expected "
+                f"{'a positive integer' if kind is int else 'an object {split: samples}'}"
+            )
     t0 = time.perf_counter()
     for split in splits if splits is not None else tuple(meta["splits"]):
         if split not in meta["splits"]:
@@ -71,10 +74,14 @@ def _check_split(path: Path, split: str, meta: dict) -> None:
     if shape != (n,) or dtype.kind not in "iu":
         raise DatasetError(f"{f}: {dtype}{list(shape)}: expected integers of shape [{n}] (one per sample)")
     _within(arrays["inputs"][0], 0, vocab, "token ids", f"[0, vocab_size={vocab})")
-    _within(arrays["labels"][0], 0, vocab, "label ids", f"[0, vocab_size={vocab}) or {IGNORE} (ignored)",
-            ignore=IGNORE)
-    _within(arrays["puzzle_ids"][0], 0, meta["num_puzzle_ids"], "puzzle ids",
-            f"[0, num_puzzle_ids={meta['num_puzzle_ids']})")
+    _within(arrays["labels"][0], 0, vocab, "label ids", f"[0, vocab_size={vocab}) or {IGNORE} (ignored)", ignore=IGNORE)
+    _within(
+        arrays["puzzle_ids"][0],
+        0,
+        meta["num_puzzle_ids"],
+        "puzzle ids",
+        f"[0, num_puzzle_ids={meta['num_puzzle_ids']})",
+    )
 
 
 def npy_header(f: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -92,9 +99,11 @@ def npy_header(f: Path) -> tuple[tuple[int, ...], np.dtype]:
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     size = f.stat().st_size
     if size != need:
-        raise DatasetError(f"{f}: {size:,} bytes, but its header ({dtype}{list(shape)}) needs {need:,}: "
-                           f"{'truncated' if size < need else 'trailing data'} (an interrupted copy?); "
-                           f"copy or rebuild it again")
+        raise DatasetError(
+            f"{f}: {size:,} bytes, but its header ({dtype}{list(shape)}) needs {need:,}: "
+            f"{'truncated' if size < need else 'trailing data'} (an interrupted copy?); "
+            f"copy or rebuild it again"
+        )
     return tuple(shape), dtype
 
 
@@ -104,7 +113,7 @@ def _within(f: Path, lo: int, hi: int, what: str, expected: str, ignore: int | N
     flat = a.reshape(len(a), -1) if a.ndim > 1 else a.reshape(-1, 1)
     rows = max(1, CHUNK_BYTES // max(1, flat.shape[1] * flat.dtype.itemsize))
     for start in range(0, len(flat), rows):
-        chunk = np.asarray(flat[start:start + rows])
+        chunk = np.asarray(flat[start : start + rows])
         if not chunk.size:
             continue
         cmin, cmax = int(chunk.min()), int(chunk.max())
@@ -114,5 +123,6 @@ def _within(f: Path, lo: int, hi: int, what: str, expected: str, ignore: int | N
                 bad &= chunk != ignore
             if bad.any():
                 r, c = (int(i) for i in np.argwhere(bad)[0])
-                raise DatasetError(f"{f}: sample {start + r} holds {int(chunk[r, c])} at position {c}; "
-                                   f"{what} must be in {expected}")
+                raise DatasetError(
+                    f"{f}: sample {start + r} holds {int(chunk[r, c])} at position {c}; {what} must be in {expected}"
+                )

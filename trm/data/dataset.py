@@ -23,6 +23,7 @@ sampling); datasets built before group ids existed are read row by row
 Built once (streamed to disk in chunks, into a temporary folder renamed into
 place at the end, so a crash never leaves a half dataset), then memory-mapped.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,8 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -66,8 +67,14 @@ class _ArrayWriter:
 
     def _header(self) -> bytes:
         buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                   "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+        np.lib.format.write_array_header_1_0(
+            buf,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": (self.rows, *self.row_shape),
+            },
+        )
         return buf.getvalue()
 
     def append(self, chunk: np.ndarray) -> None:
@@ -78,8 +85,9 @@ class _ArrayWriter:
             self.header_len = len(header)
             self.f.write(header)
         elif chunk.dtype != self.dtype or chunk.shape[1:] != self.row_shape:
-            raise DatasetError(f"{self.path.name}: chunk {chunk.dtype}{chunk.shape[1:]} does not match "
-                               f"{self.dtype}{self.row_shape}")
+            raise DatasetError(
+                f"{self.path.name}: chunk {chunk.dtype}{chunk.shape[1:]} does not match {self.dtype}{self.row_shape}"
+            )
         self.f.write(chunk.data)
         self.rows += len(chunk)
 
@@ -95,8 +103,8 @@ class _ArrayWriter:
 class DatasetWriter:
     """Write a dataset split by split, chunk by chunk; publish atomically on `close`.
 
-        with DatasetWriter(out, meta) as w:
-            w.append("train", inputs=..., labels=..., puzzle_ids=...)
+    with DatasetWriter(out, meta) as w:
+        w.append("train", inputs=..., labels=..., puzzle_ids=...)
     """
 
     def __init__(self, out: str | Path, meta: dict, overwrite: bool = False):
@@ -111,7 +119,7 @@ class DatasetWriter:
     def append(self, split: str, **arrays: np.ndarray) -> None:
         lengths = {len(a) for a in arrays.values()}
         if len(lengths) != 1:
-            raise DatasetError(f"{split}: arrays of different lengths {({k: len(a) for k, a in arrays.items()})}")
+            raise DatasetError(f"{split}: arrays of different lengths { ({k: len(a) for k, a in arrays.items()}) }")
         ws = self.writers.setdefault(split, {})
         if ws and set(ws) != set(arrays):
             raise DatasetError(f"{split}: arrays {sorted(arrays)} differ from earlier chunks {sorted(ws)}")
@@ -129,12 +137,15 @@ class DatasetWriter:
                     raise DatasetError(f"{split}: missing array {required!r}")
             has = [k for k in GROUP_ARRAYS if k in ws]
             if has and len(has) != len(GROUP_ARRAYS):
-                raise DatasetError(f"{split}: has {has[0]!r} but not "
-                                   f"{[k for k in GROUP_ARRAYS if k not in ws][0]!r}; write both or neither")
+                raise DatasetError(
+                    f"{split}: has {has[0]!r} but not "
+                    f"{[k for k in GROUP_ARRAYS if k not in ws][0]!r}; write both or neither"
+                )
             for k in has:
                 if ws[k].dtype.kind not in "iu" or ws[k].row_shape != ():
-                    raise DatasetError(f"{split}: {k!r} must be integers, one per sample, "
-                                       f"got {ws[k].dtype}{ws[k].row_shape}")
+                    raise DatasetError(
+                        f"{split}: {k!r} must be integers, one per sample, got {ws[k].dtype}{ws[k].row_shape}"
+                    )
             for w in ws.values():
                 w.finish()
             splits[split] = ws["inputs"].rows
@@ -157,7 +168,7 @@ class DatasetWriter:
                 w.f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -222,7 +233,7 @@ class _Stream:
     def take(self, k: int) -> np.ndarray:
         out = []
         while k > 0:
-            chunk = self._order[self.pos:self.pos + k]
+            chunk = self._order[self.pos : self.pos + k]
             out.append(chunk)
             self.pos += len(chunk)
             k -= len(chunk)
@@ -240,9 +251,16 @@ class _Stream:
         self.epoch, self.pos = epoch, 0
         self._order = self._make_order()
         if kind not in (None, self.kind) or not 0 <= pos <= len(self._order):
-            log.warning("checkpointed sample stream (%s, epoch %d, position %d) does not fit this dataset's "
-                        "(%s, %d samples per epoch on this rank): continuing from the start of epoch %d",
-                        kind or "uniform", epoch, pos, self.kind, len(self._order), epoch + 1)
+            log.warning(
+                "checkpointed sample stream (%s, epoch %d, position %d) does not fit this dataset's "
+                "(%s, %d samples per epoch on this rank): continuing from the start of epoch %d",
+                kind or "uniform",
+                epoch,
+                pos,
+                self.kind,
+                len(self._order),
+                epoch + 1,
+            )
             self.epoch = epoch + 1
             self._order = self._make_order()
             return
@@ -265,7 +283,7 @@ class SampleStream(_Stream):
 
     def _make_order(self) -> np.ndarray:
         perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
-        return perm[self.rank::self.world_size][: self.n // self.world_size]
+        return perm[self.rank :: self.world_size][: self.n // self.world_size]
 
 
 class GroupLayout:
@@ -296,11 +314,13 @@ class GroupLayout:
         self.group_start = np.r_[np.flatnonzero(np.r_[True, pg[1:] != pg[:-1]]), len(starts)].astype(np.int64)
 
     @classmethod
-    def from_dataset(cls, ds: "PuzzleDataset") -> "GroupLayout":
+    def from_dataset(cls, ds: PuzzleDataset) -> GroupLayout:
         missing = [k for k in GROUP_ARRAYS if k not in ds.arrays]
         if missing:
-            raise DatasetError(f"{ds.path}/{ds.split}: no {missing[0]}.npy (a dataset built before group ids "
-                               f"were recorded; rebuild it with `trm data ...`)")
+            raise DatasetError(
+                f"{ds.path}/{ds.split}: no {missing[0]}.npy (a dataset built before group ids "
+                f"were recorded; rebuild it with `trm data ...`)"
+            )
         return cls(*(ds.arrays[k] for k in GROUP_ARRAYS))
 
     @property
@@ -319,9 +339,12 @@ class GroupLayout:
             return {"total_groups": 0, "total_puzzles": 0, "mean_puzzle_examples": 0.0, "epoch_samples": 0.0}
         sizes = np.diff(self.puzzle_start)
         per_group = np.add.reduceat(sizes, self.group_start[:-1])
-        return {"total_groups": self.num_groups, "total_puzzles": self.num_puzzles,
-                "mean_puzzle_examples": float(self.num_samples / self.num_puzzles),
-                "epoch_samples": float(np.sum(per_group / np.diff(self.group_start)))}
+        return {
+            "total_groups": self.num_groups,
+            "total_puzzles": self.num_puzzles,
+            "mean_puzzle_examples": float(self.num_samples / self.num_puzzles),
+            "epoch_samples": float(np.sum(per_group / np.diff(self.group_start))),
+        }
 
 
 class GroupSampler(_Stream):
@@ -333,11 +356,11 @@ class GroupSampler(_Stream):
 
     kind = "groups"
 
-    def __init__(self, layout: GroupLayout, seed: int, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, pos: int = 0):
+    def __init__(
+        self, layout: GroupLayout, seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0, pos: int = 0
+    ):
         if layout.num_groups < world_size:
-            raise DatasetError(f"dataset of {layout.num_groups} puzzle groups is smaller than "
-                               f"world_size={world_size}")
+            raise DatasetError(f"dataset of {layout.num_groups} puzzle groups is smaller than world_size={world_size}")
         self.layout = layout
         self.epoch_samples = layout.stats()["epoch_samples"]  # expected, all ranks together
         super().__init__(seed, rank, world_size, epoch, pos)
@@ -348,7 +371,7 @@ class GroupSampler(_Stream):
         rng = np.random.default_rng((self.seed, epoch))
         order = rng.permutation(L.num_groups)
         chosen = rng.integers(L.group_start[:-1], L.group_start[1:])  # one augmentation per group
-        mine = order[self.rank::self.world_size]
+        mine = order[self.rank :: self.world_size]
         return mine, chosen[mine]
 
     def _make_order(self) -> np.ndarray:
@@ -368,39 +391,44 @@ class GroupSampler(_Stream):
 _told_uniform: set[str] = set()
 
 
-def make_stream(ds: "PuzzleDataset", seed: int, rank: int = 0, world_size: int = 1) -> _Stream:
+def make_stream(ds: PuzzleDataset, seed: int, rank: int = 0, world_size: int = 1) -> _Stream:
     """The training stream of a split: `GroupSampler` when it records group ids, else the
     row-uniform `SampleStream` (said once per dataset in the log)."""
     if all(k in ds.arrays for k in GROUP_ARRAYS):
         return GroupSampler(GroupLayout.from_dataset(ds), seed, rank, world_size)
     if str(ds.path) not in _told_uniform:
         _told_uniform.add(str(ds.path))
-        log.warning("%s: no group ids (built before they were recorded): sampling rows uniformly, not one "
-                    "augmentation of every puzzle per epoch as the reference; rebuild it with `trm data ...` "
-                    "for the reference's epochs", ds.path)
+        log.warning(
+            "%s: no group ids (built before they were recorded): sampling rows uniformly, not one "
+            "augmentation of every puzzle per epoch as the reference; rebuild it with `trm data ...` "
+            "for the reference's epochs",
+            ds.path,
+        )
     return SampleStream(len(ds), seed, rank, world_size)
 
 
-def epoch_size(data: "str | Path | dict", split: str = "train") -> float:
+def epoch_size(data: str | Path | dict, split: str = "train") -> float:
     """Samples in one training epoch, all ranks together: the reference's
     total_groups * mean_puzzle_examples (the sum over groups of their puzzles' example count),
     so that steps = epochs * epoch_size(data) / global_batch_size. `data` is a dataset folder or
     its meta dict. Datasets without group ids: their sample count (one uniform pass)."""
     meta = data if isinstance(data, dict) else read_meta(data)
     if split not in meta.get("splits", {}):
-        raise DatasetError(f"dataset {meta.get('name', '?')!r}: no split {split!r}; "
-                           f"it has {sorted(meta.get('splits', {}))}")
+        raise DatasetError(
+            f"dataset {meta.get('name', '?')!r}: no split {split!r}; it has {sorted(meta.get('splits', {}))}"
+        )
     g = meta.get("groups", {}).get(split)
     return float(g["epoch_samples"]) if g else float(meta["splits"][split])
 
 
-def iterate_batches(ds: PuzzleDataset, batch_size: int, limit: int = 0, rank: int = 0,
-                    world_size: int = 1) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def iterate_batches(
+    ds: PuzzleDataset, batch_size: int, limit: int = 0, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Deterministic evaluation order: this rank's shard of the first `limit` samples (0 = all)."""
     total = len(ds) if limit <= 0 else min(limit, len(ds))
     idx = np.arange(total)[rank::world_size]
     for start in range(0, len(idx), batch_size):
-        sel = idx[start:start + batch_size]
+        sel = idx[start : start + batch_size]
         yield sel, ds.batch(sel)
 
 

@@ -12,6 +12,7 @@ Nothing that looks complete is left by an interrupted fetch (a `.part` file) or 
 writer builds into a hidden temporary folder and renames it). The cache is $TRM_CACHE, else
 ~/.cache/trm.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,16 +104,27 @@ def verify(src: Source, f: SourceFile, local: Path, sums: Checksums, what: str, 
     sha, size, origin = expected(src, f, sums)
     actual_size = local.stat().st_size
     if size is not None and actual_size != size:
-        raise DownloadError(f"size mismatch: {what}: {actual_size} bytes, expected {size} ({origin or 'the registry'}): "
-                            f"a truncated or different file; it was removed, nothing was built")
+        raise DownloadError(
+            f"size mismatch: {what}: {actual_size} bytes, expected {size} ({origin or 'the registry'}): "
+            f"a truncated or different file; it was removed, nothing was built"
+        )
     digest = sha256_of(local)
     if sha is None:
-        sums.record(_key(src, f), {"sha256": digest, "size": actual_size, "commit": commit,
-                                   "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        sums.record(
+            _key(src, f),
+            {
+                "sha256": digest,
+                "size": actual_size,
+                "commit": commit,
+                "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         log.info("%s: not pinned: recorded sha256 %s on first fetch in %s", what, digest[:16], sums.path)
     elif digest != sha:
-        raise DownloadError(f"checksum mismatch: {what}: sha256 {digest[:16]}..., expected {sha[:16]}... "
-                            f"({origin}); the file was removed, nothing was built")
+        raise DownloadError(
+            f"checksum mismatch: {what}: sha256 {digest[:16]}..., expected {sha[:16]}... "
+            f"({origin}); the file was removed, nothing was built"
+        )
 
 
 # ---------------------------------------------------------------- hub files
@@ -120,8 +132,9 @@ def hf_cache() -> str:
     """The hub cache as the environment says now (huggingface_hub reads it once, at import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                     os.path.expanduser("~/.cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return os.path.join(home, "hub")
 
 
@@ -131,8 +144,10 @@ def hf_endpoint() -> str:
 
 def network_error(url: str, cause: BaseException | str) -> DownloadError:
     first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    return DownloadError(f"cannot fetch {url} ({first}); with HF_HUB_OFFLINE=1 the local cache is used, "
-                         f"and it has no copy of this file yet")
+    return DownloadError(
+        f"cannot fetch {url} ({first}); with HF_HUB_OFFLINE=1 the local cache is used, "
+        f"and it has no copy of this file yet"
+    )
 
 
 def hub_download(repo: str, path: str, revision: str, repo_type: str = "dataset") -> Path:
@@ -143,16 +158,26 @@ def hub_download(repo: str, path: str, revision: str, repo_type: str = "dataset"
     prefix = "datasets/" if repo_type == "dataset" else ""
     url = f"{hf_endpoint()}/{prefix}{repo}/resolve/{revision}/{path}"
     try:
-        return Path(hf_hub_download(repo, path, repo_type=repo_type, revision=revision, cache_dir=hf_cache(),
-                                    endpoint=hf_endpoint(), local_files_only=offline()))
+        return Path(
+            hf_hub_download(
+                repo,
+                path,
+                repo_type=repo_type,
+                revision=revision,
+                cache_dir=hf_cache(),
+                endpoint=hf_endpoint(),
+                local_files_only=offline(),
+            )
+        )
     except hf_errors.RepositoryNotFoundError as e:
         raise DownloadError(f"hub repo {prefix}{repo}: not found at {hf_endpoint()} (or private)") from e
     except hf_errors.RevisionNotFoundError as e:
         raise DownloadError(f"hub repo {prefix}{repo}: no revision {revision!r}") from e
     except hf_errors.LocalEntryNotFoundError as e:  # offline and not cached, or the hub unreachable
         if offline():
-            raise DownloadError(f"{url}: not in the cache {hf_cache()} and HF_HUB_OFFLINE is set (fetch it "
-                                f"once online)") from e
+            raise DownloadError(
+                f"{url}: not in the cache {hf_cache()} and HF_HUB_OFFLINE is set (fetch it once online)"
+            ) from e
         raise network_error(url, e.__cause__ or e.__context__ or e) from e
     except hf_errors.EntryNotFoundError as e:
         raise DownloadError(f"hub repo {prefix}{repo}@{revision}: has no file {path!r}") from e
@@ -210,8 +235,10 @@ def http_download(url: str, dest: Path, size_hint: int | None = None) -> None:
                     have = 0
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length is not None else size_hint
-                with open(part, "ab" if have else "wb") as out, \
-                        Progress(f"download {dest.name}", total or 0, unit="bytes") as p:
+                with (
+                    open(part, "ab" if have else "wb") as out,
+                    Progress(f"download {dest.name}", total or 0, unit="bytes") as p,
+                ):
                     p.update(have)
                     while block := r.read(CHUNK):
                         out.write(block)
@@ -228,8 +255,10 @@ def http_download(url: str, dest: Path, size_hint: int | None = None) -> None:
             attempts += 1
             got = part.stat().st_size if part.exists() else 0
             if attempts > RETRIES:
-                raise DownloadError(f"{url}: download interrupted at {got:,} bytes after {RETRIES} resumed "
-                                    f"attempts; run the command again to resume from {part}") from e
+                raise DownloadError(
+                    f"{url}: download interrupted at {got:,} bytes after {RETRIES} resumed "
+                    f"attempts; run the command again to resume from {part}"
+                ) from e
             log.warning("%s: connection dropped at %s bytes (%s); resuming", url, f"{got:,}", type(e).__name__)
         except urllib.error.URLError as e:
             raise network_error(url, e.reason) from e
@@ -254,8 +283,7 @@ def _fetch_github(src: Source, f: SourceFile, sums: Checksums, dest: Path) -> Pa
         verify(src, f, dest, sums, f"{dest} (cached {what})")
         return dest
     if offline():
-        raise DownloadError(f"{what}: not in the cache {dest.parent} and HF_HUB_OFFLINE is set (fetch it once "
-                            f"online)")
+        raise DownloadError(f"{what}: not in the cache {dest.parent} and HF_HUB_OFFLINE is set (fetch it once online)")
     http_download(what, dest, f.size)
     part = dest.with_name(dest.name + ".part")
     try:
@@ -275,8 +303,9 @@ def fetch(src: Source) -> dict[str, Path]:
     for f in src.files:
         t0 = time.monotonic()
         out[f.path] = fetch_hub(src, f, sums) if src.host == HUB else fetch_github(src, f, sums)
-        log.info("%s: %s ready (%.1f MB, %.1f s)", src.name, f.path, out[f.path].stat().st_size / 1e6,
-                 time.monotonic() - t0)
+        log.info(
+            "%s: %s ready (%.1f MB, %.1f s)", src.name, f.path, out[f.path].stat().st_size / 1e6, time.monotonic() - t0
+        )
     return out
 
 
@@ -284,8 +313,10 @@ def build_argv(src: Source, files: dict[str, Path], out: str | Path) -> list[str
     """The `trm data BUILDER` arguments for src: {file} -> that fetched file, {dir} -> their folder."""
     folders = {p.parent for p in files.values()}
     if len(folders) != 1:
-        raise DatasetError(f"{src.name}: source files in several folders {sorted(map(str, folders))}; "
-                           "the registry's {dir} needs them in one")
+        raise DatasetError(
+            f"{src.name}: source files in several folders {sorted(map(str, folders))}; "
+            "the registry's {dir} needs them in one"
+        )
     subst = {f"{{{Path(k).name}}}": str(v) for k, v in files.items()} | {"{dir}": str(folders.pop())}
     return ["--out", str(out), *(subst.get(a, a) for a in src.build_args)]
 
@@ -311,8 +342,9 @@ def download(name: str, out: str | Path, overwrite: bool = False, sources: dict[
     t1 = time.monotonic()
     path = build(src, files, out, overwrite)
     size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-    log.info("%s: fetched in %.1f s, built in %.1f s, %.1f MB at %s", name, t1 - t0, time.monotonic() - t1,
-             size / 1e6, path)
+    log.info(
+        "%s: fetched in %.1f s, built in %.1f s, %.1f MB at %s", name, t1 - t0, time.monotonic() - t1, size / 1e6, path
+    )
     return path
 
 

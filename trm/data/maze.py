@@ -12,6 +12,7 @@ knocks out a few extra walls so that it is not a perfect tree, and picks S and
 G with a BFS: G is any cell more than `min_path` moves from S that is reached
 by exactly one shortest path, so the target answer is unambiguous.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,10 @@ def check_paths(questions: np.ndarray, answers: np.ndarray) -> list[str | None]:
             continue
         if changed[i].any():
             r, c = np.argwhere(changed[i])[0]
-            out.append(f"cell ({r}, {c}) is {CHARSET[a[i, r, c] - 1] if 1 <= a[i, r, c] <= 5 else a[i, r, c]!r} "
-                       f"but the question has {CHARSET[q[i, r, c] - 1]!r} there")
+            out.append(
+                f"cell ({r}, {c}) is {CHARSET[a[i, r, c] - 1] if 1 <= a[i, r, c] <= 5 else a[i, r, c]!r} "
+                f"but the question has {CHARSET[q[i, r, c] - 1]!r} there"
+            )
             continue
         best = int(shortest[i][g[i]][0])
         got = int(along[i][g[i]][0])
@@ -124,8 +127,11 @@ def _carve(rng: np.random.Generator, extra_openings: int) -> np.ndarray:
     stack = [(r, c)]
     while stack:
         r, c = stack[-1]
-        nbrs = [(r + dr, c + dc) for dr, dc in steps
-                if 0 <= r + dr < CELLS and 0 <= c + dc < CELLS and not visited[r + dr, c + dc]]
+        nbrs = [
+            (r + dr, c + dc)
+            for dr, dc in steps
+            if 0 <= r + dr < CELLS and 0 <= c + dc < CELLS and not visited[r + dr, c + dc]
+        ]
         if not nbrs:
             stack.pop()
             continue
@@ -142,15 +148,16 @@ def _carve(rng: np.random.Generator, extra_openings: int) -> np.ndarray:
     return open_
 
 
-def generate_maze(rng: np.random.Generator, min_path: int = MIN_PATH, extra_openings: int = 8,
-                  max_tries: int = 200) -> tuple[np.ndarray, np.ndarray, int]:
+def generate_maze(
+    rng: np.random.Generator, min_path: int = MIN_PATH, extra_openings: int = 8, max_tries: int = 200
+) -> tuple[np.ndarray, np.ndarray, int]:
     """One maze whose unique shortest S->G path is longer than `min_path` moves.
 
     Returns (question, answer) token grids [30, 30] and the path length."""
     for _ in range(max_tries):
         open_ = _carve(rng, extra_openings)
         lattice = np.zeros((SIZE, SIZE), bool)
-        lattice[0:2 * CELLS:2, 0:2 * CELLS:2] = True
+        lattice[0 : 2 * CELLS : 2, 0 : 2 * CELLS : 2] = True
         start = tuple(np.argwhere(lattice)[rng.integers(CELLS * CELLS)])
         smask = np.zeros((SIZE, SIZE), bool)
         smask[start] = True
@@ -172,12 +179,15 @@ def generate_maze(rng: np.random.Generator, min_path: int = MIN_PATH, extra_open
             a[r, c] = PATH
         d = int(rng.integers(8))  # the carving leaves row/column 29 as wall: spread that over sides
         return np.ascontiguousarray(dihedral(q, d)), np.ascontiguousarray(dihedral(a, d)), int(dist[goal])
-    raise DatasetError(f"min_path={min_path}: no maze with a unique shortest path that long in {max_tries} "
-                       f"tries (a 30x30 maze allows about 200); lower it or extra_openings")
+    raise DatasetError(
+        f"min_path={min_path}: no maze with a unique shortest path that long in {max_tries} "
+        f"tries (a 30x30 maze allows about 200); lower it or extra_openings"
+    )
 
 
-def generate(num: int, seed: int, min_path: int = MIN_PATH, extra_openings: int = 8,
-             progress_every: float = 5.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate(
+    num: int, seed: int, min_path: int = MIN_PATH, extra_openings: int = 8, progress_every: float = 5.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`num` mazes: questions [N,30,30], answers [N,30,30] (tokens), path lengths [N]."""
     rng = np.random.default_rng(seed)
     qs, ans, lengths = [], [], []
@@ -217,14 +227,13 @@ def load_csv(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.ndar
         if "o" in q:
             raise DatasetError(f"{where}: question already marks path cells 'o'")
         if q.count("S") != 1 or q.count("G") != 1:
-            raise DatasetError(f"{where}: question has {q.count('S')} 'S' and {q.count('G')} 'G', "
-                               f"expected one of each")
+            raise DatasetError(f"{where}: question has {q.count('S')} 'S' and {q.count('G')} 'G', expected one of each")
         qs.append(from_text(q)), ans.append(from_text(a)), ratings.append(rating), lines.append(where)
     if not qs:
         raise DatasetError(f"{path}: no mazes")
     questions, answers = np.stack(qs), np.stack(ans)
     if verify:
-        for where, err in zip(lines, check_paths(questions, answers)):
+        for where, err in zip(lines, check_paths(questions, answers), strict=True):
             if err is not None:
                 raise DatasetError(f"{where}: answer is not a shortest path: {err}")
     return questions, answers, np.array(ratings, dtype=np.float32)
@@ -240,17 +249,34 @@ def dihedral_copies(rng: np.random.Generator, n: int, copies: int) -> np.ndarray
     return np.sort(perms[:, :copies], axis=1)
 
 
-def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                  augmentations: int, seed: int, overwrite: bool = False, source: str = "generated",
-                  chunk: int = 65536, extra_meta: dict | None = None) -> Path:
+def build_dataset(
+    out: str | Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    augmentations: int,
+    seed: int,
+    overwrite: bool = False,
+    source: str = "generated",
+    chunk: int = 65536,
+    extra_meta: dict | None = None,
+) -> Path:
     """Write train (each maze + min(augmentations, 7) dihedral copies) and test (as is).
 
     A maze and its copies form one group (group_ids = the maze's index, aug_ids = the copy,
     0 = the maze as given); every test maze is a group of its own."""
     copies = min(max(augmentations, 0), MAX_DIHEDRAL_COPIES)
-    meta = {"name": "maze", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
-            "charset": CHARSET, "pad_token": PAD, "source": source, "augmentations": copies, "seed": seed,
-            **(extra_meta or {})}
+    meta = {
+        "name": "maze",
+        "vocab_size": VOCAB_SIZE,
+        "seq_len": SEQ_LEN,
+        "num_puzzle_ids": 1,
+        "charset": CHARSET,
+        "pad_token": PAD,
+        "source": source,
+        "augmentations": copies,
+        "seed": seed,
+        **(extra_meta or {}),
+    }
     rng = np.random.default_rng((seed, 2))
     with DatasetWriter(out, meta, overwrite=overwrite) as w:
         for split, (q, a) in (("train", train), ("test", test)):
@@ -258,8 +284,8 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
             ids = np.concatenate([np.zeros((len(q), 1), np.int8), ids], axis=1)  # identity first
             per = max(1, chunk // ids.shape[1])
             for s in range(0, len(q), per):
-                qq, aa, dd = q[s:s + per], a[s:s + per], ids[s:s + per]
-                xi, yi = [], []
+                qq, aa, dd = q[s : s + per], a[s : s + per], ids[s : s + per]
+                xi = []
                 for d in range(8):  # one vectorised transform per dihedral id
                     rows, cols = np.nonzero(dd == d)
                     if len(rows):
@@ -267,10 +293,15 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
                 order = np.argsort(np.concatenate([o for o, _, _ in xi]))
                 x = np.concatenate([t for _, t, _ in xi])[order].reshape(-1, SEQ_LEN)
                 y = np.concatenate([t for _, _, t in xi])[order].reshape(-1, SEQ_LEN)
-                w.append(split, inputs=x.astype(np.uint8), labels=y.astype(np.int8),
-                         puzzle_ids=np.zeros(len(x), np.int32), dihedral=dd.reshape(-1).astype(np.int8),
-                         group_ids=np.repeat(np.arange(s, s + len(qq), dtype=np.int32), dd.shape[1]),
-                         aug_ids=np.tile(np.arange(dd.shape[1], dtype=np.int32), len(qq)))
+                w.append(
+                    split,
+                    inputs=x.astype(np.uint8),
+                    labels=y.astype(np.int8),
+                    puzzle_ids=np.zeros(len(x), np.int32),
+                    dihedral=dd.reshape(-1).astype(np.int8),
+                    group_ids=np.repeat(np.arange(s, s + len(qq), dtype=np.int32), dd.shape[1]),
+                    aug_ids=np.tile(np.arange(dd.shape[1], dtype=np.int32), len(qq)),
+                )
     return Path(out)
 
 
@@ -280,25 +311,44 @@ def build_from_config(d, path: str | Path) -> Path:
     min_path = int(getattr(d, "min_path", MIN_PATH))
     train = generate(d.num_train, d.gen_seed, min_path)
     test = generate(d.num_test, d.gen_seed + 1_000_003, min_path)
-    return build_dataset(path, train[:2], test[:2], d.augmentations, d.gen_seed,
-                         extra_meta={"min_path": min_path})
+    return build_dataset(path, train[:2], test[:2], d.augmentations, d.gen_seed, extra_meta={"min_path": min_path})
 
 
 # ---------------------------------------------------------------- CLI: trm data maze
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
-    parser.add_argument("--num-train", type=int, default=None, metavar="N",
-                        help="training mazes (default 1000 generated; with --csv: all rows)")
-    parser.add_argument("--num-test", type=int, default=None, metavar="M",
-                        help="test mazes (default 1000 generated; with --csv: all rows)")
-    parser.add_argument("--min-path", type=int, default=MIN_PATH,
-                        help="generated mazes: shortest path longer than this many moves (paper: 110)")
-    parser.add_argument("--extra-openings", type=int, default=8,
-                        help="generated mazes: walls knocked out after carving (loops)")
-    parser.add_argument("--csv", metavar="DIR",
-                        help="read HRM's maze CSVs (DIR/train.csv and DIR/test.csv) instead of generating")
-    parser.add_argument("--augmentations", type=int, default=MAX_DIHEDRAL_COPIES,
-                        help="dihedral copies per training maze, at most 7 (paper: all 7)")
+    parser.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training mazes (default 1000 generated; with --csv: all rows)",
+    )
+    parser.add_argument(
+        "--num-test",
+        type=int,
+        default=None,
+        metavar="M",
+        help="test mazes (default 1000 generated; with --csv: all rows)",
+    )
+    parser.add_argument(
+        "--min-path",
+        type=int,
+        default=MIN_PATH,
+        help="generated mazes: shortest path longer than this many moves (paper: 110)",
+    )
+    parser.add_argument(
+        "--extra-openings", type=int, default=8, help="generated mazes: walls knocked out after carving (loops)"
+    )
+    parser.add_argument(
+        "--csv", metavar="DIR", help="read HRM's maze CSVs (DIR/train.csv and DIR/test.csv) instead of generating"
+    )
+    parser.add_argument(
+        "--augmentations",
+        type=int,
+        default=MAX_DIHEDRAL_COPIES,
+        help="dihedral copies per training maze, at most 7 (paper: all 7)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     return parser
@@ -313,20 +363,46 @@ def run(args: argparse.Namespace) -> Path:
         folder = Path(args.csv)
         train = load_csv(folder / "train.csv")
         test = load_csv(folder / "test.csv")
-        train = tuple(x[:args.num_train] for x in train[:2]) if args.num_train else train[:2]
-        test = tuple(x[:args.num_test] for x in test[:2]) if args.num_test else test[:2]
+        train = tuple(x[: args.num_train] for x in train[:2]) if args.num_train else train[:2]
+        test = tuple(x[: args.num_test] for x in test[:2]) if args.num_test else test[:2]
         source = str(folder.resolve())
     else:
         train = generate(args.num_train or 1000, args.seed, args.min_path, args.extra_openings)[:2]
         test = generate(args.num_test or 1000, args.seed + 1_000_003, args.min_path, args.extra_openings)[:2]
         source = "generated"
     log.info("maze: %d train, %d test mazes (%s)", len(train[0]), len(test[0]), source)
-    out = build_dataset(args.out, train, test, args.augmentations, args.seed, overwrite=args.overwrite,
-                        source=source, extra_meta={"min_path": args.min_path} if not args.csv else None)
+    out = build_dataset(
+        args.out,
+        train,
+        test,
+        args.augmentations,
+        args.seed,
+        overwrite=args.overwrite,
+        source=source,
+        extra_meta={"min_path": args.min_path} if not args.csv else None,
+    )
     print(json.dumps(json.loads((out / "meta.json").read_text()), indent=2))
     return out
 
 
-__all__ = ["CHARSET", "MIN_PATH", "SEQ_LEN", "VOCAB_SIZE", "add_args", "bfs", "build_dataset", "build_from_config",
-           "check_paths", "dihedral", "from_text", "generate", "generate_maze", "inverse_dihedral", "load_csv",
-           "path_error", "run", "shortest_length", "to_text"]
+__all__ = [
+    "CHARSET",
+    "MIN_PATH",
+    "SEQ_LEN",
+    "VOCAB_SIZE",
+    "add_args",
+    "bfs",
+    "build_dataset",
+    "build_from_config",
+    "check_paths",
+    "dihedral",
+    "from_text",
+    "generate",
+    "generate_maze",
+    "inverse_dihedral",
+    "load_csv",
+    "path_error",
+    "run",
+    "shortest_length",
+    "to_text",
+]

@@ -15,6 +15,7 @@ them by task id:
 
 Sudoku and Maze have no tasks (one puzzle id): their map is the id count alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,11 @@ class PuzzleMap:
     def of(cls, meta: dict) -> PuzzleMap:
         """The map a dataset's meta.json describes (task_ids, task_first_puzzle_id, task_num_augmentations)."""
         ids, first, count = (meta.get(k) for k in ("task_ids", "task_first_puzzle_id", "task_num_augmentations"))
-        tasks = {str(t): (int(f), int(c)) for t, f, c in zip(ids, first, count)} if ids and first and count else {}
+        tasks = (
+            {str(t): (int(f), int(c)) for t, f, c in zip(ids, first, count, strict=True)}
+            if ids and first and count
+            else {}
+        )
         return cls(int(meta.get("num_puzzle_ids", 1)), tasks)
 
     @property
@@ -53,8 +58,11 @@ class PuzzleMap:
 
     def to_dict(self) -> dict:
         """What a checkpoint records (`from_dict` reads it back)."""
-        return {"fingerprint": self.fingerprint, "num_puzzle_ids": self.num_puzzle_ids,
-                "tasks": {t: list(v) for t, v in self.tasks.items()}}
+        return {
+            "fingerprint": self.fingerprint,
+            "num_puzzle_ids": self.num_puzzle_ids,
+            "tasks": {t: list(v) for t, v in self.tasks.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> PuzzleMap:
@@ -69,8 +77,12 @@ def dataset_map(meta: dict, where: str) -> PuzzleMap:
     """A dataset's map; a dataset built before fingerprints were recorded is said once."""
     if FINGERPRINT not in meta and where not in _warned:
         _warned.add(where)
-        log.warning("%s: built before datasets recorded their puzzle-map fingerprint; its task-to-puzzle-id map "
-                    "is read from its task ids%s", where, "" if meta.get("task_ids") else " (none recorded)")
+        log.warning(
+            "%s: built before datasets recorded their puzzle-map fingerprint; its task-to-puzzle-id map "
+            "is read from its task ids%s",
+            where,
+            "" if meta.get("task_ids") else " (none recorded)",
+        )
     return PuzzleMap.of(meta)
 
 
@@ -85,15 +97,20 @@ def check_same_ids(saved: PuzzleMap | None, data: PuzzleMap, where: str) -> None
     moved = saved.moved(data)
     unknown = [t for t in data.tasks if t not in saved.tasks]
     if moved:
-        raise PuzzleMapError(f"{where}: task(s) {_names(moved)} have other puzzle ids than in the checkpoint's "
-                             f"training data (another build order?); evaluate on the dataset it was trained on, "
-                             f"or rebuild this one as that was built")
+        raise PuzzleMapError(
+            f"{where}: task(s) {_names(moved)} have other puzzle ids than in the checkpoint's "
+            f"training data (another build order?); evaluate on the dataset it was trained on, "
+            f"or rebuild this one as that was built"
+        )
     if unknown:
-        raise PuzzleMapError(f"{where}: task(s) {_names(unknown)} are not in the checkpoint's training data (their "
-                             f"puzzle embeddings were never trained); fine-tune on it first (trm train --init-from)")
+        raise PuzzleMapError(
+            f"{where}: task(s) {_names(unknown)} are not in the checkpoint's training data (their "
+            f"puzzle embeddings were never trained); fine-tune on it first (trm train --init-from)"
+        )
     if data.num_puzzle_ids > saved.num_puzzle_ids or (not data.tasks and data.num_puzzle_ids != saved.num_puzzle_ids):
-        raise PuzzleMapError(f"{where}: {data.num_puzzle_ids} puzzle ids, the checkpoint's training data "
-                             f"{saved.num_puzzle_ids}")
+        raise PuzzleMapError(
+            f"{where}: {data.num_puzzle_ids} puzzle ids, the checkpoint's training data {saved.num_puzzle_ids}"
+        )
 
 
 def check_extends(saved: PuzzleMap | None, data: PuzzleMap, where: str) -> list[str]:
@@ -102,10 +119,12 @@ def check_extends(saved: PuzzleMap | None, data: PuzzleMap, where: str) -> list[
         return []
     moved = saved.moved(data)
     if moved:
-        raise PuzzleMapError(f"{where}: task(s) {_names(moved)} have other puzzle ids here than in the checkpoint's "
-                             f"training data (another build order?); their trained embeddings would be "
-                             f"attached to other tasks. Fine-tune on a dataset built as that one was, or on "
-                             f"new tasks only")
+        raise PuzzleMapError(
+            f"{where}: task(s) {_names(moved)} have other puzzle ids here than in the checkpoint's "
+            f"training data (another build order?); their trained embeddings would be "
+            f"attached to other tasks. Fine-tune on a dataset built as that one was, or on "
+            f"new tasks only"
+        )
     return [t for t in data.tasks if t in saved.tasks]
 
 
@@ -124,6 +143,9 @@ def checkpoint_map(state: dict, where: str) -> PuzzleMap | None:
         meta = None
     if meta is None and where not in _warned:
         _warned.add(where)
-        log.warning("%s: the checkpoint records no puzzle map, and its training dataset %s is not here: "
-                    "task ids not checked", where, path or "?")
+        log.warning(
+            "%s: the checkpoint records no puzzle map, and its training dataset %s is not here: task ids not checked",
+            where,
+            path or "?",
+        )
     return PuzzleMap.of(meta) if meta else None

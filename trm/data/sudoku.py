@@ -4,6 +4,7 @@ validity-preserving augmentation.
 Grids are int8 [9, 9] arrays of digits 1..9, 0 for a blank. Tokens for the
 model are digit + 1 (1 = blank, 2..10 = digits, 0 = pad): vocab 11, seq 81.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,16 +23,27 @@ VOCAB_SIZE, SEQ_LEN = 11, 81
 _ALL = 0x3FE  # bits 1..9
 
 # peers[c]: the 20 cells sharing a row, column or box with cell c
-_PEERS = [sorted(({c // 9 * 9 + j for j in range(9)} | {i * 9 + c % 9 for i in range(9)}
-                  | {(c // 27) * 27 + (c % 9 // 3) * 3 + i * 9 + j for i in range(3) for j in range(3)}) - {c})
-          for c in range(81)]
+_PEERS = [
+    sorted(
+        (
+            {c // 9 * 9 + j for j in range(9)}
+            | {i * 9 + c % 9 for i in range(9)}
+            | {(c // 27) * 27 + (c % 9 // 3) * 3 + i * 9 + j for i in range(3) for j in range(3)}
+        )
+        - {c}
+    )
+    for c in range(81)
+]
 
 
 def is_valid_solution(grid: np.ndarray) -> bool:
     g = np.asarray(grid).reshape(9, 9)
     want = set(range(1, 10))
-    return (all(set(g[i]) == want for i in range(9)) and all(set(g[:, j]) == want for j in range(9))
-            and all(set(g[r:r + 3, c:c + 3].ravel()) == want for r in (0, 3, 6) for c in (0, 3, 6)))
+    return (
+        all(set(g[i]) == want for i in range(9))
+        and all(set(g[:, j]) == want for j in range(9))
+        and all(set(g[r : r + 3, c : c + 3].ravel()) == want for r in (0, 3, 6) for c in (0, 3, 6))
+    )
 
 
 def givens_consistent(puzzle: np.ndarray) -> bool:
@@ -148,6 +160,7 @@ def make_puzzle(rng: np.random.Generator, min_givens: int, max_givens: int) -> t
 class SudokuTransform:
     """digits: new digit of each old digit (index 0 = blank stays 0); rows/cols: source index
     of each output row/column; transpose applied first."""
+
     digits: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
@@ -181,7 +194,7 @@ def augment(grids: np.ndarray, rng: np.random.Generator, *others: np.ndarray) ->
     outs = [np.empty_like(grids)] + [np.empty_like(o) for o in others]
     for i in range(len(grids)):
         t = random_transform(rng)
-        for src, dst in zip((grids, *others), outs):
+        for src, dst in zip((grids, *others), outs, strict=True):
             dst[i] = apply_transform(src[i], t)
     return tuple(outs)
 
@@ -227,8 +240,12 @@ def _parse_rows(qs: list[str], answers: list[str]) -> tuple[np.ndarray, np.ndarr
     checks = [
         (q_len != 81, lambda i: f"question has {q_len[i]} cells, expected 81 (a 9x9 grid)"),
         (a_len != 81, lambda i: f"answer has {a_len[i]} cells, expected 81 (a 9x9 grid)"),
-        (q_bad, lambda i: f"question has characters {sorted(set(qs[i]) - set('.0123456789'))}; "
-                          f"expected digits 1-9, '.' or '0'"),
+        (
+            q_bad,
+            lambda i: (
+                f"question has characters {sorted(set(qs[i]) - set('.0123456789'))}; expected digits 1-9, '.' or '0'"
+            ),
+        ),
         (a_bad, lambda i: f"answer must be digits 1-9, got {sorted(set(answers[i]) - digits)}"),
         (~_valid_solutions(solutions), lambda i: "answer is not a valid sudoku solution"),
         (((puzzles > 0) & (puzzles != solutions)).any(1), lambda i: "answer contradicts the question's givens"),
@@ -249,6 +266,7 @@ def _count_lines(path: Path) -> int:
 @dataclass
 class _Pending:
     """Kept CSV rows not yet checked: where (for errors), stripped grids, rating, output position."""
+
     where: list[str] = field(default_factory=list)
     q: list[str] = field(default_factory=list)
     a: list[str] = field(default_factory=list)
@@ -261,8 +279,13 @@ class _Pending:
         return taken
 
 
-def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None = None,
-             subsample: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_csv(
+    path: str | Path,
+    verify: str = "answer",
+    min_rating: float | None = None,
+    subsample: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read the HRM Sudoku-Extreme CSV (`source,question,answer,rating`; `.` or `0` for blanks).
 
     As the reference builder: rows rated below `min_rating` are dropped, then, when `subsample`
@@ -275,6 +298,7 @@ def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None 
     Rows are checked in chunks with numpy; the error is the one row-by-row reading would meet
     first. Returns puzzles [N,9,9], solutions [N,9,9], ratings [N]. Raises DatasetError naming the row.
     """
+
     def rated(rating: float) -> bool:
         return min_rating is None or rating >= min_rating
 
@@ -301,8 +325,9 @@ def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None 
             for i in range(len(rows.q) if bad is None else bad):
                 sols, _ = solve(p[i], limit=2)
                 if len(sols) != 1:
-                    raise DatasetError(f"{rows.where[i]}: question has {'no' if not sols else 'more than one'} "
-                                       f"solution")
+                    raise DatasetError(
+                        f"{rows.where[i]}: question has {'no' if not sols else 'more than one'} solution"
+                    )
         if bad is not None:
             raise DatasetError(f"{rows.where[bad]}: {problem}")
         puzzles.append(p), solutions.append(s), ratings.extend(rows.rating), order.extend(rows.order)
@@ -334,8 +359,7 @@ def load_csv(path: str | Path, verify: str = "answer", min_rating: float | None 
     return np.concatenate(puzzles)[idx], np.concatenate(solutions)[idx], np.array(ratings, dtype=np.float32)[idx]
 
 
-def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: int = 0,
-             progress_every: float = 5.0):
+def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: int = 0, progress_every: float = 5.0):
     """`num` unique-solution puzzles with givens in [min_givens, max_givens] and a solver
     rating (search guesses) of at least `min_rating`. Returns puzzles, solutions, ratings."""
     rng = np.random.default_rng(seed)
@@ -347,8 +371,10 @@ def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: 
             tries += 1
             if r < min_rating:
                 if tries >= 1000 and len(puzzles) * 1000 < tries:
-                    raise DatasetError(f"min_rating={min_rating}: fewer than 1 in 1000 generated puzzles is that "
-                                       f"hard with givens in [{min_givens}, {max_givens}]; lower it or the givens")
+                    raise DatasetError(
+                        f"min_rating={min_rating}: fewer than 1 in 1000 generated puzzles is that "
+                        f"hard with givens in [{min_givens}, {max_givens}]; lower it or the givens"
+                    )
                 continue
             puzzles.append(p), solutions.append(s), ratings.append(r)
             progress.update(1)
@@ -359,37 +385,63 @@ def to_tokens(grids: np.ndarray) -> np.ndarray:
     return (grids.reshape(len(grids), 81) + 1).astype(np.uint8)
 
 
-def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                  augmentations: int, seed: int, overwrite: bool = False, source: str = "generated",
-                  chunk: int = 100_000, extra_meta: dict | None = None) -> Path:
+def build_dataset(
+    out: str | Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    augmentations: int,
+    seed: int,
+    overwrite: bool = False,
+    source: str = "generated",
+    chunk: int = 100_000,
+    extra_meta: dict | None = None,
+) -> Path:
     """Write train (each puzzle + `augmentations` shuffled copies) and test (as is).
 
     Each training puzzle and its copies form one group (group_ids = the puzzle's index,
     aug_ids = the copy, 0 = the original); every test puzzle is a group of its own."""
-    meta = {"name": "sudoku", "vocab_size": VOCAB_SIZE, "seq_len": SEQ_LEN, "num_puzzle_ids": 1,
-            "source": source, "augmentations": augmentations, "seed": seed, "blank_token": 1, **(extra_meta or {})}
+    meta = {
+        "name": "sudoku",
+        "vocab_size": VOCAB_SIZE,
+        "seq_len": SEQ_LEN,
+        "num_puzzle_ids": 1,
+        "source": source,
+        "augmentations": augmentations,
+        "seed": seed,
+        "blank_token": 1,
+        **(extra_meta or {}),
+    }
     for split, (p, s) in (("train", train), ("test", test)):
         if len(p) != len(s) or p.shape[1:] != (9, 9) or s.shape[1:] != (9, 9):
-            raise DatasetError(f"{split}: expected puzzles and solutions of equal count and shape [N, 9, 9], "
-                               f"got {p.shape} and {s.shape}")
+            raise DatasetError(
+                f"{split}: expected puzzles and solutions of equal count and shape [N, 9, 9], "
+                f"got {p.shape} and {s.shape}"
+            )
     rng = np.random.default_rng((seed, 1))
     total = len(train[0]) * (augmentations + 1) + len(test[0])
-    with DatasetWriter(out, meta, overwrite=overwrite) as w, \
-            Progress(f"sudoku: writing {Path(out).name}", total, unit="rows") as progress:
+    with (
+        DatasetWriter(out, meta, overwrite=overwrite) as w,
+        Progress(f"sudoku: writing {Path(out).name}", total, unit="rows") as progress,
+    ):
         for split, (p, s) in (("train", train), ("test", test)):
             copies = augmentations + 1 if split == "train" else 1
             reps = np.repeat(np.arange(len(p)), copies)
             for start in range(0, len(reps), chunk):
-                sel = reps[start:start + chunk]
+                sel = reps[start : start + chunk]
                 copy = (start + np.arange(len(sel))) % copies
                 pp, ss = p[sel], s[sel]
                 if split == "train":  # copy 0 of each puzzle stays as is, the others are shuffled
                     shuffled = copy != 0
                     if shuffled.any():
                         pp[shuffled], ss[shuffled] = augment(pp[shuffled], rng, ss[shuffled])
-                w.append(split, inputs=to_tokens(pp), labels=to_tokens(ss).astype(np.int16),
-                         puzzle_ids=np.zeros(len(sel), dtype=np.int32), group_ids=sel.astype(np.int32),
-                         aug_ids=copy.astype(np.int32))
+                w.append(
+                    split,
+                    inputs=to_tokens(pp),
+                    labels=to_tokens(ss).astype(np.int16),
+                    puzzle_ids=np.zeros(len(sel), dtype=np.int32),
+                    group_ids=sel.astype(np.int32),
+                    aug_ids=copy.astype(np.int32),
+                )
                 progress.update(len(sel))
     return Path(out)
 
@@ -397,22 +449,35 @@ def build_dataset(out: str | Path, train: tuple[np.ndarray, np.ndarray], test: t
 # ---------------------------------------------------------------- CLI: trm data sudoku
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
-    parser.add_argument("--csv-train", metavar="FILE",
-                        help="Sudoku-Extreme CSV (source,question,answer,rating) for training")
+    parser.add_argument(
+        "--csv-train", metavar="FILE", help="Sudoku-Extreme CSV (source,question,answer,rating) for training"
+    )
     parser.add_argument("--csv-test", metavar="FILE", help="Sudoku-Extreme CSV for testing (all of it)")
-    parser.add_argument("--subsample", type=int, metavar="N",
-                        help="with --csv-train: train on N puzzles drawn at random (by --seed) from those "
-                             "rated >= --min-rating (Sudoku-Extreme-1K: 1000)")
-    parser.add_argument("--verify", choices=["answer", "unique"], default="answer",
-                        help="CSV check: answer valid and consistent (fast), or also a unique solution (slow)")
+    parser.add_argument(
+        "--subsample",
+        type=int,
+        metavar="N",
+        help="with --csv-train: train on N puzzles drawn at random (by --seed) from those "
+        "rated >= --min-rating (Sudoku-Extreme-1K: 1000)",
+    )
+    parser.add_argument(
+        "--verify",
+        choices=["answer", "unique"],
+        default="answer",
+        help="CSV check: answer valid and consistent (fast), or also a unique solution (slow)",
+    )
     parser.add_argument("--num-train", type=int, default=1000, help="generated training puzzles")
     parser.add_argument("--num-test", type=int, default=1000, help="generated test puzzles")
     parser.add_argument("--augmentations", type=int, default=1000, help="shuffled copies per training puzzle")
     parser.add_argument("--min-givens", type=int, default=17, help="generated puzzles: fewest givens")
     parser.add_argument("--max-givens", type=int, default=30, help="generated puzzles: most givens")
-    parser.add_argument("--min-rating", type=int, default=0,
-                        help="minimum difficulty: CSV rows rated below it are dropped (train and test, as the "
-                             "reference's min_difficulty); generated puzzles need this many solver guesses")
+    parser.add_argument(
+        "--min-rating",
+        type=int,
+        default=0,
+        help="minimum difficulty: CSV rows rated below it are dropped (train and test, as the "
+        "reference's min_difficulty); generated puzzles need this many solver guesses",
+    )
     parser.add_argument("--seed", type=int, default=0, help="subsample, shuffles and generator seed")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     return parser
@@ -424,8 +489,9 @@ def run(args: argparse.Namespace) -> Path:
         if getattr(args, name) < lo:
             raise DatasetError(f"--{name.replace('_', '-')}={getattr(args, name)}: expected >= {lo}")
     if not 17 <= args.min_givens <= args.max_givens <= 81:
-        raise DatasetError(f"--min-givens={args.min_givens} --max-givens={args.max_givens}: "
-                           f"expected 17 <= min <= max <= 81")
+        raise DatasetError(
+            f"--min-givens={args.min_givens} --max-givens={args.max_givens}: expected 17 <= min <= max <= 81"
+        )
     if args.subsample is not None and not args.csv_train:
         raise DatasetError(f"--subsample={args.subsample}: needs --csv-train (generated puzzles: --num-train)")
     if args.subsample is not None and args.subsample < 1:
@@ -451,7 +517,8 @@ def run(args: argparse.Namespace) -> Path:
     else:
         test = generate(args.num_test, args.seed + 1_000_003, args.min_givens, args.max_givens, args.min_rating)[:2]
     source = "csv" if args.csv_train else "generated"
-    out = build_dataset(args.out, train, test, args.augmentations, args.seed, overwrite=args.overwrite,
-                        source=source, extra_meta=extra)
+    out = build_dataset(
+        args.out, train, test, args.augmentations, args.seed, overwrite=args.overwrite, source=source, extra_meta=extra
+    )
     print(json.dumps(json.loads((out / "meta.json").read_text()), indent=2))
     return out

@@ -9,6 +9,7 @@ Inference-time compute: `predict(n_sup=K)` runs K supervision steps (more or few
 trained); `halt=True` freezes each sample's answer at the first step its halting head says
 "done"; `curve=True` keeps every step's answer (accuracy against supervision steps).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,20 @@ def check_n_sup(n_sup: int | None, flag: str = "--N-sup") -> None:
 
 
 @torch.no_grad()
-def predict(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device, limit: int = 0,
-            rank: int = 0, world_size: int = 1, autocast: bool = False, n_sup: int | None = None,
-            halt: bool = False, curve: bool = False, progress: Progress | None = None) -> Predictions:
+def predict(
+    model: TRM,
+    ds: PuzzleDataset,
+    batch_size: int,
+    device: torch.device,
+    limit: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast: bool = False,
+    n_sup: int | None = None,
+    halt: bool = False,
+    curve: bool = False,
+    progress: Progress | None = None,
+) -> Predictions:
     """Run `n_sup` supervision steps (default: the model's N_sup) on this rank's shard of the
     first `limit` rows. halt: a sample's answer (and confidence) is that of the first step whose
     halting logit says "done"; curve: keep every step's answer too; progress: counts the rows of
@@ -86,10 +98,17 @@ def predict(model: TRM, ds: PuzzleDataset, batch_size: int, device: torch.device
     model.train()
     if not out["index"]:
         L = ds.meta["seq_len"]
-        return Predictions(np.empty(0, int), np.empty((0, L), int), np.empty(0, int), np.empty(0, float),
-                           np.empty((N_sup, 0, L), np.uint8) if curve else None)
-    return Predictions(*(np.concatenate(out[k]) for k in ("index", "tokens", "halt_steps", "confidence")),
-                       np.concatenate(out["steps"], axis=1) if curve else None)
+        return Predictions(
+            np.empty(0, int),
+            np.empty((0, L), int),
+            np.empty(0, int),
+            np.empty(0, float),
+            np.empty((N_sup, 0, L), np.uint8) if curve else None,
+        )
+    return Predictions(
+        *(np.concatenate(out[k]) for k in ("index", "tokens", "halt_steps", "confidence")),
+        np.concatenate(out["steps"], axis=1) if curve else None,
+    )
 
 
 def gather_predictions(pred: Predictions, world_size: int) -> Predictions:
@@ -105,14 +124,20 @@ def gather_predictions(pred: Predictions, world_size: int) -> Predictions:
 def concat_predictions(parts: list[Predictions], seq_len: int) -> Predictions:
     """The one way predictions are put together (ranks' shards, chunks): one Predictions in row order."""
     if not parts:
-        return Predictions(np.empty(0, int), np.empty((0, seq_len), np.uint8), np.empty(0, int),
-                           np.empty(0, float), None)
+        return Predictions(
+            np.empty(0, int), np.empty((0, seq_len), np.uint8), np.empty(0, int), np.empty(0, float), None
+        )
     order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
     steps = None
     if parts[0].step_tokens is not None:
         steps = np.concatenate([p.step_tokens for p in parts], axis=1)[:, order]
-    return Predictions(*(np.concatenate([getattr(p, f) for p in parts])[order]
-                         for f in ("index", "tokens", "halt_steps", "confidence")), steps)
+    return Predictions(
+        *(
+            np.concatenate([getattr(p, f) for p in parts])[order]
+            for f in ("index", "tokens", "halt_steps", "confidence")
+        ),
+        steps,
+    )
 
 
 class Rows:
@@ -133,19 +158,32 @@ class Rows:
 def row_chunks(rows: np.ndarray, chunk: int = CHUNK) -> Iterator[np.ndarray]:
     """The one chunk loop: `rows` CHUNK at a time."""
     for a in range(0, len(rows), chunk):
-        yield rows[a:a + chunk]
+        yield rows[a : a + chunk]
 
 
-def predict_chunks(model: TRM, ds: PuzzleDataset, rows: np.ndarray, batch_size: int, device: torch.device, *,
-                   rank: int = 0, world_size: int = 1, autocast: bool = False, n_sup: int | None = None,
-                   halt: bool = False, curve: bool = False, label: str = "eval") -> Iterator[Predictions]:
+def predict_chunks(
+    model: TRM,
+    ds: PuzzleDataset,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast: bool = False,
+    n_sup: int | None = None,
+    halt: bool = False,
+    curve: bool = False,
+    label: str = "eval",
+) -> Iterator[Predictions]:
     """Predictions on `rows` of `ds`, a chunk at a time, each gathered from every rank (the rows of a chunk
     are spread over the ranks); `index` holds rows of the split, tokens are uint8 (vocabularies <= 12).
     Rank 0 logs progress (rows, rate, ETA) every few seconds of a long run."""
     with Progress(f"{label}: predict", len(rows), "rows", every=10.0 if rank == 0 else math.inf) as progress:
         for part in row_chunks(np.asarray(rows, dtype=np.int64)):
-            p = predict(model, Rows(ds, part), batch_size, device, 0, rank, world_size, autocast, n_sup, halt, curve,
-                        progress)
+            p = predict(
+                model, Rows(ds, part), batch_size, device, 0, rank, world_size, autocast, n_sup, halt, curve, progress
+            )
             p = Predictions(part[p.index], p.tokens.astype(np.uint8), p.halt_steps, p.confidence, p.step_tokens)
             yield gather_predictions(p, world_size)
 
@@ -160,18 +198,43 @@ def score(pred: Predictions, ds: PuzzleDataset) -> dict[str, float]:
     mask = labels != IGNORE
     scored = mask.any(-1)
     correct = (pred.tokens == labels) & mask
-    return {"samples": float(scored.sum()), "cells": float(mask.sum()), "correct_cells": float(correct.sum()),
-            "exact": float(((correct.sum(-1) == mask.sum(-1)) & scored).sum()),
-            "halt_steps": float(pred.halt_steps[scored].sum())}
+    return {
+        "samples": float(scored.sum()),
+        "cells": float(mask.sum()),
+        "correct_cells": float(correct.sum()),
+        "exact": float(((correct.sum(-1) == mask.sum(-1)) & scored).sum()),
+        "halt_steps": float(pred.halt_steps[scored].sum()),
+    }
 
 
 def means(sums: dict[str, float]) -> dict[str, float]:
     """VAL_KEYS from the sums of `score`."""
     n = max(sums["samples"], 1.0)
-    return dict(zip(VAL_KEYS, (sums["correct_cells"] / max(sums["cells"], 1.0), sums["exact"] / n,
-                               sums["halt_steps"] / n)))
+    return dict(
+        zip(
+            VAL_KEYS,
+            (sums["correct_cells"] / max(sums["cells"], 1.0), sums["exact"] / n, sums["halt_steps"] / n),
+            strict=True,
+        )
+    )
 
 
-__all__ = ["ARC_METRIC", "CHUNK", "EXACT_METRIC", "MAZE_METRIC", "VAL_KEYS", "Objective", "Predictions", "Rows",
-           "check_n_sup", "concat_predictions", "gather_predictions", "means", "objective_for", "predict",
-           "predict_chunks", "row_chunks", "score"]
+__all__ = [
+    "ARC_METRIC",
+    "CHUNK",
+    "EXACT_METRIC",
+    "MAZE_METRIC",
+    "VAL_KEYS",
+    "Objective",
+    "Predictions",
+    "Rows",
+    "check_n_sup",
+    "concat_predictions",
+    "gather_predictions",
+    "means",
+    "objective_for",
+    "predict",
+    "predict_chunks",
+    "row_chunks",
+    "score",
+]

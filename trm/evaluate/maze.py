@@ -6,6 +6,7 @@ both agree; the second also accepts an equally short alternative route.
 Scoring takes raw arrays (`score_mazes`), separate from running the model
 (`trm.evaluate.task.evaluate_task`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,12 +26,17 @@ class MazeResult:
 
     def table(self, limit: int = 1000) -> dict[str, list]:
         n = min(limit, len(self.index))
-        return {"index": self.index[:n].tolist(), "exact": self.exact[:n].tolist(),
-                "valid_path": self.valid[:n].tolist(), "error": [e or "" for e in self.errors[:n]]}
+        return {
+            "index": self.index[:n].tolist(),
+            "exact": self.exact[:n].tolist(),
+            "valid_path": self.valid[:n].tolist(),
+            "error": [e or "" for e in self.errors[:n]],
+        }
 
 
-def score_mazes(questions: np.ndarray, predictions: np.ndarray, labels: np.ndarray,
-                index: np.ndarray | None = None) -> MazeResult:
+def score_mazes(
+    questions: np.ndarray, predictions: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None
+) -> MazeResult:
     """questions/predictions/labels: tokens [N, 900]."""
     q = np.asarray(questions).reshape(-1, maze.SEQ_LEN)
     p = np.asarray(predictions).reshape(-1, maze.SEQ_LEN)
@@ -41,8 +47,10 @@ def score_mazes(questions: np.ndarray, predictions: np.ndarray, labels: np.ndarr
     errors = maze.check_paths(q, p)
     valid = np.array([e is None for e in errors], dtype=bool)
     n = max(len(q), 1)
-    metrics = {"eval/maze_exact_accuracy": float(exact.sum()) / n,
-               "eval/maze_valid_path_accuracy": float(valid.sum()) / n,
-               "eval/maze_cell_accuracy": float((p == y).mean()) if len(q) else 0.0,
-               "eval/num_mazes": float(len(q))}
+    metrics = {
+        "eval/maze_exact_accuracy": float(exact.sum()) / n,
+        "eval/maze_valid_path_accuracy": float(valid.sum()) / n,
+        "eval/maze_cell_accuracy": float((p == y).mean()) if len(q) else 0.0,
+        "eval/num_mazes": float(len(q)),
+    }
     return MazeResult(metrics, np.arange(len(q)) if index is None else np.asarray(index), exact, valid, errors)

@@ -6,6 +6,7 @@ MLflow callback and the sweep reports. Nothing else names the metric.
 
 Torch-free (trm.config validates `train.objective` against METRIC_PREFIXES).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Objective:
         """The training-side twin the overfitting stopper watches rise while this one falls: val/x ->
         train/x; a task-level eval/* score (ARC pass@k, maze path validity) has none, so training exact
         accuracy."""
-        return "train/" + self.name[len("val/"):] if self.name.startswith("val/") else "train/exact_accuracy"
+        return "train/" + self.name[len("val/") :] if self.name.startswith("val/") else "train/exact_accuracy"
 
 
 def objective_for(meta: dict | None, override: str | None = None) -> Objective:
@@ -48,4 +49,3 @@ def objective_for(meta: dict | None, override: str | None = None) -> Objective:
     if override:
         return Objective(override)
     return Objective(_BY_KIND.get((meta or {}).get("name"), EXACT_METRIC))
-

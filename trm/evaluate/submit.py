@@ -10,6 +10,7 @@ Challenge task ids map to puzzle ids through the dataset the model was trained o
 task_ids, task_first_puzzle_id): the tasks must be held-out tasks there (their test inputs form
 the test split). Torch and numpy only: runs offline on a Kaggle machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,14 @@ class SubmitError(TrmError, ValueError):
 
 
 def _grid_ok(g) -> bool:
-    return (isinstance(g, list) and 1 <= len(g) <= 30 and all(isinstance(r, list) for r in g)
-            and 1 <= len(g[0]) <= 30 and all(len(r) == len(g[0]) for r in g)
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9 for r in g for v in r))
+    return (
+        isinstance(g, list)
+        and 1 <= len(g) <= 30
+        and all(isinstance(r, list) for r in g)
+        and 1 <= len(g[0]) <= 30
+        and all(len(r) == len(g[0]) for r in g)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9 for r in g for v in r)
+    )
 
 
 def read_challenges(path: str | Path, flag: str = "--challenges") -> dict[str, list[np.ndarray]]:
@@ -45,15 +51,22 @@ def read_challenges(path: str | Path, flag: str = "--challenges") -> dict[str, l
     except (OSError, ValueError) as e:
         raise SubmitError(f"{flag} {path}: not valid JSON ({e})") from e
     if not isinstance(raw, dict) or not raw:
-        raise SubmitError(f"{flag} {path}: expected the Kaggle challenges format, a JSON object "
-                          f'{{task_id: {{"train": [...], "test": [{{"input": grid}}, ...]}}}}')
+        raise SubmitError(
+            f"{flag} {path}: expected the Kaggle challenges format, a JSON object "
+            f'{{task_id: {{"train": [...], "test": [{{"input": grid}}, ...]}}}}'
+        )
     out = {}
     for tid, task in raw.items():
         where = f"{flag} {path}: task {tid!r}"
-        if not isinstance(task, dict) or not isinstance(task.get("test"), list) or not task["test"] \
-                or not isinstance(task.get("train"), list):
-            raise SubmitError(f'{where}: expected {{"train": [...], "test": [{{"input": grid}}, ...]}} '
-                              f"(the Kaggle challenges format)")
+        if (
+            not isinstance(task, dict)
+            or not isinstance(task.get("test"), list)
+            or not task["test"]
+            or not isinstance(task.get("train"), list)
+        ):
+            raise SubmitError(
+                f'{where}: expected {{"train": [...], "test": [{{"input": grid}}, ...]}} (the Kaggle challenges format)'
+            )
         tests = []
         for i, t in enumerate(task["test"]):
             if not isinstance(t, dict) or not _grid_ok(t.get("input")):
@@ -63,8 +76,9 @@ def read_challenges(path: str | Path, flag: str = "--challenges") -> dict[str, l
     return out
 
 
-def map_tasks(challenges: dict[str, list[np.ndarray]], samples, data_path, flag: str = "--challenges"
-              ) -> dict[str, int]:
+def map_tasks(
+    challenges: dict[str, list[np.ndarray]], samples, data_path, flag: str = "--challenges"
+) -> dict[str, int]:
     """challenge task id -> task index of the dataset (a held-out task with the same test inputs)."""
     ids = samples.task_ids
     held = {k[0] for k in samples.inputs}
@@ -82,15 +96,18 @@ def map_tasks(challenges: dict[str, list[np.ndarray]], samples, data_path, flag:
             continue
         mine = sorted(k[1] for k in samples.inputs if k[0] == i)
         if len(mine) != len(inputs) or any(not np.array_equal(samples.inputs[(i, q)], inputs[q]) for q in mine):
-            raise SubmitError(f"{flag}: task {tid}'s test inputs differ from those of task {ids[i]} in the "
-                              f"checkpoint's dataset {data_path}")
+            raise SubmitError(
+                f"{flag}: task {tid}'s test inputs differ from those of task {ids[i]} in the "
+                f"checkpoint's dataset {data_path}"
+            )
         out[tid] = i
     if missing:
         raise SubmitError(
             f"{flag}: {len(missing)} task(s) are not held-out tasks of the checkpoint's dataset {data_path} "
             f"({len(held)} held out), e.g. {', '.join(missing[:5])}; build a dataset from the challenges "
             f"(trm data arc --src CHALLENGES_FOLDER --test-set SUBSET) and fine-tune on it "
-            f"(trm train --init-from CHECKPOINT --set data_path=...), then submit with that run")
+            f"(trm train --init-from CHECKPOINT --set data_path=...), then submit with that run"
+        )
     return out
 
 
@@ -112,8 +129,12 @@ def build_submission(challenges: dict[str, list[np.ndarray]], result, task_map: 
 
 def check_submission(sub: dict, challenges: dict[str, list[np.ndarray]]) -> None:
     missing = [t for t in challenges if t not in sub or len(sub[t]) != len(challenges[t])]
-    bad = [t for t, es in sub.items() for e in es
-           if set(e) != {"attempt_1", "attempt_2"} or not (_grid_ok(e["attempt_1"]) and _grid_ok(e["attempt_2"]))]
+    bad = [
+        t
+        for t, es in sub.items()
+        for e in es
+        if set(e) != {"attempt_1", "attempt_2"} or not (_grid_ok(e["attempt_1"]) and _grid_ok(e["attempt_2"]))
+    ]
     if missing or bad:
         raise SubmitError(f"submission incomplete (tasks {missing[:5]}) or malformed (tasks {bad[:5]}): not written")
 
@@ -134,9 +155,17 @@ def write_submission(out: str | Path, sub: dict, challenges: dict[str, list[np.n
     return out
 
 
-def submit(model, data_path: str | Path, challenges_path: str | Path, out: str | Path, batch_size: int = 256,
-           device: torch.device | str = "cpu", n_sup: int | None = None, halt: bool = False,
-           autocast: bool = False) -> dict:
+def submit(
+    model,
+    data_path: str | Path,
+    challenges_path: str | Path,
+    out: str | Path,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    n_sup: int | None = None,
+    halt: bool = False,
+    autocast: bool = False,
+) -> dict:
     """Vote on every test input of the challenges' tasks and write `out`; returns a summary (scores
     too when the dataset knows the test outputs)."""
     from trm.evaluate import predict_chunks
@@ -151,10 +180,16 @@ def submit(model, data_path: str | Path, challenges_path: str | Path, out: str |
     task_map = map_tasks(challenges, samples, data_path)
     rows = np.flatnonzero(np.isin(samples.task_index, list(task_map.values())))
     vote = Vote(samples)
-    for p in predict_chunks(model, ds, rows, batch_size, torch.device(device), autocast=autocast, n_sup=n_sup,
-                            halt=halt, label="submit"):
+    for p in predict_chunks(
+        model, ds, rows, batch_size, torch.device(device), autocast=autocast, n_sup=n_sup, halt=halt, label="submit"
+    ):
         vote.add(p.index, p.tokens, p.confidence)
     result = vote.result()
     path = write_submission(out, build_submission(challenges, result, task_map), challenges)
-    return {"submission": str(path), "tasks": len(challenges), "test_inputs": sum(map(len, challenges.values())),
-            "augmented_inputs": len(rows), **result.metrics}
+    return {
+        "submission": str(path),
+        "tasks": len(challenges),
+        "test_inputs": sum(map(len, challenges.values())),
+        "augmented_inputs": len(rows),
+        **result.metrics,
+    }

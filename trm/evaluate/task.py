@@ -13,6 +13,7 @@ chunk's rows are spread over the ranks and gathered, so every rank scores all of
 same metrics: the loop's "best" decision must agree across ranks). Plain accuracies (val/*) come from
 the same predictions. Nothing here imports Ray or MLflow.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,10 +43,24 @@ class EvalResult:
     metric: str = ""  # the objective's name
 
 
-def evaluate_task(model, ds: PuzzleDataset, batch_size: int, device: torch.device | str, *, limit: int = 0,
-                  rank: int = 0, world_size: int = 1, autocast: bool = False, n_sup: int | None = None,
-                  halt: bool = False, curve: bool = False, keep_predictions: bool = False, tasks: int = 0,
-                  seed: int = 0, objective: str | None = None) -> EvalResult:
+def evaluate_task(
+    model,
+    ds: PuzzleDataset,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    limit: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast: bool = False,
+    n_sup: int | None = None,
+    halt: bool = False,
+    curve: bool = False,
+    keep_predictions: bool = False,
+    tasks: int = 0,
+    seed: int = 0,
+    objective: str | None = None,
+) -> EvalResult:
     """Evaluate `model` on `ds` (a test split) the way its kind is scored. `limit` > 0: the first rows only
     (the ARC vote then covers only the test inputs whose augmentations fall in them); `tasks` > 0 (ARC): a
     subset of that many test tasks drawn with `seed`, every augmentation of each; `objective`: the metric
@@ -56,8 +71,19 @@ def evaluate_task(model, ds: PuzzleDataset, batch_size: int, device: torch.devic
     metric = objective_for(ds.meta if voted or ds.meta.get("name") != "arc" else None, objective).name
     rows = eval_rows(ds, limit, tasks if voted else 0, seed)
     steps = model.cfg.N_sup if n_sup is None else n_sup
-    shards = predict_chunks(model, ds, rows, batch_size, device, rank=rank, world_size=world_size,
-                            autocast=autocast, n_sup=n_sup, halt=halt, curve=curve)
+    shards = predict_chunks(
+        model,
+        ds,
+        rows,
+        batch_size,
+        device,
+        rank=rank,
+        world_size=world_size,
+        autocast=autocast,
+        n_sup=n_sup,
+        halt=halt,
+        curve=curve,
+    )
     if voted:
         from trm.evaluate.vote import check_model
 
@@ -65,8 +91,11 @@ def evaluate_task(model, ds: PuzzleDataset, batch_size: int, device: torch.devic
         res = _arc(ds, shards, len(rows), metric, steps if curve else 0, keep_predictions, rank)
     else:
         p = concat_predictions(list(shards), ds.meta["seq_len"])
-        res = _maze(ds, p, metric, steps if curve else 0) if ds.meta.get("name") == "maze" \
+        res = (
+            _maze(ds, p, metric, steps if curve else 0)
+            if ds.meta.get("name") == "maze"
             else _exact(ds, p, metric, steps if curve else 0)
+        )
         res.metrics.update(means(score(p, ds)))
     res.metric = metric
     res.metrics["eval/seconds"] = time.time() - t0
@@ -93,8 +122,15 @@ def eval_rows(ds: PuzzleDataset, limit: int = 0, tasks: int = 0, seed: int = 0) 
 
 
 # ---------------------------------------------------------------- one function per kind
-def _arc(ds: PuzzleDataset, shards: Iterable[Predictions], total: int, metric: str, curve_steps: int,
-         keep_predictions: bool, rank: int) -> EvalResult:
+def _arc(
+    ds: PuzzleDataset,
+    shards: Iterable[Predictions],
+    total: int,
+    metric: str,
+    curve_steps: int,
+    keep_predictions: bool,
+    rank: int,
+) -> EvalResult:
     """The vote, fed a chunk at a time (only one held unless kept); plain accuracies from the same rows."""
     from trm.evaluate.vote import Vote, VoteSamples
 
@@ -123,8 +159,9 @@ def _maze(ds: PuzzleDataset, p: Predictions, metric: str, curve_steps: int) -> E
     q, y = np.asarray(ds.arrays["inputs"][p.index]), np.asarray(ds.arrays["labels"][p.index])
     result = score_mazes(q, p.tokens, y, p.index)
     res = EvalResult(dict(result.metrics), maze=result)
-    res.curve = {k + 1: _curve_value(score_mazes(q, p.step_tokens[k], y).metrics, ds, p, k, metric)
-                 for k in range(curve_steps)}
+    res.curve = {
+        k + 1: _curve_value(score_mazes(q, p.step_tokens[k], y).metrics, ds, p, k, metric) for k in range(curve_steps)
+    }
     return res
 
 

@@ -12,6 +12,7 @@ arrays + confidences) for rows of the test split, so a vote is fed chunk by chun
 by `trm.evaluate.task.evaluate_task` (training, `trm eval`) and `trm submit`, or by
 planted predictions in tests. Nothing here starts Ray or loads checkpoints.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,6 +34,7 @@ _KEEP = 10  # candidates kept per test input (the rest are only counted)
 class VoteSamples:
     """Per-row facts of the test split that the vote needs, and each test input's
     original-frame input and target, keyed by (task_index, test_index)."""
+
     task_index: np.ndarray  # [N]
     test_index: np.ndarray  # [N]
     aug_index: np.ndarray  # [N]
@@ -46,23 +48,36 @@ class VoteSamples:
     @classmethod
     def from_dataset(cls, ds: PuzzleDataset) -> VoteSamples:
         if ds.meta.get("name") != "arc":
-            raise DatasetError(f"{ds.path}: an ARC vote needs a dataset built by `trm data arc` "
-                               f"(meta name {ds.meta.get('name')!r})")
+            raise DatasetError(
+                f"{ds.path}: an ARC vote needs a dataset built by `trm data arc` (meta name {ds.meta.get('name')!r})"
+            )
         need = ("task_index", "test_index", "aug_index", "dihedral", "colors")
         missing = [k for k in need if k not in ds.arrays]
         if missing:
             raise DatasetError(f"{ds.path}/{ds.split}: missing per-sample arrays {missing}")
         a = {k: np.asarray(ds.arrays[k]) for k in need}
-        s = cls(a["task_index"], a["test_index"], a["aug_index"], a["dihedral"], a["colors"],
-                list(ds.meta["task_ids"]), {}, {}, set())
+        s = cls(
+            a["task_index"],
+            a["test_index"],
+            a["aug_index"],
+            a["dihedral"],
+            a["colors"],
+            list(ds.meta["task_ids"]),
+            {},
+            {},
+            set(),
+        )
         # one row per test input suffices: every augmented copy inverts to the same grids
         key = s.task_index.astype(np.int64) * 1024 + s.test_index
         first = np.sort(np.unique(key, return_index=True)[1])
-        labelled = (np.asarray(ds.arrays["labelled"][first]).astype(bool) if "labelled" in ds.arrays
-                    else np.ones(len(first), bool))
+        labelled = (
+            np.asarray(ds.arrays["labelled"][first]).astype(bool)
+            if "labelled" in ds.arrays
+            else np.ones(len(first), bool)
+        )
         inputs = arc.decode_batch(np.asarray(ds.arrays["inputs"][first]))
         labels = arc.decode_batch(np.asarray(ds.arrays["labels"][first]))
-        for row, inp, lab, known in zip(first, inputs, labels, labelled):
+        for row, inp, lab, known in zip(first, inputs, labels, labelled, strict=True):
             k = (int(s.task_index[row]), int(s.test_index[row]))
             if inp is None or (known and lab is None):
                 raise DatasetError(f"{ds.path}/{ds.split}: row {row} does not decode to a grid")
@@ -91,6 +106,7 @@ class Candidate:
 @dataclass
 class TestVote:
     """The vote on one test input."""
+
     task_id: str
     task_index: int
     test_index: int
@@ -104,8 +120,9 @@ class TestVote:
     def correct_at(self, k: int) -> bool:
         if self.target is None:
             return False
-        return any(c.grid.shape == self.target.shape and np.array_equal(c.grid, self.target)
-                   for c in self.candidates[:k])
+        return any(
+            c.grid.shape == self.target.shape and np.array_equal(c.grid, self.target) for c in self.candidates[:k]
+        )
 
 
 @dataclass
@@ -125,10 +142,23 @@ class VoteResult:
         """One row per test input (most tasks have one), for MLflow's log_table (which appends
         to an existing table: `step` tells evaluations at different steps apart)."""
         solved2 = self.task_solved(ATTEMPTS)
-        rows: dict[str, list] = {k: [] for k in (
-            *(("step",) if step is not None else ()), "task_id", "test_index", "predictions", "invalid",
-            "distinct", "winner_votes", "winner_confidence",
-            "second_votes", "top1_correct", "top2_correct", "task_solved_at_2")}
+        rows: dict[str, list] = {
+            k: []
+            for k in (
+                *(("step",) if step is not None else ()),
+                "task_id",
+                "test_index",
+                "predictions",
+                "invalid",
+                "distinct",
+                "winner_votes",
+                "winner_confidence",
+                "second_votes",
+                "top1_correct",
+                "top2_correct",
+                "task_solved_at_2",
+            )
+        }
         for t in self.tests:
             c = t.candidates
             if step is not None:
@@ -162,10 +192,13 @@ class Vote:
         """rows [n]: indices into the test split; tokens [n, 900]; confidence [n] in [0, 1]."""
         rows = np.asarray(rows)
         if not (len(rows) == len(tokens) == len(confidence)):
-            raise ValueError(f"rows ({len(rows)}), tokens ({len(tokens)}) and confidence "
-                             f"({len(confidence)}) differ in length")
+            raise ValueError(
+                f"rows ({len(rows)}), tokens ({len(tokens)}) and confidence ({len(confidence)}) differ in length"
+            )
         s = self.s
-        for row, grid, conf in zip(rows, arc.decode_batch(tokens), np.asarray(confidence, dtype=np.float64)):
+        for row, grid, conf in zip(
+            rows, arc.decode_batch(tokens), np.asarray(confidence, dtype=np.float64), strict=True
+        ):
             key = (int(s.task_index[row]), int(s.test_index[row]))
             n = self.counts.setdefault(key, [0, 0])
             n[0] += 1
@@ -193,8 +226,19 @@ class Vote:
             # votes, then mean confidence, then the grid bytes: a total order, so ranking is reproducible
             ranked = sorted(tally.items(), key=lambda kv: (-kv[1][0], -kv[1][1] / kv[1][0], kv[0]))
             cands = [Candidate(g, v, c / v) for _, (v, c, g) in ranked[:_KEEP]]
-            tests.append(TestVote(s.task_ids[key[0]], key[0], key[1], s.inputs.get(key), s.targets.get(key), cands,
-                                  self.counts[key][0], self.counts[key][1], len(tally)))
+            tests.append(
+                TestVote(
+                    s.task_ids[key[0]],
+                    key[0],
+                    key[1],
+                    s.inputs.get(key),
+                    s.targets.get(key),
+                    cands,
+                    self.counts[key][0],
+                    self.counts[key][1],
+                    len(tally),
+                )
+            )
         return VoteResult(_metrics(tests), tests, predictions)
 
 
@@ -208,27 +252,34 @@ def _metrics(all_tests: list[TestVote]) -> dict[str, float]:
         by_task.setdefault(t.task_id, []).append(t)
     ntask = max(len(by_task), 1)
     preds = sum(t.predictions for t in tests)
-    m = {"eval/num_test_inputs": float(len(tests)), "eval/num_tasks": float(len(by_task)),
-         "eval/num_augmentations": preds / n,  # augmented copies voted per test input (identity included)
-         "eval/valid_fraction": (preds - sum(t.invalid for t in tests)) / max(preds, 1)}
+    m = {
+        "eval/num_test_inputs": float(len(tests)),
+        "eval/num_tasks": float(len(by_task)),
+        "eval/num_augmentations": preds / n,  # augmented copies voted per test input (identity included)
+        "eval/valid_fraction": (preds - sum(t.invalid for t in tests)) / max(preds, 1),
+    }
     for k in (1, ATTEMPTS):
         m[f"eval/pass_at_{k}"] = sum(t.correct_at(k) for t in tests) / n
         m[f"eval/task_pass_at_{k}"] = sum(all(t.correct_at(k) for t in ts) for ts in by_task.values()) / ntask
     # The official ARC score (and the reference's "ARC/pass@2"): per task, the fraction of its
     # test inputs solved in two attempts, averaged over tasks.
-    m["eval/arc_score"] = float(sum(np.mean([t.correct_at(ATTEMPTS) for t in ts])
-                                    for ts in by_task.values()) / ntask)
+    m["eval/arc_score"] = float(sum(np.mean([t.correct_at(ATTEMPTS) for t in ts]) for ts in by_task.values()) / ntask)
     return m
 
 
 def check_model(model, ds: PuzzleDataset) -> None:
     want = {k: ds.meta[k] for k in ("vocab_size", "seq_len", "num_puzzle_ids")}
-    have = {"vocab_size": model.vocab_size, "seq_len": model.seq_len,
-            "num_puzzle_ids": model.puzzle_emb.weight.shape[0] if model.puzzle_emb is not None else None}
+    have = {
+        "vocab_size": model.vocab_size,
+        "seq_len": model.seq_len,
+        "num_puzzle_ids": model.puzzle_emb.weight.shape[0] if model.puzzle_emb is not None else None,
+    }
     bad = {k: (have[k], v) for k, v in want.items() if have[k] is not None and have[k] != v}
     if bad:
-        raise DatasetError(f"{ds.path}: model and dataset disagree (model, dataset): {bad}; evaluate on the "
-                           f"dataset the model was trained on (same augmentations and seed)")
+        raise DatasetError(
+            f"{ds.path}: model and dataset disagree (model, dataset): {bad}; evaluate on the "
+            f"dataset the model was trained on (same augmentations and seed)"
+        )
 
 
 __all__ = ["ATTEMPTS", "Candidate", "TestVote", "Vote", "VoteResult", "VoteSamples", "check_model"]

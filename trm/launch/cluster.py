@@ -1,5 +1,6 @@
 """Connecting to Ray (a local instance by default, a cluster with --address), what a run needs of
 it, and `preflight`: every check a single run, long run or sweep makes before anything starts."""
+
 from __future__ import annotations
 
 import logging
@@ -30,6 +31,7 @@ class RayConnectError(TrmError, RuntimeError):
 @dataclass(frozen=True)
 class WorkerSpec:
     """The Ray Train workers of one run (or one trial) and what each of them holds."""
+
     workers: int = 1
     gpus_per_worker: float = 0
     cpus_per_worker: float = 1
@@ -49,8 +51,10 @@ class WorkerSpec:
 
     def describe(self, workers_flag: str = "--workers") -> str:
         """The flags that asked for this, for messages."""
-        return (f"{workers_flag} {self.workers} x (--cpus-per-worker {self.cpus_per_worker:g}, "
-                f"--gpus-per-worker {self.gpus_per_worker:g})")
+        return (
+            f"{workers_flag} {self.workers} x (--cpus-per-worker {self.cpus_per_worker:g}, "
+            f"--gpus-per-worker {self.gpus_per_worker:g})"
+        )
 
 
 def _check_answers(address: str, timeout: float = 5.0) -> None:
@@ -63,8 +67,10 @@ def _check_answers(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:
-        raise RayConnectError(f"--address {address}: nothing answers at {host}:{port} ({e}); "
-                              f"is the cluster up (`ray up cluster/gpu.yaml`)?") from e
+        raise RayConnectError(
+            f"--address {address}: nothing answers at {host}:{port} ({e}); "
+            f"is the cluster up (`ray up cluster/gpu.yaml`)?"
+        ) from e
 
 
 def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = True) -> None:
@@ -85,8 +91,13 @@ def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = 
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: 1000}, include_dashboard=True,
-             dashboard_host="127.0.0.1", configure_logging=False)
+    ray.init(
+        num_cpus=num_cpus,
+        resources={DRIVER_RESOURCE: 1000},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        configure_logging=False,
+    )
     log.info("started local Ray: %s", ray.cluster_resources())
 
 
@@ -108,8 +119,10 @@ def check_fits(what: str, spec: WorkerSpec, address: str | None) -> None:
         return
     from trm.config import ConfigError
 
-    raise ConfigError(f"{what} needs {spec.cpus:g} CPUs and {spec.gpus:g} GPUs; this machine's Ray has "
-                      f"{cap.get('CPU', 0):g} CPUs and {cap.get('GPU', 0):g} GPUs")
+    raise ConfigError(
+        f"{what} needs {spec.cpus:g} CPUs and {spec.gpus:g} GPUs; this machine's Ray has "
+        f"{cap.get('CPU', 0):g} CPUs and {cap.get('GPU', 0):g} GPUs"
+    )
 
 
 def check_shared(tracking_uri: str | None, storage: str, address: str | None) -> None:
@@ -121,15 +134,20 @@ def check_shared(tracking_uri: str | None, storage: str, address: str | None) ->
     if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         from trm.tracking import TrackingError
 
-        raise TrackingError(f"--tracking-uri {tracking_uri}: on a Ray cluster, rank 0 logs from a GPU node "
-                            f"and cannot reach a file on this one; start mlflow/serve.sh on the head and pass "
-                            f"--tracking-uri http://HEAD_PRIVATE_IP:5000 (see cluster/README.md)")
+        raise TrackingError(
+            f"--tracking-uri {tracking_uri}: on a Ray cluster, rank 0 logs from a GPU node "
+            f"and cannot reach a file on this one; start mlflow/serve.sh on the head and pass "
+            f"--tracking-uri http://HEAD_PRIVATE_IP:5000 (see cluster/README.md)"
+        )
     if "://" not in storage:
-        log.warning("--storage %s is a local folder on a Ray cluster: checkpoints written on other nodes "
-                    "are only found again if it is a shared filesystem; use s3://BUCKET/PREFIX", storage)
+        log.warning(
+            "--storage %s is a local folder on a Ray cluster: checkpoints written on other nodes "
+            "are only found again if it is a shared filesystem; use s3://BUCKET/PREFIX",
+            storage,
+        )
 
 
-def check_data(d: "DataConfig") -> None:
+def check_data(d: DataConfig) -> None:
     """A dataset that will not be generated must already be there, and a local one that is there
     sound (`trm.data.check.check_dataset`): say so now, naming the flag, rather than in every
     worker after Ray has started."""
@@ -143,12 +161,23 @@ def check_data(d: "DataConfig") -> None:
     if (Path(d.path) / "meta.json").is_file():
         check_dataset(d.path)
     elif d.generate == "none":
-        raise DatasetError(f"--data {d.path}: no dataset there; build one with `trm data ...` (or set "
-                           f"data.generate=sudoku|maze to generate one)")
+        raise DatasetError(
+            f"--data {d.path}: no dataset there; build one with `trm data ...` (or set "
+            f"data.generate=sudoku|maze to generate one)"
+        )
 
 
-def preflight(cfg: "Config", *, storage: str, tracking_uri: str | None, address: str | None, spec: WorkerSpec,
-              what: str, tracking: bool = True, quiet: bool = True) -> str | None:
+def preflight(
+    cfg: Config,
+    *,
+    storage: str,
+    tracking_uri: str | None,
+    address: str | None,
+    spec: WorkerSpec,
+    what: str,
+    tracking: bool = True,
+    quiet: bool = True,
+) -> str | None:
     """Everything that can fail on a user's input, cheapest first, before any worker starts: the
     dataset is there (unless generated), the storage is writable, the tracking server answers, Ray
     answers, the workers can reach tracking and storage, and `spec` fits. Then the dataset is

@@ -6,6 +6,7 @@ setting, read when Ray is imported). A real error (a traceback, an OOM kill, a w
 matches none of the patterns below and still reaches the terminal; the worker log files under
 /tmp/ray/session_*/logs keep everything.
 """
+
 from __future__ import annotations
 
 import os

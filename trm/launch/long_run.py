@@ -13,6 +13,7 @@ The manifest (`STORAGE/NAME/trm_run.json`) is written before the first step, so 
 before the first checkpoint still resumes into its MLflow run. The driver reads the run id from
 it rather than from a checkpoint, which for ARC holds a multi-GB puzzle-embedding table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run
 @dataclass
 class LongRunSettings:
     """How a long run is executed. On --resume, a field left as None takes the manifest's value."""
+
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
@@ -50,8 +52,15 @@ class LongRunSettings:
     experiment: str | None = None
 
 
-DEFAULTS = LongRunSettings(workers=1, gpus_per_worker=0, cpus_per_worker=1, instance_type=DEFAULT_INSTANCE_TYPE,
-                           market=DEFAULT_MARKET, max_failures=10, experiment="trm-long")
+DEFAULTS = LongRunSettings(
+    workers=1,
+    gpus_per_worker=0,
+    cpus_per_worker=1,
+    instance_type=DEFAULT_INSTANCE_TYPE,
+    market=DEFAULT_MARKET,
+    max_failures=10,
+    experiment="trm-long",
+)
 
 
 def parse_deadline(text: str, now: float | None = None) -> float:
@@ -63,8 +72,9 @@ def parse_deadline(text: str, now: float | None = None) -> float:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"--deadline {text!r}: expected a duration (72h, 90m, 3d) or an ISO date-time "
-                          f"(2026-11-26T12:00)") from None
+        raise ConfigError(
+            f"--deadline {text!r}: expected a duration (72h, 90m, 3d) or an ISO date-time (2026-11-26T12:00)"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     if when.timestamp() <= now:
@@ -78,8 +88,15 @@ def run_exists(root: str) -> bool:
     return read_json(join(root, MANIFEST)) is not None or read_json(join(root, RAY_SNAPSHOT)) is not None
 
 
-def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], given: LongRunSettings,
-             resume: bool = False, address: str | None = None) -> dict[str, Any]:
+def run_long(
+    name: str,
+    storage: str,
+    cfg: Config,
+    overrides: dict[str, Any],
+    given: LongRunSettings,
+    resume: bool = False,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
     or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
     `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
@@ -97,8 +114,9 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
     root = join(storage, name)
     manifest = read_json(join(root, MANIFEST))
     if run_exists(root) and not resume:
-        raise ConfigError(f"--name {name}: a run already exists at {root}; pass --resume to continue it, "
-                          f"or choose another --name")
+        raise ConfigError(
+            f"--name {name}: a run already exists at {root}; pass --resume to continue it, or choose another --name"
+        )
     if manifest is not None and resume:
         cfg = apply_overrides(config_from_dict(manifest["config"]), overrides).validate()
         settings = _merge(given, LongRunSettings(**manifest["settings"]))
@@ -108,29 +126,56 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
             log.info("--resume: no run %s at %s yet; starting it", name, root)
         settings = _merge(given, DEFAULTS)
     spec = WorkerSpec(settings.workers, settings.gpus_per_worker, settings.cpus_per_worker)
-    limits = RunLimits(settings.deadline, settings.budget_gpu_hours, spec.billed_gpus, settings.instance_type,
-                       settings.market, settings.prices)
+    limits = RunLimits(
+        settings.deadline,
+        settings.budget_gpu_hours,
+        spec.billed_gpus,
+        settings.instance_type,
+        settings.market,
+        settings.prices,
+    )
     if limits.deadline is not None and limits.deadline <= time.time():
         raise ConfigError(f"--deadline: {_when(limits.deadline)} has passed; give a later --deadline to continue")
 
-    uri = preflight(cfg, storage=storage, tracking_uri=settings.tracking_uri, address=address, spec=spec,
-                    what=spec.describe())
+    uri = preflight(
+        cfg, storage=storage, tracking_uri=settings.tracking_uri, address=address, spec=spec, what=spec.describe()
+    )
     settings.tracking_uri = uri
     driver_starts = int((manifest or {}).get("driver_starts", 0)) + 1
     if manifest is not None and resume:
         tracker = runs.reopen_long_run(uri, manifest["mlflow_run_id"], driver_starts)
     else:
-        tracker = runs.start_long_run(uri, settings.experiment, name, root, cfg, workers=spec.workers,
-                                      gpus_per_worker=spec.gpus_per_worker, instance_type=settings.instance_type,
-                                      market=settings.market)
-    write_json(join(root, MANIFEST), {
-        "name": name, "config": cfg.to_dict(), "settings": asdict(settings), "mlflow_run_id": tracker.run_id,
-        "driver_starts": driver_starts, "updated": time.time()})
-    log.info("run %s: MLflow run %s at %s; checkpoints in %s; %s", name, tracker.run_id, uri, root,
-             _describe(limits))
+        tracker = runs.start_long_run(
+            uri,
+            settings.experiment,
+            name,
+            root,
+            cfg,
+            workers=spec.workers,
+            gpus_per_worker=spec.gpus_per_worker,
+            instance_type=settings.instance_type,
+            market=settings.market,
+        )
+    write_json(
+        join(root, MANIFEST),
+        {
+            "name": name,
+            "config": cfg.to_dict(),
+            "settings": asdict(settings),
+            "mlflow_run_id": tracker.run_id,
+            "driver_starts": driver_starts,
+            "updated": time.time(),
+        },
+    )
+    log.info("run %s: MLflow run %s at %s; checkpoints in %s; %s", name, tracker.run_id, uri, root, _describe(limits))
 
-    trainer = make_trainer(WorkerRun(cfg, uri, tracker.run_id, limits), name=name, storage=storage, spec=spec,
-                           max_failures=settings.max_failures)
+    trainer = make_trainer(
+        WorkerRun(cfg, uri, tracker.run_id, limits),
+        name=name,
+        storage=storage,
+        spec=spec,
+        max_failures=settings.max_failures,
+    )
     with runs.guard(tracker, tag_reason=True):
         result = trainer.fit()
     metrics = dict(result.metrics or {})
@@ -141,13 +186,22 @@ def run_long(name: str, storage: str, cfg: Config, overrides: dict[str, Any], gi
         runs.finish_run(tracker, reason=reason, checkpoint=checkpoint, artifact=weights)
     best = tag_best(tracker, storage, result)  # the loop tags it as it goes; here with its full location
     log.info("run %s ended (%s) at step %s", name, reason, metrics.get("step"))
-    return {"mlflow_run_id": tracker.run_id, "end_reason": reason, "checkpoint": checkpoint, "best_checkpoint": best,
-            **metrics}
+    return {
+        "mlflow_run_id": tracker.run_id,
+        "end_reason": reason,
+        "checkpoint": checkpoint,
+        "best_checkpoint": best,
+        **metrics,
+    }
 
 
 def _merge(given: LongRunSettings, base: LongRunSettings) -> LongRunSettings:
-    return LongRunSettings(**{f.name: getattr(given, f.name) if getattr(given, f.name) is not None
-                              else getattr(base, f.name) for f in fields(LongRunSettings)})
+    return LongRunSettings(
+        **{
+            f.name: getattr(given, f.name) if getattr(given, f.name) is not None else getattr(base, f.name)
+            for f in fields(LongRunSettings)
+        }
+    )
 
 
 def _when(ts: float) -> str:
@@ -155,8 +209,10 @@ def _when(ts: float) -> str:
 
 
 def _describe(limits) -> str:
-    parts = [f"deadline {_when(limits.deadline)}" if limits.deadline else "no deadline",
-             f"budget {limits.gpu_hours:g} GPU-hours" if limits.gpu_hours else "no GPU-hour budget"]
+    parts = [
+        f"deadline {_when(limits.deadline)}" if limits.deadline else "no deadline",
+        f"budget {limits.gpu_hours:g} GPU-hours" if limits.gpu_hours else "no GPU-hour budget",
+    ]
     if limits.gpus:
         parts.append(f"{limits.gpus} GPUs on {limits.instance_type} {limits.market}")
     return ", ".join(parts)
@@ -165,8 +221,11 @@ def _describe(limits) -> str:
 def parser(description: str) -> argparse.ArgumentParser:
     p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="arc-long", help="run name: its folder under --storage and its MLflow run name")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run of this name (after losing the driver); starts it if there is none")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run of this name (after losing the driver); starts it if there is none",
+    )
     add_flags(p, "storage", storage="runs/long")
     add_flags(p, "config", "set", "data")
     p.add_argument("--workers", type=int, help="DDP workers (default 1)")
@@ -176,8 +235,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--instance-type", help=f"for the cost estimate (default {DEFAULT_INSTANCE_TYPE})")
     p.add_argument("--market", choices=["spot", "on_demand"], help=f"for the cost estimate (default {DEFAULT_MARKET})")
     p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cost.py)")
-    p.add_argument("--max-failures", type=int, help="worker errors to recover from; -1: no limit (default 10; "
-                   "spot preemptions are always retried)")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        help="worker errors to recover from; -1: no limit (default 10; spot preemptions are always retried)",
+    )
     add_flags(p, "tracking_uri", "experiment", "address")
     return p
 
@@ -199,10 +261,17 @@ def _main(a: argparse.Namespace, base: dict[str, Any]) -> None:
     # a new run's config; a resumed run takes its manifest's instead (with the --set overrides)
     cfg = load_config(a.config, overrides) if a.config else apply_overrides(Config(), {**base, **overrides}).validate()
     given = LongRunSettings(
-        workers=a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
-        deadline=parse_deadline(a.deadline) if a.deadline else None, budget_gpu_hours=a.budget_gpu_hours,
-        instance_type=a.instance_type, market=a.market,
-        prices=load_price_table(a.prices) if a.prices else None, max_failures=a.max_failures,
-        tracking_uri=a.tracking_uri, experiment=a.experiment)
+        workers=a.workers,
+        gpus_per_worker=a.gpus_per_worker,
+        cpus_per_worker=a.cpus_per_worker,
+        deadline=parse_deadline(a.deadline) if a.deadline else None,
+        budget_gpu_hours=a.budget_gpu_hours,
+        instance_type=a.instance_type,
+        market=a.market,
+        prices=load_price_table(a.prices) if a.prices else None,
+        max_failures=a.max_failures,
+        tracking_uri=a.tracking_uri,
+        experiment=a.experiment,
+    )
     result = run_long(a.name, a.storage, cfg, overrides, given, resume=a.resume, address=a.address)
     print(json.dumps(result, indent=2, default=str))

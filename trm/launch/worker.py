@@ -10,6 +10,7 @@ function that builds and fits its own TorchTrainer, with `TuneReportCallback` fo
 RunConfig(storage_path, name) resumes from its latest checkpoint, which is how restarted trials
 and restarted jobs pick up where they stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 from trm.config import Config
 from trm.cost import RunLimits
@@ -37,6 +38,7 @@ METRIC = "score"
 @dataclass
 class WorkerRun:
     """What every worker of one run is handed: the config, where to log, when to stop."""
+
     cfg: Config
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None  # rank 0 logs into this run
@@ -87,8 +89,11 @@ def _quiet_worker_logs() -> None:
     LoggingConfig nor the `ray.train` logger's level reaches them."""
     import importlib
 
-    for module in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage",
-                   "ray.train._internal.storage"):
+    for module in (
+        "ray.train.v2._internal.execution.context",
+        "ray.train.v2._internal.execution.storage",
+        "ray.train._internal.storage",
+    ):
         try:
             m = importlib.import_module(module)
         except ImportError:
@@ -99,9 +104,18 @@ def _quiet_worker_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, max_failures: int = 3,
-                 num_to_keep: int = 2, metric: str = METRIC, in_tune: bool = False,
-                 max_preemption_failures: int = -1):
+def make_trainer(
+    run: WorkerRun,
+    *,
+    name: str,
+    storage: str,
+    spec: WorkerSpec,
+    max_failures: int = 3,
+    num_to_keep: int = 2,
+    metric: str = METRIC,
+    in_tune: bool = False,
+    max_preemption_failures: int = -1,
+):
     """The TorchTrainer of run `name` under `storage`: `spec.workers` DDP workers running `run`."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -117,16 +131,21 @@ def make_trainer(run: WorkerRun, *, name: str, storage: str, spec: WorkerSpec, m
         callbacks.append(TuneReportCallback())
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": replace(run, threads=max(1, int(spec.cpus_per_worker)),
-                                          checkpoint_root=join(storage, name))},
+        train_loop_config={
+            "run": replace(run, threads=max(1, int(spec.cpus_per_worker)), checkpoint_root=join(storage, name))
+        },
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks,
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING" if run.quiet else "INFO"),
-            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep, checkpoint_score_attribute=metric,
-                                               checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=num_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+            ),
             # worker errors are bounded by max_failures; spot preemptions are retried without limit
-            failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_preemption_failures)),
+            failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_preemption_failures),
+        ),
     )
 
 
@@ -147,7 +166,7 @@ def _remove_stale_tmp(root: Path) -> None:
     """Checkpoint staging folders of dead processes (a worker killed mid-write leaves one)."""
     for d in root.glob(f"{TMP_PREFIX}*-*"):
         try:
-            os.kill(int(d.name[len(TMP_PREFIX):].split("-")[0]), 0)
+            os.kill(int(d.name[len(TMP_PREFIX) :].split("-")[0]), 0)
         except ProcessLookupError:
             shutil.rmtree(d, ignore_errors=True)
         except (ValueError, PermissionError):
@@ -193,8 +212,10 @@ class RaySession:
         latest = self._train.get_checkpoint()
         if latest is None:
             return None, set(), None
-        reported = [r.checkpoint for r in self._train.get_all_reported_checkpoints(
-            consistency_mode=CheckpointConsistencyMode.COMMITTED)]
+        reported = [
+            r.checkpoint
+            for r in self._train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+        ]
         taken = {Path(c.path).name for c in [latest, *reported]}
         older = sorted((c for c in reported if c.path != latest.path), key=lambda c: c.path, reverse=True)
         for checkpoint in [latest, *older]:
@@ -204,8 +225,11 @@ class RaySession:
                     return checkpoint, taken, None
                 except ckpt.CheckpointError as e:
                     log.warning("skipping checkpoint %s: %s", checkpoint.path, e)
-        return None, taken, (f"no checkpoint of this run matches its digests (tried {1 + len(older)}, "
-                             f"newest {latest.path})")
+        return (
+            None,
+            taken,
+            (f"no checkpoint of this run matches its digests (tried {1 + len(older)}, newest {latest.path})"),
+        )
 
     def report(self, metrics: dict, step: int, write) -> None:
         if self.tracker is not None:
@@ -221,8 +245,7 @@ class RaySession:
             while name in self._taken:
                 n += 1
                 name = f"{ckpt.step_dir_name(step)}-{n}"
-            self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp),
-                               checkpoint_dir_name=name)
+            self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
             if self.tracker is not None and metrics.get("best/step") == step:  # this evaluation is the best
                 from trm.storage import join
                 from trm.tracking import best_checkpoint_tags

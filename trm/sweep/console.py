@@ -10,6 +10,7 @@ Without --verbose the driver's terminal carries the platform's lines only:
 
 --verbose brings all of it back (Tune at verbose=2, every evaluation printed, Ray's lines unfiltered).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,13 @@ from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
 STATUS_SECONDS = 120.0  # the one-line status
 EVAL_SECONDS = 60.0  # without --verbose, a trial's evaluation line at most this often (its end line has the best)
 
-_ENDED = {"asha_pruned": "pruned by ASHA", "overfit_stopped": "stopped: overfitting", "diverged": "stopped: diverged",
-          "error": "failed", "completed": "completed"}
+_ENDED = {
+    "asha_pruned": "pruned by ASHA",
+    "overfit_stopped": "stopped: overfitting",
+    "diverged": "stopped: diverged",
+    "error": "failed",
+    "completed": "completed",
+}
 
 
 def quiet_loggers() -> None:
@@ -69,9 +75,16 @@ class SweepConsole(tune.Callback):
     else at most one per trial every `eval_seconds`), and its end with the reason and its best; and
     every `status_seconds` one status line (trials by state, the best so far, elapsed time)."""
 
-    def __init__(self, objective: Objective, stopper: OverfitStopper, scheduler: RecordingASHA,
-                 total: int, verbose: bool = False, status_seconds: float = STATUS_SECONDS,
-                 eval_seconds: float = EVAL_SECONDS):
+    def __init__(
+        self,
+        objective: Objective,
+        stopper: OverfitStopper,
+        scheduler: RecordingASHA,
+        total: int,
+        verbose: bool = False,
+        status_seconds: float = STATUS_SECONDS,
+        eval_seconds: float = EVAL_SECONDS,
+    ):
         self.objective, self.stopper, self.scheduler, self.total = objective, stopper, scheduler, total
         self.eval_seconds = 0.0 if verbose else eval_seconds
         self.status_seconds = status_seconds
@@ -99,8 +112,9 @@ class SweepConsole(tune.Callback):
             return
         self._last_line[trial.trial_id] = now
         cell = result.get("val/cell_accuracy")
-        extra = f", val/cell_accuracy {cell:.3f}" if cell is not None and self.objective.name != "val/cell_accuracy" \
-            else ""
+        extra = (
+            f", val/cell_accuracy {cell:.3f}" if cell is not None and self.objective.name != "val/cell_accuracy" else ""
+        )
         self.say(trial_name(trial), f"step {result.get('step', '?')}: {self.objective.name} {value:.3f}{extra}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -114,9 +128,12 @@ class SweepConsole(tune.Callback):
         self.ended[reason] += 1
         last = trial.last_result or {}
         best = self.best.get(trial.trial_id)
-        self.say(trial_name(trial), f"{_ENDED.get(reason, reason)} at step {last.get('step', '?')}"
-                 + (f", best {self.objective.name} {best[0]:.3f}" if best else "")
-                 + f", {float(last.get('time_total_s') or 0.0):.0f} s")
+        self.say(
+            trial_name(trial),
+            f"{_ENDED.get(reason, reason)} at step {last.get('step', '?')}"
+            + (f", best {self.objective.name} {best[0]:.3f}" if best else "")
+            + f", {float(last.get('time_total_s') or 0.0):.0f} s",
+        )
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
@@ -130,8 +147,9 @@ class SweepConsole(tune.Callback):
         running, pending = states.get("RUNNING", 0), states.get("PENDING", 0)
         ended = sum(self.ended.values())
         why = ", ".join(f"{n} {_ENDED.get(r, r)}" for r, n in sorted(self.ended.items()) if r != "completed")
-        text = f"{running} running, {pending} pending, {ended} ended" + (f" ({why})" if why else "") \
-            + f" of {self.total}"
+        text = (
+            f"{running} running, {pending} pending, {ended} ended" + (f" ({why})" if why else "") + f" of {self.total}"
+        )
         by_id = {t.trial_id: t for t in trials}
         scored = [(v, step, by_id[i]) for i, (v, step) in self.best.items() if i in by_id]
         if scored:

@@ -6,6 +6,7 @@ depths. Each trial is read at the highest evaluation step every shown trial reac
 budget), beside its own final value when it completed; ASHA's decisions are listed apart. With
 `--seeds K` the configurations' K seeds are averaged (mean +- std).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,23 +47,33 @@ def depth_report(rows, parent: Tracker, metric: str) -> str:
         groups.setdefault(trial_label(r.params, with_seed=False), []).append(r)
     order = sorted(groups, key=lambda k: (groups[k][0].effective_depth, k))
     seeds = max(len(g) for g in groups.values()) if groups else 1
-    title = (f"Held-out {metric} vs effective depth at {step} training steps (the highest evaluation every "
-             f"trial reached; equal budget)" + (f", mean +- std over {seeds} seeds" if seeds > 1 else ""))
-    lines = [f"**{title}**", "",
-             f"| config | layers | n | T | effective depth | {metric} @ step {step} | final (completed trials) "
-             f"| steps trained | end |", "|---|---|---|---|---|---|---|---|---|"]
+    title = (
+        f"Held-out {metric} vs effective depth at {step} training steps (the highest evaluation every "
+        f"trial reached; equal budget)" + (f", mean +- std over {seeds} seeds" if seeds > 1 else "")
+    )
+    lines = [
+        f"**{title}**",
+        "",
+        f"| config | layers | n | T | effective depth | {metric} @ step {step} | final (completed trials) "
+        f"| steps trained | end |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key in order:
         g = groups[key]
         p = g[0].params
         at = [r.history.get(step) for r in g]
         final = [r.history[max(r.history)] for r in g if r.reason == "completed" and r.history]
-        lines.append(f"| {key} | {p.get('layers', '-')} | {p.get('n', '-')} | {p.get('T', '-')} "
-                     f"| {g[0].effective_depth} | {_mean_std(at)} | {_mean_std(final)} "
-                     f"| {', '.join(str(r.steps) for r in g)} | {', '.join(sorted({r.reason for r in g}))} |")
+        lines.append(
+            f"| {key} | {p.get('layers', '-')} | {p.get('n', '-')} | {p.get('T', '-')} "
+            f"| {g[0].effective_depth} | {_mean_std(at)} | {_mean_std(final)} "
+            f"| {', '.join(str(r.steps) for r in g)} | {', '.join(sorted({r.reason for r in g}))} |"
+        )
     decisions = [r for r in rows if r.reason != "completed"]
     lines += ["", "ASHA and stopper decisions (not part of the comparison above):"]
-    lines += [f"- {r.label}: {r.reason} at step {r.steps} ({metric} {r.history.get(r.steps, float('nan')):.3f})"
-              for r in sorted(decisions, key=lambda r: r.steps)] or ["- none: every trial completed"]
+    lines += [
+        f"- {r.label}: {r.reason} at step {r.steps} ({metric} {r.history.get(r.steps, float('nan')):.3f})"
+        for r in sorted(decisions, key=lambda r: r.steps)
+    ] or ["- none: every trial completed"]
     table = "\n".join(lines)
     print("\nDepth vs accuracy (paper Table 3), compute-matched:\n" + table)
     parent.log_text(table, ART_DEPTH_TABLE)
@@ -73,10 +84,17 @@ def depth_report(rows, parent: Tracker, metric: str) -> str:
         g = groups[key]
         at = [r.history.get(step) for r in g if r.history.get(step) is not None]
         if at:
-            ax.errorbar([g[0].effective_depth], [statistics.mean(at)],
-                        yerr=[statistics.stdev(at)] if len(at) > 1 else None, fmt="o", capsize=3, color="C0")
-            ax.annotate(key, (g[0].effective_depth, statistics.mean(at)), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.errorbar(
+                [g[0].effective_depth],
+                [statistics.mean(at)],
+                yerr=[statistics.stdev(at)] if len(at) > 1 else None,
+                fmt="o",
+                capsize=3,
+                color="C0",
+            )
+            ax.annotate(
+                key, (g[0].effective_depth, statistics.mean(at)), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
         final = [r.history[max(r.history)] for r in g if r.reason == "completed" and r.history]
         if final:
             ax.scatter([g[0].effective_depth], [statistics.mean(final)], marker="^", color="C1")

@@ -8,6 +8,7 @@ metric is the sweep's objective, the one everything else ranks by. Both it and t
 record their decisions, so the MLflow callback can tag each trial with its
 `trial_end_reason`.
 """
+
 from __future__ import annotations
 
 import math

@@ -10,15 +10,17 @@ child run per trial (a restarted trial reuses it), metrics logged by rank 0 of
 the trial's workers, end reason and best checkpoint recorded by a Tune callback
 on the driver.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
@@ -63,6 +65,7 @@ class SweepOptions:
 @dataclass
 class TrialSetup:
     """What every trial of a sweep is handed, besides the values the searcher proposes."""
+
     base: Config  # the preset with --set on top; each trial applies its proposed values to a copy
     tracking_uri: str
     parent_run_id: str
@@ -143,7 +146,7 @@ def optuna_storage_url(given: str | None, tracking_uri: str) -> str:
     if given:
         return given
     if tracking_uri.startswith("sqlite:///"):
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).with_name("optuna.db"))
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///") :]).with_name("optuna.db"))
     return "sqlite:///" + str(Path("optuna.db").resolve())
 
 
@@ -166,16 +169,18 @@ def validate_space(space: dict[str, Any], base: Config) -> None:
         raise ConfigError("search space is empty: give at least one field to sweep")
     for key, domain in space.items():
         if key not in FIELD_OWNER:
-            raise ConfigError(f"search space key {key!r}: not a config field; expected one of "
-                              f"{', '.join(sorted(FIELD_OWNER))}")
+            raise ConfigError(
+                f"search space key {key!r}: not a config field; expected one of {', '.join(sorted(FIELD_OWNER))}"
+            )
         if hasattr(domain, "categories"):
             values = list(domain.categories)
             if not values:
                 raise ConfigError(f"search space key {key!r}: tune.choice([]) is empty")
         elif hasattr(domain, "lower") and hasattr(domain, "upper"):
             if not domain.lower < domain.upper:
-                raise ConfigError(f"search space key {key!r}: expected lower < upper, got "
-                                  f"[{domain.lower}, {domain.upper}]")
+                raise ConfigError(
+                    f"search space key {key!r}: expected lower < upper, got [{domain.lower}, {domain.upper}]"
+                )
             values = [domain.lower, domain.upper]
         else:
             values = [domain]
@@ -201,9 +206,14 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
         runs.log_dataset(tracker, cfg.data.path, Path(cfg.data.path).name, asdict(cfg.data), "train")
     except Exception:  # noqa: BLE001 - a dataset record must never take the trial down
         log.warning("could not log the dataset of trial %s", ctx.get_trial_id(), exc_info=True)
-    trainer = make_trainer(WorkerRun(cfg, setup.tracking_uri, tracker.run_id, quiet=not setup.verbose),
-                           name=ctx.get_trial_id(), storage=setup.trial_storage, spec=setup.spec,
-                           metric=setup.objective.name, in_tune=True)
+    trainer = make_trainer(
+        WorkerRun(cfg, setup.tracking_uri, tracker.run_id, quiet=not setup.verbose),
+        name=ctx.get_trial_id(),
+        storage=setup.trial_storage,
+        spec=setup.spec,
+        metric=setup.objective.name,
+        in_tune=True,
+    )
     trainer.fit()
 
 
@@ -263,8 +273,16 @@ class MlflowTrialCallback(tune.Callback):
     ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
     `storage`: the sweep's, which Ray's checkpoint paths are under. (The console is `SweepConsole`'s.)"""
 
-    def __init__(self, uri: str, parent_run_id: str, objective: Objective, stopper: OverfitStopper,
-                 scheduler: RecordingASHA, spec: WorkerSpec | None = None, storage: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        parent_run_id: str,
+        objective: Objective,
+        stopper: OverfitStopper,
+        scheduler: RecordingASHA,
+        spec: WorkerSpec | None = None,
+        storage: str | None = None,
+    ):
         self.uri, self.parent_run_id, self.objective, self.metric = uri, parent_run_id, objective, objective.name
         self.stopper, self.scheduler, self.spec, self.storage = stopper, scheduler, spec, storage
         self.best: dict[str, tuple[float, str | None]] = {}
@@ -294,9 +312,18 @@ class MlflowTrialCallback(tune.Callback):
         self.hours[trial.trial_id] = cost.get("cost/device_hours", 0.0)
         best = self.best.get(trial.trial_id)
         try:
-            runs.end_trial_run(self.uri, self.parent_run_id, trial.trial_id, trial_label(trial.config),
-                               reason=reason, errored=errored, metric=self.metric, best=best, cost=cost,
-                               storage=self.storage)
+            runs.end_trial_run(
+                self.uri,
+                self.parent_run_id,
+                trial.trial_id,
+                trial_label(trial.config),
+                reason=reason,
+                errored=errored,
+                metric=self.metric,
+                best=best,
+                cost=cost,
+                storage=self.storage,
+            )
         except Exception:  # noqa: BLE001 - tracking must never take the sweep down
             log.exception("could not record the end of trial %s in MLflow", trial.trial_id)
 
@@ -307,12 +334,16 @@ def trial_cost(seconds: float, spec: WorkerSpec, prices: dict | None = None) -> 
     from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET, usd_per_gpu_hour
 
     hours = seconds / 3600.0
-    out = {"cost/wall_hours": hours, "cost/cpu_hours": hours * spec.workers * spec.cpus_per_worker,
-           "cost/gpu_hours": hours * spec.workers * spec.gpus_per_worker}
+    out = {
+        "cost/wall_hours": hours,
+        "cost/cpu_hours": hours * spec.workers * spec.cpus_per_worker,
+        "cost/gpu_hours": hours * spec.workers * spec.gpus_per_worker,
+    }
     out["cost/device_hours"] = out["cost/gpu_hours"] or out["cost/cpu_hours"]
     if spec.gpus_per_worker > 0:
-        out["cost/usd_estimate"] = out["cost/gpu_hours"] * usd_per_gpu_hour(DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET,
-                                                                            prices)
+        out["cost/usd_estimate"] = out["cost/gpu_hours"] * usd_per_gpu_hour(
+            DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET, prices
+        )
     return out
 
 
@@ -358,39 +389,55 @@ def sweep_objective(base: Config) -> Objective:
 class Ranking:
     """What ranks and stops trials, all made from the sweep's one objective (the trials' trainers get it
     as `train.objective`, Optuna from `searcher`)."""
+
     objective: Objective
     stopper: OverfitStopper
     scheduler: RecordingASHA
     callback: MlflowTrialCallback
 
 
-def make_ranking(objective: Objective, base: Config, preset: Preset, spec: WorkerSpec, uri: str,
-                 parent_run_id: str) -> Ranking:
+def make_ranking(
+    objective: Objective, base: Config, preset: Preset, spec: WorkerSpec, uri: str, parent_run_id: str
+) -> Ranking:
     stopper = OverfitStopper(objective, margin=preset.overfit_margin, patience=preset.overfit_patience)
     # ASHA counts training steps, not reports: a run also reports at unscheduled checkpoints
     # (wall-time, spot notice), which must not move a trial through the rungs faster
-    scheduler = RecordingASHA(time_attr="step", metric=objective.name, mode=objective.mode,
-                              max_t=base.train.steps,
-                              grace_period=min(preset.grace * base.train.eval_every, base.train.steps),
-                              reduction_factor=preset.reduction_factor)
+    scheduler = RecordingASHA(
+        time_attr="step",
+        metric=objective.name,
+        mode=objective.mode,
+        max_t=base.train.steps,
+        grace_period=min(preset.grace * base.train.eval_every, base.train.steps),
+        reduction_factor=preset.reduction_factor,
+    )
     callback = MlflowTrialCallback(uri, parent_run_id, objective, stopper, scheduler, spec)
     return Ranking(objective, stopper, scheduler, callback)
 
 
-def make_searcher(objective: Objective, opts: SweepOptions, study: str, storage_url: str,
-                  size: int | None) -> UniqueOptunaSearch:
+def make_searcher(
+    objective: Objective, opts: SweepOptions, study: str, storage_url: str, size: int | None
+) -> UniqueOptunaSearch:
     """Optuna's TPE on the objective (and, with --multi-objective, each trial's time, minimised)."""
     import optuna
 
     metric: str | list[str] = [objective.name, "time_total_s"] if opts.multi_objective else objective.name
     mode: str | list[str] = [objective.mode, "min"] if opts.multi_objective else objective.mode
-    return UniqueOptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=opts.seed),
-                              study_name=study, storage=optuna.storages.RDBStorage(storage_url), seeds=opts.seeds,
-                              size=size)
+    return UniqueOptunaSearch(
+        metric=metric,
+        mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=opts.seed),
+        study_name=study,
+        storage=optuna.storages.RDBStorage(storage_url),
+        seeds=opts.seeds,
+        size=size,
+    )
 
 
-def run_sweep(opts: SweepOptions, space: dict[str, Any],
-              report: Callable[[list[TrialRow], Tracker, str], str | None] | None = None) -> list[TrialRow]:
+def run_sweep(
+    opts: SweepOptions,
+    space: dict[str, Any],
+    report: Callable[[list[TrialRow], Tracker, str], str | None] | None = None,
+) -> list[TrialRow]:
     """Validate everything, start (or resume) the sweep, return one row per trial. `report(rows, parent,
     metric)` (e.g. trm.sweep.reports.depth_report) gets the objective's name and returns a table."""
     from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET
@@ -404,33 +451,63 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     if opts.seeds > 1 and "seed" in space:
         raise ConfigError("--seeds: the search space already sweeps `seed`")
     storage = resolve(opts.storage)
-    uri = preflight(base, storage=storage, tracking_uri=opts.tracking_uri, address=opts.address, spec=opts.spec,
-                    what=f"one trial ({opts.spec.describe('--workers-per-trial')})", quiet=not opts.verbose)
+    uri = preflight(
+        base,
+        storage=storage,
+        tracking_uri=opts.tracking_uri,
+        address=opts.address,
+        spec=opts.spec,
+        what=f"one trial ({opts.spec.describe('--workers-per-trial')})",
+        quiet=not opts.verbose,
+    )
     objective = sweep_objective(base)  # once the dataset is built or staged, where preflight put it
     sweep_path = join(storage, opts.name)
     size = discrete_size(space)
     num_samples = opts.num_samples or preset.num_samples
     if size is not None and size * opts.seeds < num_samples:
-        log.info("the space holds %d configurations: running each once%s (not %d trials)", size,
-                 f" per seed ({opts.seeds} seeds)" if opts.seeds > 1 else "", num_samples)
+        log.info(
+            "the space holds %d configurations: running each once%s (not %d trials)",
+            size,
+            f" per seed ({opts.seeds} seeds)" if opts.seeds > 1 else "",
+            num_samples,
+        )
         num_samples = size * opts.seeds
     max_concurrent = opts.max_concurrent or _default_concurrency(opts)
     optuna_url = optuna_storage_url(opts.optuna_storage, uri)
-    parent = runs.sweep_run(uri, opts.name, sweep_path, opts.resume, {
-        "preset": opts.preset, "num_samples": num_samples, "max_concurrent": max_concurrent,
-        "workers_per_trial": opts.workers_per_trial, "metric": objective.name, "seeds": opts.seeds,
-        "objectives": f"{objective.mode} {objective.name}" + (", min device-hours" if opts.multi_objective else ""),
-        "search_space": describe_space(space)[:6000], "optuna_storage": optuna_url,
-        "asha": f"rungs every {preset.grace * base.train.eval_every} x {preset.reduction_factor}^k steps "
-                f"up to {base.train.steps}"})
+    parent = runs.sweep_run(
+        uri,
+        opts.name,
+        sweep_path,
+        opts.resume,
+        {
+            "preset": opts.preset,
+            "num_samples": num_samples,
+            "max_concurrent": max_concurrent,
+            "workers_per_trial": opts.workers_per_trial,
+            "metric": objective.name,
+            "seeds": opts.seeds,
+            "objectives": f"{objective.mode} {objective.name}" + (", min device-hours" if opts.multi_objective else ""),
+            "search_space": describe_space(space)[:6000],
+            "optuna_storage": optuna_url,
+            "asha": f"rungs every {preset.grace * base.train.eval_every} x {preset.reduction_factor}^k steps "
+            f"up to {base.train.steps}",
+        },
+    )
     study = f"{opts.name}-{parent.run_id[:8]}"
     parent.set_tags({"optuna_study": study})
     try:
         runs.log_dataset(parent, base.data.path, Path(base.data.path).name, asdict(base.data), "train")
     except Exception:  # noqa: BLE001
         log.warning("could not log the sweep's dataset", exc_info=True)
-    log.info("sweep %s: MLflow parent run %s at %s; storage %s; Optuna study %s in %s", opts.name, parent.run_id,
-             uri, sweep_path, study, optuna_url)
+    log.info(
+        "sweep %s: MLflow parent run %s at %s; storage %s; Optuna study %s in %s",
+        opts.name,
+        parent.run_id,
+        uri,
+        sweep_path,
+        study,
+        optuna_url,
+    )
 
     ranking = make_ranking(objective, base, preset, opts.spec, uri, parent.run_id)
     stopper, scheduler, callback = ranking.stopper, ranking.scheduler, ranking.callback
@@ -446,53 +523,92 @@ def run_sweep(opts: SweepOptions, space: dict[str, Any],
     else:
         searcher = make_searcher(objective, opts, study, optuna_url, size)
         tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                        max_concurrent_trials=max_concurrent,
-                                        trial_name_creator=lambda t: trial_label(t.config),
-                                        trial_dirname_creator=lambda t: f"{trial_label(t.config)}_{t.trial_id}"),
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=max_concurrent,
+                trial_name_creator=lambda t: trial_label(t.config),
+                trial_dirname_creator=lambda t: f"{trial_label(t.config)}_{t.trial_id}",
+            ),
             # Tune's own reporter off without --verbose; SweepConsole prints
-            run_config=tune.RunConfig(name=opts.name, storage_path=storage, stop=stopper,
-                                      callbacks=[callback, console], failure_config=tune.FailureConfig(max_failures=1),
-                                      verbose=tune_verbosity(opts.verbose)))
+            run_config=tune.RunConfig(
+                name=opts.name,
+                storage_path=storage,
+                stop=stopper,
+                callbacks=[callback, console],
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=tune_verbosity(opts.verbose),
+            ),
+        )
     grid = tuner.fit()
 
     rows = _rows(grid, objective, base, callback, runs.trial_run_ids(parent))
-    done = sorted((r for r in rows if math.isfinite(r.best)), key=lambda r: r.best,
-                  reverse=objective.mode == "max")  # best first
+    done = sorted(
+        (r for r in rows if math.isfinite(r.best)), key=lambda r: r.best, reverse=objective.mode == "max"
+    )  # best first
     best = done[0].best if done else float("nan")
-    total = {k: sum(_trial_metric(parent, r.run_id, k) for r in rows)
-             for k in ("cost/cpu_hours", "cost/gpu_hours", "cost/usd_estimate")}
-    runs.record_sweep(parent, objective.name, best,
-                      {k: [getattr(r, k) if k != "params" else str(r.params) for r in rows]
-                       for k in ("trial_id", "label", "params", "best", "reason", "run_id", "effective_depth",
-                                 "steps")},
-                      extra={k.replace("cost/", "cost/total_"): v for k, v in total.items()})
+    total = {
+        k: sum(_trial_metric(parent, r.run_id, k) for r in rows)
+        for k in ("cost/cpu_hours", "cost/gpu_hours", "cost/usd_estimate")
+    }
+    runs.record_sweep(
+        parent,
+        objective.name,
+        best,
+        {
+            k: [getattr(r, k) if k != "params" else str(r.params) for r in rows]
+            for k in ("trial_id", "label", "params", "best", "reason", "run_id", "effective_depth", "steps")
+        },
+        extra={k.replace("cost/", "cost/total_"): v for k, v in total.items()},
+    )
     table = None
     if report is not None:
         table = report(rows, parent, objective.name)
         if table:
-            runs.describe(parent, f"Sweep of {describe_space(space)} on preset `{opts.preset}`; "
-                                  f"{len(rows)} trials.\n\n{table}")
+            runs.describe(
+                parent, f"Sweep of {describe_space(space)} on preset `{opts.preset}`; {len(rows)} trials.\n\n{table}"
+            )
     _register_best(done, uri, opts.name)
     if done:  # the parent row reads as the sweep's summary in the runs table (children are nested under it)
         top = done[0]
-        parent.client.update_run(parent.run_id, name=f"{opts.name}: {len(rows)} trials, best {top.label} "
-                                                     f"{objective.name.split('/')[-1]} {top.best:.3f}")
+        parent.client.update_run(
+            parent.run_id,
+            name=f"{opts.name}: {len(rows)} trials, best {top.label} {objective.name.split('/')[-1]} {top.best:.3f}",
+        )
     parent.end()
     if not table:  # the report's table already ranks every trial
         _print_rows(rows, objective)
     if opts.multi_objective:
-        front = [r for r in rows if math.isfinite(r.best) and not any(
-            o.best >= r.best and o.hours <= r.hours and (o.best, o.hours) != (r.best, r.hours) for o in rows)]
-        print("Pareto front (best " + objective.name + " vs device-hours): " + ", ".join(
-            f"{r.label} {r.best:.3f} / {r.hours:.4f} h" for r in sorted(front, key=lambda r: r.hours)))
-    print(f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
-          + (f", ${total['cost/usd_estimate']:.2f} ({DEFAULT_INSTANCE_TYPE} {DEFAULT_MARKET})"
-             if total["cost/usd_estimate"] else ""))
-    print(f"MLflow: mlflow ui --backend-store-uri {uri}, then open "
-          f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id()}/runs?workflowType=machine_learning "
-          f"(the model-training view)\nOptuna: optuna-dashboard {optuna_url}")
+        front = [
+            r
+            for r in rows
+            if math.isfinite(r.best)
+            and not any(
+                o.best >= r.best and o.hours <= r.hours and (o.best, o.hours) != (r.best, r.hours) for o in rows
+            )
+        ]
+        print(
+            "Pareto front (best "
+            + objective.name
+            + " vs device-hours): "
+            + ", ".join(f"{r.label} {r.best:.3f} / {r.hours:.4f} h" for r in sorted(front, key=lambda r: r.hours))
+        )
+    print(
+        f"sweep cost: {total['cost/cpu_hours']:.3f} CPU-hours, {total['cost/gpu_hours']:.3f} GPU-hours"
+        + (
+            f", ${total['cost/usd_estimate']:.2f} ({DEFAULT_INSTANCE_TYPE} {DEFAULT_MARKET})"
+            if total["cost/usd_estimate"]
+            else ""
+        )
+    )
+    print(
+        f"MLflow: mlflow ui --backend-store-uri {uri}, then open "
+        f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id()}/runs?workflowType=machine_learning "
+        f"(the model-training view)\nOptuna: optuna-dashboard {optuna_url}"
+    )
     sys.stdout.flush()
     return rows
 
@@ -519,14 +635,17 @@ def _register_best(ranked: list[TrialRow], uri: str, name: str) -> None:
         if not path or "://" in path or not Path(path).is_dir():
             return
         model, cfg, state = load_for_eval(path)
-        version = runs.register_best_model(uri, top.run_id, model, name, {
-            **top.params, "step": state.get("step"), "best": top.best})
+        version = runs.register_best_model(
+            uri, top.run_id, model, name, {**top.params, "step": state.get("step"), "best": top.best}
+        )
         print(f"best model: models:/{name}@best (version {version}, trial {top.label}, step {state.get('step')})")
     except Exception:  # noqa: BLE001 - registration must never take the sweep down
         log.warning("could not register the best model", exc_info=True)
 
 
-def _rows(grid, objective: Objective, base: Config, callback: MlflowTrialCallback, run_ids: dict[str, str]) -> list[TrialRow]:
+def _rows(
+    grid, objective: Objective, base: Config, callback: MlflowTrialCallback, run_ids: dict[str, str]
+) -> list[TrialRow]:
     rows = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
@@ -538,10 +657,20 @@ def _rows(grid, objective: Objective, base: Config, callback: MlflowTrialCallbac
         reason = callback.reasons.get(trial_id, "error" if result.error else "completed")
         history = {}
         if df is not None and metric in df and "step" in df:
-            history = {int(s): float(v) for s, v in zip(df["step"], df[metric]) if v == v}
-        rows.append(TrialRow(trial_id, dict(result.config or {}), best, dict(result.metrics or {}), reason,
-                             run_ids.get(trial_id), cfg.effective_depth, history,
-                             callback.hours.get(trial_id, 0.0)))
+            history = {int(s): float(v) for s, v in zip(df["step"], df[metric], strict=True) if v == v}
+        rows.append(
+            TrialRow(
+                trial_id,
+                dict(result.config or {}),
+                best,
+                dict(result.metrics or {}),
+                reason,
+                run_ids.get(trial_id),
+                cfg.effective_depth,
+                history,
+                callback.hours.get(trial_id, 0.0),
+            )
+        )
     return rows
 
 

@@ -27,6 +27,7 @@ Names used across the project:
   artifacts    checkpoint/ (final weights), best_checkpoint/ (a trial's), config.yaml, trials.json
                (a sweep's table), depth_table.md and depth_vs_accuracy.png (the depth report)
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,7 +82,7 @@ def resolve_uri(uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working folder."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # workers run elsewhere
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())  # workers run elsewhere
     return uri
 
 
@@ -94,8 +95,10 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     tracking server does not answer."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme and scheme not in KNOWN_SCHEMES:
-        raise TrackingError(f"--tracking-uri {uri}: unknown scheme {scheme!r}; expected one of "
-                            f"{', '.join(s + '://' for s in KNOWN_SCHEMES[:6])} or a local folder")
+        raise TrackingError(
+            f"--tracking-uri {uri}: unknown scheme {scheme!r}; expected one of "
+            f"{', '.join(s + '://' for s in KNOWN_SCHEMES[:6])} or a local folder"
+        )
     if scheme not in ("http", "https"):
         return
     import urllib.request
@@ -103,14 +106,24 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
     except Exception as e:  # noqa: BLE001
-        raise TrackingError(f"--tracking-uri {uri}: the MLflow server does not answer ({e}); "
-                            f"start one with mlflow/serve.sh or omit the flag for {DEFAULT_TRACKING_URI}") from e
+        raise TrackingError(
+            f"--tracking-uri {uri}: the MLflow server does not answer ({e}); "
+            f"start one with mlflow/serve.sh or omit the flag for {DEFAULT_TRACKING_URI}"
+        ) from e
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or "unknown"
+        )
     except Exception:  # noqa: BLE001
         return "unknown"
 
@@ -126,8 +139,14 @@ class Tracker:
         self._last_step: dict[str, int] | None = None  # per metric, the last step in MLflow; looked up on first use
 
     @classmethod
-    def create(cls, tracking_uri: str | None, experiment: str, run_name: str | None = None,
-               parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> "Tracker":
+    def create(
+        cls,
+        tracking_uri: str | None,
+        experiment: str,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Tracker:
         from mlflow.tracking import MlflowClient
 
         uri = resolve_uri(tracking_uri)
@@ -137,8 +156,11 @@ class Tracker:
         prepare_store(uri)  # a new SQLite DB: created by one process at a time
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            experiment, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        exp_id = (
+            exp.experiment_id
+            if exp is not None
+            else client.create_experiment(experiment, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        )
         all_tags = {TAG_COMMIT: git_commit(), **(tags or {})}
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
@@ -148,7 +170,7 @@ class Tracker:
         return tracker
 
     # ---- logging ----
-    def log_config(self, cfg: "Config", **extra: Any) -> None:
+    def log_config(self, cfg: Config, **extra: Any) -> None:
         """The run's params: the flat config, its effective depth, and `extra` (how it ran)."""
         self.log_params({**run_params(cfg.flat(), cfg.effective_depth), **extra})
 
@@ -158,7 +180,7 @@ class Tracker:
         existing = self.client.get_run(self.run_id).data.params
         new = [Param(k, str(v)) for k, v in params.items() if k not in existing]  # params are write-once
         for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i:i + 100])
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
 
     def _last_steps(self) -> dict[str, int]:
         if self._last_step is None:
@@ -178,9 +200,11 @@ class Tracker:
 
         last = self._last_steps() if once_per_step else {}
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v))
-                 and step > last.get(k, -1)]
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v)) and step > last.get(k, -1)
+        ]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
             if self._last_step is not None:
@@ -249,8 +273,14 @@ def checkpoint_path(uri: str) -> str:
     return uri
 
 
-def best_checkpoint_tags(location: str | Path, score: float, *, step: int | None = None, metric: str | None = None,
-                         storage: str | None = None) -> dict[str, Any]:
+def best_checkpoint_tags(
+    location: str | Path,
+    score: float,
+    *,
+    step: int | None = None,
+    metric: str | None = None,
+    storage: str | None = None,
+) -> dict[str, Any]:
     """The tags of a run's best checkpoint, for every writer (local runs, Ray runs, long runs, sweep
     trials): its `checkpoint_uri`, score, and, when known, step and the metric that scored it."""
     tags: dict[str, Any] = {TAG_BEST_CKPT: checkpoint_uri(location, storage), TAG_BEST_SCORE: score}

@@ -7,6 +7,7 @@ searches runs through the fluent API, i.e. the process-wide tracking URI, not th
                            top-1/top-2 correct, ... (MLflow's "split" JSON table)
   eval/arc_examples.png    input | target | attempt 1 | attempt 2 for a few tasks
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,12 +25,16 @@ if TYPE_CHECKING:  # the tracker and result types are only annotations here
 TABLE_FILE = "eval/arc_vote.json"
 FIGURE_FILE = "eval/arc_examples.png"
 # The usual ARC palette, colours 0..9
-PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
-           "#870C25")
+PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
 
 
-def log_vote_result(tracker: "Tracker", result: "VoteResult", dataset: "PuzzleDataset | str | Path | None" = None,
-                    step: int = 0, max_tasks: int = 4) -> None:
+def log_vote_result(
+    tracker: Tracker,
+    result: VoteResult,
+    dataset: PuzzleDataset | str | Path | None = None,
+    step: int = 0,
+    max_tasks: int = 4,
+) -> None:
     """Metrics at `step`, the per-test-input table, and a figure of up to `max_tasks` tasks."""
     tracker.log_metrics(result.metrics, step)
     tracker.log_table(result.table(step), TABLE_FILE)  # appends: one block of rows per evaluation
@@ -52,9 +57,12 @@ def log_eval_run(uri: str | None, experiment: str, checkpoint, step: int, result
 
     from trm.tracking import TAG_EVAL_DATASET, Tracker
 
-    tracker = Tracker.create(uri, experiment, run_name=f"eval-{_P(str(checkpoint)).name}",
-                             tags={"eval_checkpoint": str(checkpoint), "eval_checkpoint_step": str(step),
-                                   "eval_metric": result.metric})
+    tracker = Tracker.create(
+        uri,
+        experiment,
+        run_name=f"eval-{_P(str(checkpoint)).name}",
+        tags={"eval_checkpoint": str(checkpoint), "eval_checkpoint_step": str(step), "eval_metric": result.metric},
+    )
     try:
         if result.vote is not None:
             log_vote_result(tracker, result.vote, dataset, step=step)
@@ -68,7 +76,7 @@ def log_eval_run(uri: str | None, experiment: str, checkpoint, step: int, result
     return tracker.run_id
 
 
-def pick_examples(result: "VoteResult", n: int) -> list["TestVote"]:
+def pick_examples(result: VoteResult, n: int) -> list[TestVote]:
     """Half solved, half unsolved where both exist (first by task order): a picture of only
     failures or only successes says little."""
     solved = [t for t in result.tests if t.correct_at(2)]
@@ -77,7 +85,7 @@ def pick_examples(result: "VoteResult", n: int) -> list["TestVote"]:
     return (solved[:take_solved] + failed)[:n]
 
 
-def plot_votes(tests: list["TestVote"]):
+def plot_votes(tests: list[TestVote]):
     """A matplotlib Figure (no pyplot: safe in worker threads, nothing left open)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
@@ -89,7 +97,7 @@ def plot_votes(tests: list["TestVote"]):
     for r, t in enumerate(tests):
         grids = [t.input, t.target] + [c.grid for c in t.candidates[:2]]
         grids += [None] * (len(cols) - len(grids))
-        for c, (ax, g) in enumerate(zip(axes[r], grids)):
+        for c, (ax, g) in enumerate(zip(axes[r], grids, strict=True)):
             ax.set_xticks([]), ax.set_yticks([])
             title = cols[c]
             if c >= 2 and c - 2 < len(t.candidates):

@@ -11,19 +11,40 @@
 Callers pass a resolved tracking URI (`trm.tracking.resolve_uri`) and get `Tracker`s back; no
 other module names a tag or calls `MlflowClient` itself.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
-from trm.tracking import (ART_BEST_CHECKPOINT, ART_CHECKPOINT, ART_CONFIG, ART_TRIALS, EXPERIMENT_KIND,
-                          MODEL_ALIAS, TAG_BEST_CKPT, TAG_DRIVER_STARTS, TAG_END_REASON, TAG_EXPERIMENT_KIND,
-                          TAG_INSTANCE_TYPE, TAG_LAST_CKPT, TAG_MARKET, TAG_PARENT, TAG_RUN_PATH, TAG_SWEEP,
-                          TAG_TRIAL_ID, Tracker, best_checkpoint_tags, checkpoint_path, checkpoint_uri)
+from trm.tracking import (
+    ART_BEST_CHECKPOINT,
+    ART_CHECKPOINT,
+    ART_CONFIG,
+    ART_TRIALS,
+    EXPERIMENT_KIND,
+    MODEL_ALIAS,
+    TAG_BEST_CKPT,
+    TAG_DRIVER_STARTS,
+    TAG_END_REASON,
+    TAG_EXPERIMENT_KIND,
+    TAG_INSTANCE_TYPE,
+    TAG_LAST_CKPT,
+    TAG_MARKET,
+    TAG_PARENT,
+    TAG_RUN_PATH,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    Tracker,
+    best_checkpoint_tags,
+    checkpoint_path,
+    checkpoint_uri,
+)
 
 TAG_NOTE = "mlflow.note.content"  # a run's description in the UI
 
@@ -42,7 +63,7 @@ def prepare_store(uri: str) -> None:
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock"):
         MlflowClient(uri).search_experiments(max_results=1)
@@ -54,7 +75,7 @@ def best_metric_name(metric: str) -> str:
 
 
 # ---------------------------------------------------------------- local and single runs
-def local_run(uri: str, experiment: str, out_dir: Path, cfg: "Config") -> Tracker:
+def local_run(uri: str, experiment: str, out_dir: Path, cfg: Config) -> Tracker:
     """The run of a `trm train` folder: reopened when the folder names one (a resumed run keeps
     logging into its MLflow run), else created and named after the folder."""
     run_id_file = Path(out_dir) / RUN_ID_FILE
@@ -67,15 +88,16 @@ def local_run(uri: str, experiment: str, out_dir: Path, cfg: "Config") -> Tracke
     return tracker
 
 
-def single_run(uri: str, experiment: str, name: str, cfg: "Config", run_id: str | None = None) -> Tracker:
+def single_run(uri: str, experiment: str, name: str, cfg: Config, run_id: str | None = None) -> Tracker:
     """A run driven through Ray Train outside Tune: reopened by `run_id`, else created."""
     tracker = Tracker(uri, run_id) if run_id else Tracker.create(uri, experiment, run_name=name)
     tracker.log_config(cfg)
     return tracker
 
 
-def finish_run(tracker: Tracker, *, reason: str | None = None, checkpoint: str | None = None,
-               artifact: str | Path | None = None) -> None:
+def finish_run(
+    tracker: Tracker, *, reason: str | None = None, checkpoint: str | None = None, artifact: str | Path | None = None
+) -> None:
     """End a run that completed (or stopped at a limit): its end reason, its last checkpoint's
     location, and `artifact` (the final weights: a checkpoint folder or its state.pt)."""
     tags: dict[str, Any] = {}
@@ -109,12 +131,23 @@ def guard(tracker: Tracker | None, *, tag_reason: bool = False) -> Iterator[None
 
 
 # ---------------------------------------------------------------- long runs
-def start_long_run(uri: str, experiment: str, name: str, root: str, cfg: "Config", *, workers: int,
-                   gpus_per_worker: float, instance_type: str, market: str) -> Tracker:
+def start_long_run(
+    uri: str,
+    experiment: str,
+    name: str,
+    root: str,
+    cfg: Config,
+    *,
+    workers: int,
+    gpus_per_worker: float,
+    instance_type: str,
+    market: str,
+) -> Tracker:
     """A new long run: tagged with its storage location and what its GPUs cost, its config as params
     and as the config.yaml artifact."""
-    tracker = Tracker.create(uri, experiment, run_name=name, tags={
-        TAG_RUN_PATH: root, TAG_INSTANCE_TYPE: instance_type, TAG_MARKET: market})
+    tracker = Tracker.create(
+        uri, experiment, run_name=name, tags={TAG_RUN_PATH: root, TAG_INSTANCE_TYPE: instance_type, TAG_MARKET: market}
+    )
     tracker.log_config(cfg, workers=workers, gpus_per_worker=gpus_per_worker)
     with tempfile.TemporaryDirectory() as d:
         cfg.save(Path(d) / ART_CONFIG)
@@ -140,8 +173,12 @@ def sweep_run(uri: str, experiment: str, sweep_path: str, resume: bool, params: 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
-            found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_path}'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
+            found = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_path}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
             if found:
                 parent = Tracker(uri, found[0].info.run_id)
                 parent.reopen()
@@ -169,8 +206,9 @@ def log_dataset(tracker: Tracker, data_path: str, name: str, digest_of: dict[str
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(data_path)
     dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
-    tracker.client.log_inputs(tracker.run_id, datasets=[
-        DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    tracker.client.log_inputs(
+        tracker.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+    )
 
 
 def start_system_metrics(uri: str, run_id: str, interval: float = 10.0):
@@ -180,8 +218,9 @@ def start_system_metrics(uri: str, run_id: str, interval: float = 10.0):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
         return None
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
-                                   resume_logging=True, tracking_uri=uri)
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval, samples_before_logging=1, resume_logging=True, tracking_uri=uri
+    )
     monitor.start()
     return monitor
 
@@ -189,21 +228,27 @@ def start_system_metrics(uri: str, run_id: str, interval: float = 10.0):
 def register_best_model(uri: str, run_id: str, model, name: str, params: dict[str, Any]) -> str:
     """Log `model` (a torch module) into run `run_id` with mlflow.pytorch and register it as
     `name` with alias `best`; returns the model version."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     import logging
 
-    for noisy in ("mlflow.pytorch", "mlflow.utils.requirements_utils", "mlflow.store.model_registry",
-                  "mlflow.tracking._model_registry"):
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    for noisy in (
+        "mlflow.pytorch",
+        "mlflow.utils.requirements_utils",
+        "mlflow.store.model_registry",
+        "mlflow.tracking._model_registry",
+    ):
         logging.getLogger(noisy).setLevel(logging.ERROR)  # pickle caution, +cpu label, "Successfully registered"
     mlflow.set_tracking_uri(uri)
     # MLflow prints "Successfully registered model" / "Created version" on stderr (not through logging); the
     # caller says it in one line. Anything else MLflow prints here goes on to stderr.
     printed = io.StringIO()
     with mlflow.start_run(run_id=run_id), contextlib.redirect_stderr(printed):
-        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=name, params=params,
-                                        serialization_format="pickle")  # pt2 needs an input example
+        info = mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=name, params=params, serialization_format="pickle"
+        )  # pt2 needs an input example
     for line in printed.getvalue().splitlines():
         if line.strip() and not line.startswith(("Successfully registered model", "Created version")):
             print(line, file=sys.stderr)
@@ -218,17 +263,29 @@ def trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str) -> T
     parent = Tracker(uri, parent_run_id)
     exp_id = parent.experiment_id()
     found = parent.client.search_runs(
-        [exp_id], filter_string=f"tags.{TAG_TRIAL_ID} = '{trial_id}' and tags.{TAG_PARENT} = '{parent_run_id}'",
-        max_results=1)
+        [exp_id],
+        filter_string=f"tags.{TAG_TRIAL_ID} = '{trial_id}' and tags.{TAG_PARENT} = '{parent_run_id}'",
+        max_results=1,
+    )
     if found:
         return Tracker(uri, found[0].info.run_id)
     name = parent.client.get_experiment(exp_id).name
     return Tracker.create(uri, name, run_name=trial_name, parent_run_id=parent_run_id, tags={TAG_TRIAL_ID: trial_id})
 
 
-def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, *, reason: str, errored: bool,
-                  metric: str, best: tuple[float, str] | None, cost: dict[str, float] | None = None,
-                  storage: str | None = None) -> None:
+def end_trial_run(
+    uri: str,
+    parent_run_id: str,
+    trial_id: str,
+    trial_name: str,
+    *,
+    reason: str,
+    errored: bool,
+    metric: str,
+    best: tuple[float, str] | None,
+    cost: dict[str, float] | None = None,
+    storage: str | None = None,
+) -> None:
     """Tag the trial's child run with its end reason and `best` (value, checkpoint as Ray reports it under
     `storage`), log that checkpoint when it is a local folder, its `cost` metrics (cost/cpu_hours,
     cost/gpu_hours, ...), and end the run."""
@@ -240,8 +297,10 @@ def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, 
     if best is not None:
         note += f"; best {metric} {best[0]:.4f}"
     if cost:
-        note += f"; {cost.get('cost/gpu_hours') or cost.get('cost/cpu_hours', 0):.3f} " \
-                f"{'GPU' if cost.get('cost/gpu_hours') else 'CPU'}-hours"
+        note += (
+            f"; {cost.get('cost/gpu_hours') or cost.get('cost/cpu_hours', 0):.3f} "
+            f"{'GPU' if cost.get('cost/gpu_hours') else 'CPU'}-hours"
+        )
     tags[TAG_NOTE] = note + "."
     if best is not None:
         value, path = best
@@ -256,8 +315,7 @@ def end_trial_run(uri: str, parent_run_id: str, trial_id: str, trial_name: str, 
 
 def trial_run_ids(parent: Tracker) -> dict[str, str]:
     """Trial id -> child run id, for every child of a sweep's parent run."""
-    runs = parent.client.search_runs([parent.experiment_id()],
-                                     filter_string=f"tags.{TAG_PARENT} = '{parent.run_id}'")
+    runs = parent.client.search_runs([parent.experiment_id()], filter_string=f"tags.{TAG_PARENT} = '{parent.run_id}'")
     return {r.data.tags.get(TAG_TRIAL_ID): r.info.run_id for r in runs}
 
 
@@ -266,8 +324,9 @@ def describe(tracker: Tracker, markdown: str) -> None:
     tracker.set_tags({TAG_NOTE: markdown})
 
 
-def record_sweep(parent: Tracker, metric: str, best: float, table: dict[str, list],
-                 extra: dict[str, float] | None = None) -> None:
+def record_sweep(
+    parent: Tracker, metric: str, best: float, table: dict[str, list], extra: dict[str, float] | None = None
+) -> None:
     """The parent's summary: the best value of `metric` over all trials (a resumed sweep updates
     it), `extra` summary metrics (the sweep's cost) and the trials table."""
     parent.log_metrics({best_metric_name(metric): best, **(extra or {})}, step=0, once_per_step=False)

@@ -12,6 +12,7 @@ renames it into place only when complete, so a crash mid-write never becomes
 the latest checkpoint; `latest_local` skips folders whose state.pt fails its digest
 (the same check as a Ray Train worker's, `trm.launch.worker.RaySession`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -127,8 +128,11 @@ def best_local(root: Path, verified: bool = True) -> Path | None:
     state.pt matches its digest."""
     if not root.is_dir():
         return None
-    scored = [(s["value"] if s.get("mode", "max") == "max" else -s["value"], p.name, p)
-              for p in root.glob("step_*") if p.is_dir() and (s := read_score(p))]
+    scored = [
+        (s["value"] if s.get("mode", "max") == "max" else -s["value"], p.name, p)
+        for p in root.glob("step_*")
+        if p.is_dir() and (s := read_score(p))
+    ]
     for _, _, folder in sorted(scored, key=lambda x: (x[0], x[1]), reverse=True):
         try:
             if verified:
@@ -154,8 +158,10 @@ def resolve(path: str | Path, flag: str = "--checkpoint", prefer: str = "best") 
         found = (best_local(root) if prefer == "best" else None) or latest_local(root)
         if found is not None:
             return found
-    raise CheckpointError(f"{flag} {path}: no checkpoint there (expected a checkpoint folder with state.pt, "
-                          f"or a run folder with checkpoints/step_*)")
+    raise CheckpointError(
+        f"{flag} {path}: no checkpoint there (expected a checkpoint folder with state.pt, "
+        f"or a run folder with checkpoints/step_*)"
+    )
 
 
 def latest_local(root: Path) -> Path | None:

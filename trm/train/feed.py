@@ -22,6 +22,7 @@ ring could run short, as long as they do not overwrite samples not yet surely co
 `sync()` (checkpoints, `state_dict`) waits for the device: it reads `consumed` and moves the
 stream (`self.stream`, the checkpointed position) past exactly the samples the slots took.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,8 +54,15 @@ def _to_torch(a: np.ndarray) -> torch.Tensor:
 class DeviceFeed:
     """Samples of `stream` for a batch of `batch` slots, gathered on `device` (see module doc)."""
 
-    def __init__(self, ds: PuzzleDataset, stream, device: torch.device, batch: int,
-                 ahead: int = AHEAD_STEPS, resident_max_bytes: int = RESIDENT_MAX_BYTES):
+    def __init__(
+        self,
+        ds: PuzzleDataset,
+        stream,
+        device: torch.device,
+        batch: int,
+        ahead: int = AHEAD_STEPS,
+        resident_max_bytes: int = RESIDENT_MAX_BYTES,
+    ):
         self.ds, self.stream, self.device, self.B = ds, stream, device, batch
         self.cuda = device.type == "cuda"
         self.capacity = max(ahead, 2) * batch
@@ -68,9 +76,14 @@ class DeviceFeed:
             self.ring = torch.zeros(self.capacity, dtype=torch.long, device=device)
         else:  # the ring holds the rows themselves
             self.data = None
-            self.ring = {k: torch.zeros((self.capacity, *ds.arrays[k].shape[1:]), device=device,
-                                        dtype=torch.from_numpy(np.zeros(0, _stored(ds.arrays[k].dtype))).dtype)
-                         for k in FIELDS}
+            self.ring = {
+                k: torch.zeros(
+                    (self.capacity, *ds.arrays[k].shape[1:]),
+                    device=device,
+                    dtype=torch.from_numpy(np.zeros(0, _stored(ds.arrays[k].dtype))).dtype,
+                )
+                for k in FIELDS
+            }
         self.consumed = torch.zeros((), dtype=torch.long, device=device)
         # the host's reading of `consumed`: a (pinned) host tensor, read through a numpy view
         self._host = torch.zeros((), dtype=torch.long, pin_memory=self.cuda)

@@ -4,6 +4,7 @@ What is trained lives in the training state (`trm.train.state`: model, EMA, opti
 slots, the checkpoint's schema), how one step runs in `trm.train.step`. The loop talks to the
 outside only through its `Session` (`trm.train.session`): reports, checkpoints, params and tags.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,17 +43,21 @@ def _on_state(name: str) -> property:
 class Trainer:
     """Trains `cfg` on one rank, reporting to `session`, until `train.steps` or the run's limits."""
 
-    model, ema, opt, sched, emb_opt, feed, slots, step, best, extra = map(_on_state, (
-        "model", "ema", "opt", "sched", "emb_opt", "feed", "slots", "step", "best", "extra"))
+    model, ema, opt, sched, emb_opt, feed, slots, step, best, extra = map(
+        _on_state, ("model", "ema", "opt", "sched", "emb_opt", "feed", "slots", "step", "best", "extra")
+    )
 
-    def __init__(self, cfg: Config, session: Session, limits: RunLimits | None = None,
-                 objective: Objective | None = None):
+    def __init__(
+        self, cfg: Config, session: Session, limits: RunLimits | None = None, objective: Objective | None = None
+    ):
         self.session, self.limits = session, limits or RunLimits()
         self.meter = None  # rank 0's CostMeter, made in fit() from the checkpoint's state
         self.stop_reason: str | None = None  # "deadline" | "gpu_budget" when the limits ended the run
         if cfg.train.batch_size % session.world_size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size}: expected a multiple of the "
-                              f"number of workers ({session.world_size})")
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size}: expected a multiple of the "
+                f"number of workers ({session.world_size})"
+            )
         self.local_batch = cfg.train.batch_size // session.world_size
         self.device = pick_device(cfg.train.device)
         self.autocast = cfg.train.bf16 and self.device.type == "cuda"
@@ -61,9 +66,16 @@ class Trainer:
         self.objective = objective or objective_for(self.val_ds.meta, getattr(cfg.train, "objective", "") or None)
         if self.device.type == "cuda":  # TF32 for the matmuls left in float32 (all of them with bf16=false)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.state = TrainingState(self.cfg, self.train_ds.meta, self.device, train_ds=self.train_ds,
-                                   local_batch=self.local_batch, rank=session.rank,
-                                   world_size=session.world_size, bf16=self.autocast)
+        self.state = TrainingState(
+            self.cfg,
+            self.train_ds.meta,
+            self.device,
+            train_ds=self.train_ds,
+            local_batch=self.local_batch,
+            rank=session.rank,
+            world_size=session.world_size,
+            bf16=self.autocast,
+        )
         self.train_step = Step(self.state, self.cfg, self.autocast)
 
     def _resolve_epochs(self, cfg: Config) -> Config:
@@ -73,12 +85,21 @@ class Trainer:
         cfg = cfg.resolve_epochs(epoch_size(self.train_ds.meta))
         t = cfg.train
         if given and given != t.epoch_samples:
-            log.warning("train.epoch_samples=%g given, but %s yields %g per epoch: using the dataset's",
-                        given, cfg.data.path, t.epoch_samples)
+            log.warning(
+                "train.epoch_samples=%g given, but %s yields %g per epoch: using the dataset's",
+                given,
+                cfg.data.path,
+                t.epoch_samples,
+            )
         if self.session.rank == 0:
-            log.info("%g samples per epoch, batch %d: %s steps; evaluation every %d steps%s", t.epoch_samples,
-                     t.batch_size, f"{t.epochs} epochs = {t.steps}" if t.epochs else t.steps, t.eval_every,
-                     f" ({t.eval_every_epochs} epochs)" if t.eval_every_epochs else "")
+            log.info(
+                "%g samples per epoch, batch %d: %s steps; evaluation every %d steps%s",
+                t.epoch_samples,
+                t.batch_size,
+                f"{t.epochs} epochs = {t.steps}" if t.epochs else t.steps,
+                t.eval_every,
+                f" ({t.eval_every_epochs} epochs)" if t.eval_every_epochs else "",
+            )
             self.session.log_params(cfg)
         return cfg
 
@@ -118,13 +139,25 @@ class Trainer:
             loss = window.peek("loss") if self.session.rank == 0 else 0.0  # rank 0 decides (DDP: same weights)
             if at_log and self.session.rank == 0:
                 rate = (self.step - step_start) / max(time.time() - t_start, 1e-9)
-                log.info("step %d/%d | loss %.4f | train exact %.3f | %.2f steps/s %.0f samples/s | ETA %s",
-                         self.step, t.steps, loss, window.peek_exact(), rate,
-                         rate * t.batch_size, fmt_time((t.steps - self.step) / max(rate, 1e-9)))
-            agreed = self.session.agree({
-                "time_due": time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes,
-                "stop": self.limits.reached(self.meter), "diverged": not math.isfinite(loss)}
-                if self.session.rank == 0 else {})
+                log.info(
+                    "step %d/%d | loss %.4f | train exact %.3f | %.2f steps/s %.0f samples/s | ETA %s",
+                    self.step,
+                    t.steps,
+                    loss,
+                    window.peek_exact(),
+                    rate,
+                    rate * t.batch_size,
+                    fmt_time((t.steps - self.step) / max(rate, 1e-9)),
+                )
+            agreed = self.session.agree(
+                {
+                    "time_due": time.time() - last_ckpt_time >= 60 * t.checkpoint_minutes,
+                    "stop": self.limits.reached(self.meter),
+                    "diverged": not math.isfinite(loss),
+                }
+                if self.session.rank == 0
+                else {}
+            )
             if agreed.get("diverged"):
                 self._diverged(window, f"loss is {loss}", last_good)
             jit, jit_saved = agreed["preempting"] and not jit_saved, agreed["preempting"]
@@ -139,8 +172,12 @@ class Trainer:
                 last_ckpt_step, last_ckpt_time, last_good = self.step, time.time(), self.step
             if agreed["stop"] is not None:
                 self.stop_reason = agreed["stop"]
-                log.info("stopping at step %d/%d: %s reached; checkpoint written, resume to continue",
-                         self.step, t.steps, agreed["stop"])
+                log.info(
+                    "stopping at step %d/%d: %s reached; checkpoint written, resume to continue",
+                    self.step,
+                    t.steps,
+                    agreed["stop"],
+                )
                 break
         return metrics
 
@@ -161,12 +198,22 @@ class Trainer:
     def _diverged(self, window: Window, what: str, last_good: int | None) -> None:
         """Stop: report the window (no evaluation, no checkpoint) with stop_reason "diverged", and raise
         `Diverged` with the one sentence a user reads in the morning."""
-        metrics = {**window.flush(self.cfg.train.batch_size), **self._run_metrics(), "step": self.step,
-                   "diverged": 1.0, "stop_reason": "diverged"}
+        metrics = {
+            **window.flush(self.cfg.train.batch_size),
+            **self._run_metrics(),
+            "step": self.step,
+            "diverged": 1.0,
+            "stop_reason": "diverged",
+        }
         bad = [k.split("/", 1)[1] for k, v in metrics.items() if k.startswith("train/") and not math.isfinite(v)]
-        kept = f"last good checkpoint {ckpt.step_dir_name(last_good)} kept" if last_good is not None \
+        kept = (
+            f"last good checkpoint {ckpt.step_dir_name(last_good)} kept"
+            if last_good is not None
             else "no checkpoint was written"
-        message = f"diverged at step {self.step}: {what}" + (f" ({', '.join(bad)} non-finite)" if bad else "") + f"; {kept}"
+        )
+        message = (
+            f"diverged at step {self.step}: {what}" + (f" ({', '.join(bad)} non-finite)" if bad else "") + f"; {kept}"
+        )
         self.session.report(metrics, self.step, None)
         self.stop_reason = "diverged"
         raise Diverged(message)
@@ -176,13 +223,22 @@ class Trainer:
         MLflow does not log), keep the best by the objective, report, and checkpoint when due."""
         name = self.objective.name
         val = self.evaluate() if evaluate else dict.fromkeys((*VAL_KEYS, name), float("nan"))
-        metrics = {**window.flush(self.cfg.train.batch_size), **val, **self._run_metrics(), "step": self.step,
-                   "effective_depth": self.cfg.effective_depth}
+        metrics = {
+            **window.flush(self.cfg.train.batch_size),
+            **val,
+            **self._run_metrics(),
+            "step": self.step,
+            "effective_depth": self.cfg.effective_depth,
+        }
         if not math.isfinite(metrics["train/loss"]):
             metrics["diverged"] = 1.0
         score = metrics.get(name, float("nan"))
         metrics["score"] = score  # the same number under one name: Ray's CheckpointConfig ranks by it
-        if evaluate and math.isfinite(score) and self.objective.better(score, self.best.get("value", self.objective.worst)):
+        if (
+            evaluate
+            and math.isfinite(score)
+            and self.objective.better(score, self.best.get("value", self.objective.worst))
+        ):
             self.best = {"metric": name, "value": score, "step": self.step}
         if "value" in self.best:
             metrics["best/score"], metrics["best/step"] = self.best["value"], self.best["step"]
@@ -201,11 +257,15 @@ class Trainer:
         self.extra["restarts"] = self.extra.get("restarts", 0) + 1
         if logged is not None and logged > self.step:
             self.extra["recomputed_steps"] = self.extra.get("recomputed_steps", 0) + logged - self.step
-        log.info("restart %d: resumed at step %d (last step tracked before: %s)", self.extra["restarts"],
-                 self.step, logged)
+        log.info(
+            "restart %d: resumed at step %d (last step tracked before: %s)", self.extra["restarts"], self.step, logged
+        )
 
     def _run_metrics(self) -> dict[str, float]:
-        m = {"run/restarts": self.extra.get("restarts", 0), "run/recomputed_steps": self.extra.get("recomputed_steps", 0)}
+        m = {
+            "run/restarts": self.extra.get("restarts", 0),
+            "run/recomputed_steps": self.extra.get("recomputed_steps", 0),
+        }
         return {**m, **(self.meter.metrics() if self.meter is not None else {})}
 
     def evaluate(self) -> dict[str, float]:
@@ -213,9 +273,16 @@ class Trainer:
         over every test input x all its augmentations (train.eval_samples does not cut it), spread over
         the ranks; other kinds score the first train.eval_samples rows."""
         limit = 0 if self.val_ds.meta.get("name") == "arc" else self.cfg.train.eval_samples
-        return evaluate_task(self.eval_model, self.val_ds, self.local_batch, self.device, limit=limit,
-                             rank=self.session.rank, world_size=self.session.world_size,
-                             autocast=self.autocast).metrics
+        return evaluate_task(
+            self.eval_model,
+            self.val_ds,
+            self.local_batch,
+            self.device,
+            limit=limit,
+            rank=self.session.rank,
+            world_size=self.session.world_size,
+            autocast=self.autocast,
+        ).metrics
 
     def write_checkpoint(self, folder: Path) -> None:
         if self.meter is not None:

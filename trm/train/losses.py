@@ -1,4 +1,5 @@
 """Losses of one supervision step."""
+
 from __future__ import annotations
 
 import torch

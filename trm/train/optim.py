@@ -1,5 +1,6 @@
 """The network's optimiser (AdamATan2, the reference's, or AdamW) with warmup, and the sparse
 sign-SGD that trains puzzle embeddings."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,9 @@ class AdamATan2(torch.optim.Optimizer):
     `exp_avg`, `exp_avg_sq` per parameter) has torch's Adam layout, so `state_dict` resumes exactly.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
-                 weight_decay: float = 0.0):
+    def __init__(
+        self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0
+    ):
         if lr < 0:
             raise ValueError(f"lr={lr}: expected >= 0")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -86,10 +88,10 @@ class AdamATan2(torch.optim.Optimizer):
             torch._foreach_lerp_(ms, grads, 1.0 - beta1)
             torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), 1.0 - beta2)
             denoms = torch._foreach_sqrt(vs)
-            for p, m, den, t in zip(params, ms, denoms, counts):
+            for p, m, den, t in zip(params, ms, denoms, counts, strict=True):
                 t = float(t)  # per parameter, as the reference (a parameter may skip steps)
-                den.div_(math.sqrt(1.0 - beta2 ** t))
-                p.add_(torch.atan2(m, den), alpha=-lr / (1.0 - beta1 ** t))
+                den.div_(math.sqrt(1.0 - beta2**t))
+                p.add_(torch.atan2(m, den), alpha=-lr / (1.0 - beta1**t))
         return loss
 
 
@@ -100,8 +102,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     if cfg.optimizer == "adam_atan2":
         opt = AdamATan2(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay,
-                                fused=False)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     return opt, sched
 

@@ -6,6 +6,7 @@ runs alone and under DDP: on a Ray Train worker the session is
 local mode (num_workers=0) has no persistent checkpoint storage in Ray 2.60,
 hence the small local session.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,9 @@ class LocalSession:
 
     rank, world_size = 0, 1
 
-    def __init__(self, out_dir: str | Path, keep: int = 3, tracker=None,
-                 on_report: Callable[[dict, int], None] | None = None):
+    def __init__(
+        self, out_dir: str | Path, keep: int = 3, tracker=None, on_report: Callable[[dict, int], None] | None = None
+    ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.keep, self.tracker, self.on_report = keep, tracker, on_report
@@ -85,7 +87,9 @@ class LocalSession:
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(kept))
             tmp.replace(path)
-            log.info("%s: %d records after step %d dropped (training resumes there)", path, len(lines) - len(kept), step)
+            log.info(
+                "%s: %d records after step %d dropped (training resumes there)", path, len(lines) - len(kept), step
+            )
 
     def report(self, metrics: dict, step: int, write: WriteFn | None) -> None:
         if write is not None:
@@ -96,8 +100,9 @@ class LocalSession:
             if self.tracker is not None and best == self.last_checkpoint and score is not None:
                 from trm.tracking import best_checkpoint_tags
 
-                self.tracker.set_tags(best_checkpoint_tags(best, score["value"], step=score["step"],
-                                                           metric=score["metric"]))
+                self.tracker.set_tags(
+                    best_checkpoint_tags(best, score["value"], step=score["step"], metric=score["metric"])
+                )
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         if self.tracker is not None:

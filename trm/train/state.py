@@ -11,6 +11,7 @@ fine-tuning, `init_from(source)`; for evaluation, `load_for_eval(folder)` gives 
 `module.` prefix. File mechanics (atomic writes, digests, score files, latest/best) are in
 `trm.train.checkpoint`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,17 @@ log = logging.getLogger(__name__)
 
 META_KEYS = ("vocab_size", "seq_len", "num_puzzle_ids")  # the dataset's numbers the weights depend on
 # fields that change the shape or meaning of the weights; a resume or fine-tuning must agree on them
-ARCH_FIELDS = ("arch", "hidden", "heads", "expansion", "layers", "puzzle_emb_ndim", "puzzle_emb_len",
-               "separate_nets", "halting")
+ARCH_FIELDS = (
+    "arch",
+    "hidden",
+    "heads",
+    "expansion",
+    "layers",
+    "puzzle_emb_ndim",
+    "puzzle_emb_len",
+    "separate_nets",
+    "halting",
+)
 EMA_PREFIX = "module."  # AveragedModel keeps the averaged copy's weights under this prefix
 
 
@@ -50,30 +60,38 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_compatible(saved_model: dict, model: dict, where: str, data_meta: dict | None = None,
-                     saved_meta: dict | None = None) -> None:
+def check_compatible(
+    saved_model: dict, model: dict, where: str, data_meta: dict | None = None, saved_meta: dict | None = None
+) -> None:
     """The one architecture check: a checkpoint's model config (`saved_model`) against this run's
     (`model`), on the fields that shape the weights, and, when given, the dataset numbers in both metas
     (fine-tuning passes them without num_puzzle_ids: a new dataset may have other puzzles)."""
-    diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {model.get(k)!r}"
-             for k in ARCH_FIELDS if saved_model.get(k) != model.get(k)]
+    diffs = [
+        f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {model.get(k)!r}"
+        for k in ARCH_FIELDS
+        if saved_model.get(k) != model.get(k)
+    ]
     if data_meta and saved_meta:
-        diffs += [f"data {k}: checkpoint {saved_meta.get(k)!r} vs dataset {data_meta.get(k)!r}"
-                  for k in data_meta if saved_meta.get(k) != data_meta.get(k)]
+        diffs += [
+            f"data {k}: checkpoint {saved_meta.get(k)!r} vs dataset {data_meta.get(k)!r}"
+            for k in data_meta
+            if saved_meta.get(k) != data_meta.get(k)
+        ]
     if diffs:
         raise ckpt.CheckpointError(f"{where}: incompatible with this run's config:\n  " + "\n  ".join(diffs))
 
 
 def _check_state(state: dict, cfg: Config, meta: dict, where: str, keys: tuple[str, ...] = META_KEYS) -> None:
-    check_compatible(state["config"]["model"], cfg.to_dict()["model"], where, {k: meta.get(k) for k in keys},
-                     state["meta"])
+    check_compatible(
+        state["config"]["model"], cfg.to_dict()["model"], where, {k: meta.get(k) for k in keys}, state["meta"]
+    )
 
 
 def ema_weights(state: dict) -> dict | None:
     """The EMA weights of a checkpoint's state under the model's names (None without an EMA)."""
     if not state.get("ema"):
         return None
-    return {k[len(EMA_PREFIX):]: v for k, v in state["ema"].items() if k.startswith(EMA_PREFIX)}
+    return {k[len(EMA_PREFIX) :]: v for k, v in state["ema"].items() if k.startswith(EMA_PREFIX)}
 
 
 def build_ema(model: TRM, decay: float) -> AveragedModel:
@@ -94,13 +112,14 @@ def load_for_eval(folder: str | Path, device: str = "cpu", use_ema: bool = True)
     model = build_model(cfg.model, **state["meta"])
     model.load_state_dict(state["model"])
     if use_ema and (weights := ema_weights(state)) is not None:
-        model.load_state_dict(weights, strict=False)
+        model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), cfg, state
 
 
 @dataclass
 class Slots:
     """The carried batch on this rank."""
+
     carry: Carry
     tokens: torch.Tensor  # [B, L]
     labels: torch.Tensor  # [B, L]
@@ -117,8 +136,15 @@ class Slots:
         return cls(carry, *zeros, torch.ones(B, dtype=torch.bool, device=device))
 
     def state_dict(self) -> dict:
-        return {"y": self.carry.y, "z": self.carry.z, "tokens": self.tokens, "labels": self.labels,
-                "puzzle_ids": self.puzzle_ids, "steps": self.steps, "halted": self.halted}
+        return {
+            "y": self.carry.y,
+            "z": self.carry.z,
+            "tokens": self.tokens,
+            "labels": self.labels,
+            "puzzle_ids": self.puzzle_ids,
+            "steps": self.steps,
+            "halted": self.halted,
+        }
 
     @classmethod
     def from_state(cls, s: dict, device: torch.device) -> Slots:
@@ -130,8 +156,18 @@ class TrainingState:
     """Model, EMA, optimisers, step, best and provenance (rank 0's checkpoint), and, given the
     training split, this rank's carried batch: slots, the stream's feed, the exploration RNG."""
 
-    def __init__(self, cfg: Config, meta: dict, device: torch.device, *, train_ds: PuzzleDataset | None = None,
-                 local_batch: int = 0, rank: int = 0, world_size: int = 1, bf16: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        meta: dict,
+        device: torch.device,
+        *,
+        train_ds: PuzzleDataset | None = None,
+        local_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        bf16: bool = False,
+    ):
         t = cfg.train
         self.cfg, self.meta, self.device = cfg, {k: meta[k] for k in META_KEYS}, device
         self.rank, self.world_size = rank, world_size
@@ -139,8 +175,11 @@ class TrainingState:
         self.model = build_model(cfg.model, **self.meta).to(device)
         self.ema = build_ema(self.model, t.ema) if t.ema > 0 else None
         self.opt, self.sched = build_optimizer(self.model, t)
-        self.emb_opt = (PuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
-                        if self.model.puzzle_emb is not None else None)
+        self.emb_opt = (
+            PuzzleEmbeddingSGD(self.model.puzzle_emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay)
+            if self.model.puzzle_emb is not None
+            else None
+        )
         self.step = 0
         self.best: dict = {}  # {"metric", "value", "step"} of the best evaluation so far
         self.extra: dict = {}  # carried through checkpoints: tracking run id, cost meter, restarts, provenance
@@ -158,8 +197,11 @@ class TrainingState:
         """Register the EMA again from the model's weights (after weights were loaded into it)."""
         if self.ema is not None:
             with torch.no_grad():
-                for a, b in zip((*self.ema.module.parameters(), *self.ema.module.buffers()),
-                                (*self.model.parameters(), *self.model.buffers())):
+                for a, b in zip(
+                    (*self.ema.module.parameters(), *self.ema.module.buffers()),
+                    (*self.model.parameters(), *self.model.buffers()),
+                    strict=False,
+                ):
                     if a is not b:  # the puzzle table is shared
                         a.copy_(b)
 
@@ -172,16 +214,28 @@ class TrainingState:
     def state_dict(self) -> dict:
         """Rank 0's state.pt."""
         ema = None if self.ema is None else {k: v for k, v in self.ema.state_dict().items() if "puzzle_emb" not in k}
-        return {"config": self.cfg.to_dict(), "meta": self.meta, "step": self.step, "world_size": self.world_size,
-                "model": self.model.state_dict(), "ema": ema, "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                "extra": {**self.extra, **({"puzzle_map": self.puzzle_map} if self.puzzle_map else {})},
-                "best": self.best}
+        return {
+            "config": self.cfg.to_dict(),
+            "meta": self.meta,
+            "step": self.step,
+            "world_size": self.world_size,
+            "model": self.model.state_dict(),
+            "ema": ema,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "extra": {**self.extra, **({"puzzle_map": self.puzzle_map} if self.puzzle_map else {})},
+            "best": self.best,
+        }
 
     def rank_state_dict(self) -> dict:
         """This rank's rank<r>.pt (waits for the device: the stream's exact position)."""
-        return {"slots": self.slots.state_dict(), "stream": self.feed.state_dict(),
-                "explore": self.explore.get_state(), "python_rng": random.getstate()}
+        return {
+            "slots": self.slots.state_dict(),
+            "stream": self.feed.state_dict(),
+            "explore": self.explore.get_state(),
+            "python_rng": random.getstate(),
+        }
 
     def save(self, folder: Path) -> None:
         if self.rank == 0:
@@ -193,7 +247,7 @@ class TrainingState:
         _check_state(state, self.cfg, self.meta, where)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"], strict=False)
+            self.ema.load_state_dict(state["ema"], strict=True)
         elif self.ema is not None:
             log.warning("%s: checkpoint has no EMA; starting the EMA from the restored weights", where)
             self.reset_ema()
@@ -236,7 +290,7 @@ class TrainingState:
         _check_state(state, self.cfg, self.meta, f"--init-from {source} ({folder})", ("vocab_size", "seq_len"))
         weights = {**state["model"], **(ema_weights(state) or {})}
         table = weights.pop("puzzle_emb.weight", None)
-        self.model.load_state_dict(weights, strict=False)
+        self.model.load_state_dict(weights, strict=True)
         self.reset_ema()
         emb = self.model.puzzle_emb
         if emb is not None and table is not None:
@@ -248,8 +302,12 @@ class TrainingState:
                     trained = table[1:] if table.shape[0] > 1 else table
                     emb.weight.copy_(trained.float().mean(0, keepdim=True).expand_as(emb.weight))
         self.extra["init_from"] = str(folder)
-        log.info("initialised from %s (step %s)%s", folder, state.get("step"),
-                 "; training only the puzzle embeddings" if self.cfg.train.freeze_weights else "")
+        log.info(
+            "initialised from %s (step %s)%s",
+            folder,
+            state.get("step"),
+            "; training only the puzzle embeddings" if self.cfg.train.freeze_weights else "",
+        )
         return folder
 
 

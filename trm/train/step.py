@@ -16,6 +16,7 @@ As the reference: the lr factor of a step is its schedule's value at the step co
 increment (`trm.train.optim.lr_factor`), the puzzle embeddings follow the same factor, and the
 EMA, registered from the initial weights, is updated after every optimiser step.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,14 +40,16 @@ class Step:
         # the last one with gradients, the heads, the detached carry; and its backward), and so are the
         # losses with the halting decision. Evaluation runs the (uncompiled) EMA copy.
         self._forward = torch.compile(self.ddp, dynamic=False) if t.compile else self.ddp
-        self._bootstrap = (torch.compile(model, dynamic=False) if t.compile else model) \
-            if cfg.model.halting == "q_learning" else None
+        self._bootstrap = (
+            (torch.compile(model, dynamic=False) if t.compile else model) if cfg.model.halting == "q_learning" else None
+        )
         if t.compile:
             self._score = torch.compile(self._score, dynamic=False)
         if state.ema is not None:
             self._ema_pairs = (list(state.ema.module.parameters()), list(model.parameters()))
-            self._ema_buffers = [(a, b) for a, b in zip(state.ema.module.buffers(), model.buffers())
-                                 if a is not b]  # y_init, z_init, RoPE; the puzzle table is shared
+            self._ema_buffers = [
+                (a, b) for a, b in zip(state.ema.module.buffers(), model.buffers(), strict=True) if a is not b
+            ]  # y_init, z_init, RoPE; the puzzle table is shared
 
     def _wrap_ddp(self, model):
         if self.cfg.train.freeze_weights:  # only the puzzle embeddings train (their sign-SGD syncs itself)
@@ -89,13 +92,16 @@ class Step:
             # this is the intended behaviour, as the reference's hrm.py computes it.
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 _, nxt = self._bootstrap(carry, s.tokens, s.puzzle_ids, puzzle_rows=rows)
-            target_q = torch.sigmoid(torch.where(steps >= cfg.model.N_sup, nxt.q_halt,
-                                                 torch.maximum(nxt.q_halt, nxt.q_continue)))
+            target_q = torch.sigmoid(
+                torch.where(steps >= cfg.model.N_sup, nxt.q_halt, torch.maximum(nxt.q_halt, nxt.q_continue))
+            )
         explore = None
         if cfg.model.N_sup > 1:  # a random minimum number of steps for some samples, drawn on the device
             B = s.halted.shape[0]
-            explore = (torch.rand(B, generator=st.explore, device=device),
-                       torch.randint(2, cfg.model.N_sup + 1, (B,), generator=st.explore, device=device))
+            explore = (
+                torch.rand(B, generator=st.explore, device=device),
+                torch.randint(2, cfg.model.N_sup + 1, (B,), generator=st.explore, device=device),
+            )
         loss, stats, halted = self._score(out.logits, s.labels, out.q_halt, out.q_continue, target_q, steps, explore)
         loss.backward()
         if cfg.train.grad_clip > 0:
@@ -124,10 +130,14 @@ class Step:
                 halted = halted | (stop & (steps >= min_steps))
             done = halted.float()
             mask_counts = (labels != -100).sum(-1).clamp_min(1)
-            stats = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
-                     "halted": done.sum(), "exact": (is_correct.float() * done).sum(),
-                     "cells": ((token_correct.sum(-1) / mask_counts) * done).sum(),
-                     "halt_steps": (steps.float() * done).sum()}
+            stats = {
+                "loss": loss.detach(),
+                **{k: v.detach() for k, v in parts.items()},
+                "halted": done.sum(),
+                "exact": (is_correct.float() * done).sum(),
+                "cells": ((token_correct.sum(-1) / mask_counts) * done).sum(),
+                "halt_steps": (steps.float() * done).sum(),
+            }
         return loss, stats, halted
 
     @torch.no_grad()
@@ -167,17 +177,24 @@ class Window:
         if dist.is_initialized() and dist.get_world_size() > 1:
             vals = vals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(vals)
-            vals /= torch.tensor([1.0 if k in ("halted", "exact", "cells", "halt_steps") else dist.get_world_size()
-                                  for k in keys], dtype=vals.dtype, device=vals.device)
-        s = dict(zip(keys, vals.tolist()))
+            vals /= torch.tensor(
+                [1.0 if k in ("halted", "exact", "cells", "halt_steps") else dist.get_world_size() for k in keys],
+                dtype=vals.dtype,
+                device=vals.device,
+            )
+        s = dict(zip(keys, vals.tolist(), strict=True))
         elapsed = max(time.time() - self.t0, 1e-9)
         halted = max(s["halted"], 1.0)
-        out = {"train/loss": s["loss"] / self.n, "train/lm_loss": s["lm_loss"] / self.n,
-               "train/halt_loss": s["halt_loss"] / self.n,
-               "train/exact_accuracy": s["exact"] / halted, "train/cell_accuracy": s["cells"] / halted,
-               "train/mean_halt_steps": s["halt_steps"] / halted,
-               "throughput/steps_per_s": self.n / elapsed,
-               "throughput/samples_per_s": self.n * global_batch / elapsed}
+        out = {
+            "train/loss": s["loss"] / self.n,
+            "train/lm_loss": s["lm_loss"] / self.n,
+            "train/halt_loss": s["halt_loss"] / self.n,
+            "train/exact_accuracy": s["exact"] / halted,
+            "train/cell_accuracy": s["cells"] / halted,
+            "train/mean_halt_steps": s["halt_steps"] / halted,
+            "throughput/steps_per_s": self.n / elapsed,
+            "throughput/samples_per_s": self.n * global_batch / elapsed,
+        }
         if "continue_loss" in s:
             out["train/continue_loss"] = s["continue_loss"] / self.n
         self.__init__()
