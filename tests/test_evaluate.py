@@ -82,3 +82,21 @@ def test_prediction_logs_progress_with_rate_and_eta(arc_data: Path, caplog) -> N
     lines = [r.getMessage() for r in caplog.records if r.name == "trm.progress"]
     assert len(lines) >= 3 and all("rows/s" in x and "ETA" in x for x in lines[:-1])  # then "N rows in T"
     assert p.done == len(ds)
+
+
+def test_training_evaluations_use_the_task_budget_and_the_final_one_every_task(arc_data: Path, tmp_path) -> None:
+    """The loop's evaluation is trm eval's with train.eval_tasks: a seeded subset of tasks during the
+    run, every task at the final evaluation (the number a run ends with)."""
+    from trm.config import load_config
+    from trm.train.loop import Trainer
+    from trm.train.session import LocalSession
+
+    cfg = load_config(None, {"hidden": 16, "heads": 2, "expansion": 2, "layers": 1, "n": 1, "T": 1, "N_sup": 2,
+                             "puzzle_emb_ndim": 16, "puzzle_emb_len": 1, "batch_size": 8, "steps": 4,
+                             "eval_every": 2, "log_every": 2, "checkpoint_every": 4, "data_path": str(arc_data),
+                             "generate": "none", "eval_tasks": 2, "ema": 0.0})
+    reports: list[tuple[int, float]] = []
+    tr = Trainer(cfg, LocalSession(tmp_path))
+    tr.session.on_report = lambda metrics, step: reports.append((step, metrics["eval/num_tasks"]))
+    tr.fit()
+    assert reports == [(2, 2.0), (4, 4.0)]

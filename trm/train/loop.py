@@ -222,7 +222,11 @@ class Trainer:
         """Evaluate (unless a spot notice: val/* NaN, which Ray ranks last, Tune's stoppers skip and
         MLflow does not log), keep the best by the objective, report, and checkpoint when due."""
         name = self.objective.name
-        val = self.evaluate() if evaluate else dict.fromkeys((*VAL_KEYS, name), float("nan"))
+        val = (
+            self.evaluate(final=self.step >= self.cfg.train.steps)
+            if evaluate
+            else dict.fromkeys((*VAL_KEYS, name), float("nan"))
+        )
         metrics = {
             **window.flush(self.cfg.train.batch_size),
             **val,
@@ -268,11 +272,13 @@ class Trainer:
         }
         return {**m, **(self.meter.metrics() if self.meter is not None else {})}
 
-    def evaluate(self) -> dict[str, float]:
-        """The dataset kind's evaluation on the EMA weights (trm.evaluate.task, as `trm eval`): ARC votes
-        over every test input x all its augmentations (train.eval_samples does not cut it), spread over
-        the ranks; other kinds score the first train.eval_samples rows."""
-        limit = 0 if self.val_ds.meta.get("name") == "arc" else self.cfg.train.eval_samples
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        """The dataset kind's evaluation on the EMA weights (trm.evaluate.task, as `trm eval`), reporting
+        the run's objective: ARC votes over every augmentation of train.eval_tasks test tasks (seeded by
+        train.seed; all tasks when 0 and at the `final` evaluation), spread over the ranks; other kinds
+        score the first train.eval_samples rows."""
+        t = self.cfg.train
+        limit = 0 if self.val_ds.meta.get("name") == "arc" else t.eval_samples
         return evaluate_task(
             self.eval_model,
             self.val_ds,
@@ -282,6 +288,9 @@ class Trainer:
             rank=self.session.rank,
             world_size=self.session.world_size,
             autocast=self.autocast,
+            tasks=0 if final else t.eval_tasks,
+            seed=t.seed,
+            objective=self.objective.name,
         ).metrics
 
     def write_checkpoint(self, folder: Path) -> None:
