@@ -18,6 +18,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from trm.config import Config, ConfigError, config_from_dict
 from trm.data.dataset import PuzzleDataset, make_stream
 from trm.data.puzzle_map import PuzzleMap
-from trm.model import TRM, Carry
+from trm.model import Carry, RecursiveModel
 from trm.train import checkpoint as ckpt
 from trm.train.feed import DeviceFeed
 from trm.train.optim import PuzzleEmbeddingSGD, build_optimizer
@@ -94,25 +95,25 @@ def ema_weights(state: dict) -> dict | None:
     return {k[len(EMA_PREFIX) :]: v for k, v in state["ema"].items() if k.startswith(EMA_PREFIX)}
 
 
-def build_ema(model: TRM, decay: float) -> AveragedModel:
+def build_ema(model: RecursiveModel, decay: float) -> AveragedModel:
     """The EMA registered from the model's current weights (the reference's EMAHelper.register):
     `n_averaged` starts at 1, so every update, the first included, is ema <- lerp(ema, w, 1 - decay).
     The puzzle-embedding table is trained by sign-SGD, not averaged: shared, not deep-copied."""
     emb, model.puzzle_emb = model.puzzle_emb, None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-    model.puzzle_emb = ema.module.puzzle_emb = emb
+    model.puzzle_emb = cast(RecursiveModel, ema.module).puzzle_emb = emb  # `module`: a deep copy of `model`
     ema.n_averaged.fill_(1)
     return ema
 
 
-def load_for_eval(folder: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[TRM, Config, dict]:
+def load_for_eval(folder: str | Path, device: str = "cpu", use_ema: bool = True) -> tuple[RecursiveModel, Config, dict]:
     """A model from a checkpoint folder, EMA weights by default (as the paper evaluates)."""
     state = ckpt.read_file(Path(folder), "state.pt")
     cfg = config_from_dict(state["config"])
     model = build_model(cfg.model, **state["meta"])
     model.load_state_dict(state["model"])
     if use_ema and (weights := ema_weights(state)) is not None:
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(weights, strict=False)
     return model.to(device).eval(), cfg, state
 
 
@@ -128,12 +129,14 @@ class Slots:
     halted: torch.Tensor  # [B] True: refill before the next step
 
     @classmethod
-    def empty(cls, model: TRM, B: int, L: int, device: torch.device, bf16: bool) -> Slots:
+    def empty(cls, model: RecursiveModel, B: int, L: int, device: torch.device, bf16: bool) -> Slots:
         carry = model.initial_carry(B, device)
         if bf16:  # the carry's dtype from the first step on: one compiled graph, not two
             carry = Carry(carry.y.bfloat16(), carry.z.bfloat16())
-        zeros = [torch.zeros(*shape, dtype=torch.long, device=device) for shape in ((B, L), (B, L), (B,), (B,))]
-        return cls(carry, *zeros, torch.ones(B, dtype=torch.bool, device=device))
+        tokens, labels, puzzle_ids, steps = (
+            torch.zeros(*shape, dtype=torch.long, device=device) for shape in ((B, L), (B, L), (B,), (B,))
+        )
+        return cls(carry, tokens, labels, puzzle_ids, steps, torch.ones(B, dtype=torch.bool, device=device))
 
     def state_dict(self) -> dict:
         return {
@@ -230,6 +233,7 @@ class TrainingState:
 
     def rank_state_dict(self) -> dict:
         """This rank's rank<r>.pt (waits for the device: the stream's exact position)."""
+        assert self.feed is not None  # only a state made with the training split has a rank part
         return {
             "slots": self.slots.state_dict(),
             "stream": self.feed.state_dict(),
@@ -247,7 +251,7 @@ class TrainingState:
         _check_state(state, self.cfg, self.meta, where)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"], strict=True)
+            self.ema.load_state_dict(state["ema"], strict=False)
         elif self.ema is not None:
             log.warning("%s: checkpoint has no EMA; starting the EMA from the restored weights", where)
             self.reset_ema()
@@ -257,6 +261,7 @@ class TrainingState:
         self.step, self.extra, self.best = state["step"], state["extra"], state.get("best", {})
 
     def load_rank_state(self, mine: dict, where: str) -> None:
+        assert self.feed is not None  # only a state made with the training split has a rank part
         self.slots = Slots.from_state(mine["slots"], self.device)
         self.feed.load_state_dict(mine["stream"])
         try:
@@ -277,6 +282,7 @@ class TrainingState:
         except ckpt.CheckpointError as e:
             # carried samples restart; the stream moves to the next epoch so no sample is seen twice in a row
             log.warning("%s: %s; carried slots restart from y_init/z_init", folder, e)
+            assert self.feed is not None  # a resume is of a state made with the training split
             self.feed.load_state_dict({"epoch": self.step + 1, "pos": 0})
         log.info("resumed from %s at step %d", folder, self.step)
 
@@ -290,7 +296,7 @@ class TrainingState:
         _check_state(state, self.cfg, self.meta, f"--init-from {source} ({folder})", ("vocab_size", "seq_len"))
         weights = {**state["model"], **(ema_weights(state) or {})}
         table = weights.pop("puzzle_emb.weight", None)
-        self.model.load_state_dict(weights, strict=True)
+        self.model.load_state_dict(weights, strict=False)
         self.reset_ema()
         emb = self.model.puzzle_emb
         if emb is not None and table is not None:
