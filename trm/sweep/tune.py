@@ -222,7 +222,13 @@ class UniqueOptunaSearch(OptunaSearchBase):
     configuration with training seeds 0..seeds-1 (Optuna learns from seed 0; the others are
     repeats that the report averages). A duplicate proposal is told to Optuna as failed (through the
     Searcher's own on_trial_complete, under a stand-in trial id) and asked again; when every
-    configuration of a discrete space has run, the search is finished."""
+    configuration of a discrete space has run, the search is finished.
+
+    A resumed sweep keeps its memory. Ray restores this searcher from the pickle it saved with its last
+    experiment state (every ~10 s), so a trial proposed after that save, whose driver was then lost, is in
+    the RDB study but not in the pickle. Whenever the study is opened or the pickle restored,
+    `remember_study` reads back every trial of the study: its configuration counts as seen, and a
+    trial Tune resumes finds its Optuna trial again (each is tagged with its Tune trial id when asked)."""
 
     def __init__(self, *args, seeds: int = 1, size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -245,7 +251,7 @@ class UniqueOptunaSearch(OptunaSearchBase):
             config = super().suggest(asked_as)
             if not isinstance(config, dict):
                 return config
-            key = tuple(sorted((k, repr(v)) for k, v in config.items()))
+            key = config_key(config)
             if key not in self._seen:
                 break
             super().on_trial_complete(asked_as, None, error=True)  # Optuna: FAIL, so TPE moves on
@@ -253,25 +259,71 @@ class UniqueOptunaSearch(OptunaSearchBase):
             return Searcher.FINISHED
         if asked_as != trial_id:
             self._asked_as[trial_id] = asked_as
+        self._ot_trials[asked_as].set_user_attr(OPTUNA_TRIAL_ID_ATTR, trial_id)  # in the RDB: survives the driver
         self._seen.add(key)
         if self.seeds > 1:
             self._queue += [{**config, "seed": s} for s in range(1, self.seeds)]
             config = {**config, "seed": 0}
         return config
 
+    def _setup_study(self, mode: str | list) -> None:
+        super()._setup_study(mode)
+        self.remember_study()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.remember_study()
+
+    def remember_study(self) -> None:
+        """Every configuration the study holds (complete, pruned, running, or failed under a Tune trial id:
+        each was trained, at least in part) is seen; a running trial proposed under a Tune trial id that this
+        searcher does not know gets its Optuna trial back, so that Tune can resume it and tell it."""
+        import optuna
+
+        if self._ot_study is None:
+            return
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False):
+            tune_id = t.user_attrs.get(OPTUNA_TRIAL_ID_ATTR)
+            if t.state in states or (tune_id and t.state == optuna.trial.TrialState.FAIL):
+                self._seen.add(config_key(t.params))
+            if tune_id and t.state == optuna.trial.TrialState.RUNNING and t.number not in known:
+                asked_as = self._asked_as.get(tune_id, tune_id)
+                # FrozenTrial keeps its storage id private; Trial(study, id) is how Study.ask makes one
+                self._ot_trials[asked_as] = optuna.trial.Trial(self._ot_study, t._trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict):
-        if trial_id not in self._repeats:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        if trial_id in self._repeats or (isinstance(self.metric, str) and self.metric not in result):
+            return  # a report without the objective (a diverged window) tells Optuna nothing
+        try:
             super().on_trial_result(self._asked_as.get(trial_id, trial_id), result)
+        except UpdateFinishedTrialError:  # resumed, it had finished after Tune's last save, before the loss
+            log.debug("the Optuna trial of %s had already finished", trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id not in self._repeats:
             super().on_trial_complete(self._asked_as.get(trial_id, trial_id), result, error)
 
 
+OPTUNA_TRIAL_ID_ATTR = "ray_trial_id"  # the Optuna trial's user attribute naming its Tune trial
+
+
+def config_key(config: dict[str, Any]) -> tuple:
+    """A configuration as the searcher compares them: its values, in key order."""
+    return tuple(sorted((k, repr(v)) for k, v in config.items()))
+
+
 class MlflowTrialCallback(tune.Callback):
     """Driver side: remembers each trial's best checkpoint and its evaluations, and when the trial
     ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
-    `storage`: the sweep's, which Ray's checkpoint paths are under. (The console is `SweepConsole`'s.)"""
+    `storage`: the sweep's, which Ray's checkpoint paths are under. (The console is `SweepConsole`'s.)
+
+    `memory`: the sweep's JSON file (MEMORY_FILE in its experiment folder) holding what Tune's restore
+    forgets: ASHA's rung records, the stopper's and its own end reasons, bests and costs; rewritten
+    (atomically) after every result and every end, read back when a resumed sweep sets up."""
 
     def __init__(
         self,
@@ -289,13 +341,52 @@ class MlflowTrialCallback(tune.Callback):
         self.reasons: dict[str, str] = {}
         self.hours: dict[str, float] = {}
         self.prices: dict | None = None  # the price table a trial's dollars come from (None: trm.cost's defaults)
+        self.memory: str | None = None
+
+    def setup(self, **info):
+        self.recall()
+
+    def remember(self) -> None:
+        """Write the sweep's memory (see the class); a failed write is a warning, never the sweep's end."""
+        from trm.storage import write_json
+
+        if self.memory is None:
+            return
+        state = {
+            "parent_run_id": self.parent_run_id,
+            "asha": self.scheduler.state_dict(),
+            "stopper": self.stopper.state_dict(),
+            "reasons": self.reasons,
+            "best": {t: list(b) for t, b in self.best.items()},
+            "hours": self.hours,
+        }
+        try:
+            write_json(self.memory, state)
+        except Exception:  # noqa: BLE001
+            log.warning("could not write the sweep's memory to %s", self.memory, exc_info=True)
+
+    def recall(self) -> bool:
+        """Read the memory of this sweep (same MLflow parent run) back into this callback, its stopper and
+        its scheduler; False when there is none."""
+        from trm.storage import read_json
+
+        state = read_json(self.memory) if self.memory is not None else None
+        if not state or state.get("parent_run_id") != self.parent_run_id:
+            return False
+        self.reasons.update(state["reasons"])
+        self.best.update({t: (float(v), p) for t, (v, p) in state["best"].items()})
+        self.hours.update(state["hours"])
+        self.stopper.load_state_dict(state["stopper"])
+        # an ended trial that Tune resumes (it ended after Tune's last save) stays ended; a failed one runs again
+        self.scheduler.load_state_dict(state["asha"], finished={t for t, r in self.reasons.items() if r != "error"})
+        return True
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value, path = result.get(self.metric), result.get("checkpoint_path")
-        if value is None or path is None or not math.isfinite(value):
-            return
-        if self.objective.better(value, self.best.get(trial.trial_id, (self.objective.worst, None))[0]):
-            self.best[trial.trial_id] = (value, path)
+        if value is not None and path is not None and math.isfinite(value):
+            if self.objective.better(value, self.best.get(trial.trial_id, (self.objective.worst, None))[0]):
+                self.best[trial.trial_id] = (value, path)
+        self.remember()  # after the stopper's and ASHA's decisions on this result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, errored=False)
@@ -310,6 +401,7 @@ class MlflowTrialCallback(tune.Callback):
         seconds = float(last.get("time_total_s") or 0.0)
         cost = trial_cost(seconds, self.spec, self.prices) if self.spec is not None else {}
         self.hours[trial.trial_id] = cost.get("cost/device_hours", 0.0)
+        self.remember()
         best = self.best.get(trial.trial_id)
         try:
             runs.end_trial_run(
@@ -318,7 +410,7 @@ class MlflowTrialCallback(tune.Callback):
                 trial.trial_id,
                 trial_label(trial.config),
                 reason=reason,
-                errored=errored,
+                errored=errored or reason == "diverged",  # FAILED in MLflow, its reason in the tag
                 metric=self.metric,
                 best=best,
                 cost=cost,
@@ -639,8 +731,11 @@ def _register_best(ranked: list[TrialRow], uri: str, name: str) -> None:
             uri, top.run_id, model, name, {**top.params, "step": state.get("step"), "best": top.best}
         )
         print(f"best model: models:/{name}@best (version {version}, trial {top.label}, step {state.get('step')})")
-    except Exception:  # noqa: BLE001 - registration must never take the sweep down
-        log.warning("could not register the best model", exc_info=True)
+    except Exception as e:  # noqa: BLE001 - registration must never take the sweep down
+        from trm.cli_common import one_line
+
+        # one line; the traceback with --debug
+        log.warning("could not register the best model: %s", one_line(e), exc_info=log.isEnabledFor(logging.DEBUG))
 
 
 def _rows(
