@@ -26,6 +26,7 @@ pairs are also translated (input and output by the same offset).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -142,6 +143,7 @@ def _grid(obj, where: str) -> Grid:
             width = len(row)
         elif len(row) != width:
             raise ArcError(f"{where}: row {r} has {len(row)} cells, row 0 has {width} (ragged grid)")
+    assert width is not None  # obj is a non-empty list of lists, so row 0 set it
     if width == 0:
         raise ArcError(f"{where}: rows are empty (a grid is at least 1x1)")
     if len(obj) > MAX_SIZE or width > MAX_SIZE:
@@ -379,17 +381,17 @@ def load_tasks(
                     f.stem,
                     f"{root.name}/{rel.with_suffix('').as_posix()}",
                     str(f),
-                    lambda task_id, f=f, held=held, sub=sub: load_task(f, task_id, held, sub),
+                    functools.partial(load_task, f, held_out=held, subset=sub),
                 )
             )
     counts: dict[str, int] = {}
     for raw, _, _, _ in entries:
         counts[raw] = counts.get(raw, 0) + 1
-    for raw, qualified, f, load in entries:
+    for raw, qualified, file, load in entries:
         try:
             corpus.tasks.append(load(raw if counts[raw] == 1 else qualified))
         except ArcError as e:
-            skip(Path(f), e)
+            skip(Path(file), e)
     ids = [t.task_id for t in corpus.tasks]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -668,9 +670,12 @@ def build_dataset(
             D, C = plan_augmentations(task, augmentations, rng)
             K = len(D)
             ids = (next_id + np.arange(K)).astype(np.int32)
-            first_ids.append(next_id), counts.append(K)
+            first_ids.append(next_id)
+            counts.append(K)
             next_id += K
-            pairs = task.train + ([] if task.held_out else task.test)
+            pairs = list(task.train)
+            if not task.held_out:  # labelled (checked above): every test output is known
+                pairs += [(inp, outp) for inp, outp in task.test if outp is not None]
             plain = rng.integers(0, len(pairs), size=K)  # the pair left untranslated per augmentation
             for pi, pair in enumerate(pairs):
                 off = None

@@ -66,6 +66,7 @@ class _ArrayWriter:
         self.header_len = 0
 
     def _header(self) -> bytes:
+        assert self.dtype is not None and self.row_shape is not None  # set by the first `append`, before any header
         buf = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             buf,
@@ -142,7 +143,9 @@ class DatasetWriter:
                     f"{[k for k in GROUP_ARRAYS if k not in ws][0]!r}; write both or neither"
                 )
             for k in has:
-                if ws[k].dtype.kind not in "iu" or ws[k].row_shape != ():
+                dtype = ws[k].dtype
+                assert dtype is not None  # a writer exists only once a chunk was appended to it
+                if dtype.kind not in "iu" or ws[k].row_shape != ():
                     raise DatasetError(
                         f"{split}: {k!r} must be integers, one per sample, got {ws[k].dtype}{ws[k].row_shape}"
                     )

@@ -194,7 +194,9 @@ def generate(
     with Progress("maze: generating", num, unit="mazes", every=progress_every) as progress:
         for _ in range(num):
             q, a, n = generate_maze(rng, min_path, extra_openings)
-            qs.append(q), ans.append(a), lengths.append(n)
+            qs.append(q)
+            ans.append(a)
+            lengths.append(n)
             progress.update(1)
     return np.stack(qs), np.stack(ans), np.array(lengths, dtype=np.int32)
 
@@ -228,7 +230,10 @@ def load_csv(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.ndar
             raise DatasetError(f"{where}: question already marks path cells 'o'")
         if q.count("S") != 1 or q.count("G") != 1:
             raise DatasetError(f"{where}: question has {q.count('S')} 'S' and {q.count('G')} 'G', expected one of each")
-        qs.append(from_text(q)), ans.append(from_text(a)), ratings.append(rating), lines.append(where)
+        qs.append(from_text(q))
+        ans.append(from_text(a))
+        ratings.append(rating)
+        lines.append(where)
     if not qs:
         raise DatasetError(f"{path}: no mazes")
     questions, answers = np.stack(qs), np.stack(ans)
@@ -354,6 +359,14 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _questions_answers(
+    mazes: tuple[np.ndarray, np.ndarray, np.ndarray], limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(questions, answers) of `mazes`, the first `limit` of each when given (the third array is dropped)."""
+    questions, answers, _ = mazes
+    return (questions[:limit], answers[:limit]) if limit else (questions, answers)
+
+
 def run(args: argparse.Namespace) -> Path:
     for name in ("num_train", "num_test"):
         v = getattr(args, name)
@@ -361,14 +374,14 @@ def run(args: argparse.Namespace) -> Path:
             raise DatasetError(f"--{name.replace('_', '-')}={v}: expected >= 1")
     if args.csv:
         folder = Path(args.csv)
-        train = load_csv(folder / "train.csv")
-        test = load_csv(folder / "test.csv")
-        train = tuple(x[: args.num_train] for x in train[:2]) if args.num_train else train[:2]
-        test = tuple(x[: args.num_test] for x in test[:2]) if args.num_test else test[:2]
+        train = _questions_answers(load_csv(folder / "train.csv"), args.num_train)
+        test = _questions_answers(load_csv(folder / "test.csv"), args.num_test)
         source = str(folder.resolve())
     else:
-        train = generate(args.num_train or 1000, args.seed, args.min_path, args.extra_openings)[:2]
-        test = generate(args.num_test or 1000, args.seed + 1_000_003, args.min_path, args.extra_openings)[:2]
+        train = _questions_answers(generate(args.num_train or 1000, args.seed, args.min_path, args.extra_openings))
+        test = _questions_answers(
+            generate(args.num_test or 1000, args.seed + 1_000_003, args.min_path, args.extra_openings)
+        )
         source = "generated"
     log.info("maze: %d train, %d test mazes (%s)", len(train[0]), len(test[0]), source)
     out = build_dataset(

@@ -330,7 +330,10 @@ def load_csv(
                     )
         if bad is not None:
             raise DatasetError(f"{rows.where[bad]}: {problem}")
-        puzzles.append(p), solutions.append(s), ratings.extend(rows.rating), order.extend(rows.order)
+        puzzles.append(p)
+        solutions.append(s)
+        ratings.extend(rows.rating)
+        order.extend(rows.order)
 
     total = _count_lines(Path(path)) - 1 if Path(path).is_file() else 0
     with Progress(f"sudoku: reading {Path(path).name}", total, unit="rows") as progress:
@@ -344,8 +347,11 @@ def load_csv(
                 j += 1
                 if slot is not None and j not in slot:
                     continue
-                pending.where.append(where), pending.q.append(q.strip()), pending.a.append(a.strip())
-                pending.rating.append(rating), pending.order.append(j if slot is None else slot[j])
+                pending.where.append(where)
+                pending.q.append(q.strip())
+                pending.a.append(a.strip())
+                pending.rating.append(rating)
+                pending.order.append(j if slot is None else slot[j])
                 if len(pending.q) == _CHUNK:
                     check()
         except DatasetError:  # the reader's: a bad grid on an earlier line is reported first, as row by row
@@ -363,7 +369,9 @@ def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: 
     """`num` unique-solution puzzles with givens in [min_givens, max_givens] and a solver
     rating (search guesses) of at least `min_rating`. Returns puzzles, solutions, ratings."""
     rng = np.random.default_rng(seed)
-    puzzles, solutions, ratings = [], [], []
+    puzzles: list[np.ndarray] = []
+    solutions: list[np.ndarray] = []
+    ratings: list[int] = []
     tries = 0
     with Progress("sudoku: generating", num, unit="puzzles", every=progress_every) as progress:
         while len(puzzles) < num:
@@ -376,7 +384,9 @@ def generate(num: int, seed: int, min_givens: int, max_givens: int, min_rating: 
                         f"hard with givens in [{min_givens}, {max_givens}]; lower it or the givens"
                     )
                 continue
-            puzzles.append(p), solutions.append(s), ratings.append(r)
+            puzzles.append(p)
+            solutions.append(s)
+            ratings.append(r)
             progress.update(1)
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.float32)
 
