@@ -125,7 +125,9 @@ class Block(nn.Module):
         super().__init__()
         self.eps = cfg.norm_eps
         self.arch = cfg.arch
+        self.mix: nn.Module
         if cfg.arch == "attention":
+            assert rotary is not None  # `make_net` builds one whenever arch is attention
             self.mix = Attention(cfg.hidden, cfg.heads, rotary)
         else:  # MLP-mixer: a SwiGLU across positions, one per channel
             self.mix = SwiGLU(seq_len, cfg.expansion)
@@ -162,6 +164,8 @@ class PuzzleEmbedding(nn.Module):
     batch touches are gathered into a leaf tensor whose gradient the sparse
     sign-SGD step (`trm.train.optim.PuzzleEmbeddingSGD`) applies to the table.
     """
+
+    weight: torch.Tensor  # [num_ids, ndim], a buffer
 
     def __init__(self, num_ids: int, ndim: int):
         super().__init__()
@@ -265,7 +269,10 @@ class RecursiveModel(nn.Module):
         dtype = dtype or self.compute_dtype(tokens.device)
         x = self.embed(tokens).to(dtype)
         if self.prefix:  # puzzle_rows: the rows of puzzle_ids, gathered by the caller
-            p = (self.puzzle_emb(puzzle_ids) if puzzle_rows is None else puzzle_rows).to(dtype)  # [B, ndim]
+            if puzzle_rows is None:
+                assert self.puzzle_emb is not None  # built whenever there is a prefix
+                puzzle_rows = self.puzzle_emb(puzzle_ids)
+            p = puzzle_rows.to(dtype)  # [B, ndim]
             p = F.pad(p, (0, self.prefix * self.cfg.hidden - p.shape[-1])).view(-1, self.prefix, self.cfg.hidden)
             x = torch.cat((p, x), dim=1)
         return self.embed_scale * x

@@ -71,11 +71,12 @@ class DeviceFeed:
         if self.cuda:
             limit = min(limit, torch.cuda.mem_get_info(device)[0] // 4)
         self.resident = size <= limit
+        self.data: dict[str, torch.Tensor] = {}  # resident only: the whole split, on the device
+        self.ring: torch.Tensor | dict[str, torch.Tensor]  # resident: row indices into `data`; else the rows
         if self.resident:  # the whole split on the device; the ring holds row indices
             self.data = {k: _to_torch(np.array(ds.arrays[k])).to(device) for k in FIELDS}
             self.ring = torch.zeros(self.capacity, dtype=torch.long, device=device)
         else:  # the ring holds the rows themselves
-            self.data = None
             self.ring = {
                 k: torch.zeros(
                     (self.capacity, *ds.arrays[k].shape[1:]),
@@ -135,7 +136,7 @@ class DeviceFeed:
             if lo == hi:
                 continue
             dst = slice(at, at + hi - lo)
-            if self.resident:
+            if isinstance(self.ring, torch.Tensor):  # resident
                 self.ring[dst].copy_(self._host_tensor(idx[lo:hi]), non_blocking=self.cuda)
             else:
                 rows = self.ds.batch(idx[lo:hi])
@@ -155,7 +156,7 @@ class DeviceFeed:
         self._fill()
         taken = free.long().cumsum(0)
         at = (self.consumed + taken - 1).remainder(self.capacity)
-        if self.resident:
+        if isinstance(self.ring, torch.Tensor):  # resident
             rows = self.ring[at]
             out = {k: v[rows] for k, v in self.data.items()}
         else:

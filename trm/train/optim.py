@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import overload
 
 import torch
 import torch.distributed as dist
@@ -58,8 +59,14 @@ class AdamATan2(torch.optim.Optimizer):
             raise ValueError(f"weight_decay={weight_decay}: expected >= 0")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -95,10 +102,13 @@ class AdamATan2(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The network's optimiser (`train.optimizer`) and its warmup/decay schedule. The puzzle-embedding
     table is a buffer, trained apart by `PuzzleEmbeddingSGD`."""
     betas = (cfg.beta1, cfg.beta2)
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "adam_atan2":
         opt = AdamATan2(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     else:
@@ -124,6 +134,7 @@ class PuzzleEmbeddingSGD:
         rows, ids = self.emb.last_rows, self.emb.last_ids
         if rows is None or rows.grad is None:
             return
+        assert ids is not None  # `training_rows` sets both
         grad = rows.grad
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             g_all = [torch.empty_like(grad) for _ in range(dist.get_world_size())]

@@ -20,6 +20,8 @@ EMA, registered from the initial weights, is updated after every optimiser step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -43,10 +45,12 @@ class Step:
         self._bootstrap = (
             (torch.compile(model, dynamic=False) if t.compile else model) if cfg.model.halting == "q_learning" else None
         )
-        if t.compile:
-            self._score = torch.compile(self._score, dynamic=False)
+        self._score: Callable = torch.compile(self._losses, dynamic=False) if t.compile else self._losses
         if state.ema is not None:
-            self._ema_pairs = (list(state.ema.module.parameters()), list(model.parameters()))
+            self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = (
+                list(state.ema.module.parameters()),
+                list(model.parameters()),
+            )
             self._ema_buffers = [
                 (a, b) for a, b in zip(state.ema.module.buffers(), model.buffers(), strict=True) if a is not b
             ]  # y_init, z_init, RoPE; the puzzle table is shared
@@ -66,9 +70,10 @@ class Step:
 
     def _refill(self) -> None:
         """Halted slots take the stream's next samples (in slot order) and restart from (y_init, z_init)."""
-        s = self.state.slots
+        s, feed = self.state.slots, self.state.feed
+        assert feed is not None  # a Step is made from a state with the training split
         free = s.halted
-        new = self.state.feed.next(free)
+        new = feed.next(free)
         s.tokens = torch.where(free[:, None], new["inputs"].long(), s.tokens)
         s.labels = torch.where(free[:, None], new["labels"].long(), s.labels)
         s.puzzle_ids = torch.where(free, new["puzzle_ids"].long(), s.puzzle_ids)
@@ -90,6 +95,7 @@ class Step:
             # more gradient-free step. The TRM reference means the same (no_ACT_continue=False) but its branch
             # crashes at its first step (trm.py unpacks five values from an inner forward that returns three);
             # this is the intended behaviour, as the reference's hrm.py computes it.
+            assert self._bootstrap is not None  # made whenever halting=q_learning, the one with q_continue
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 _, nxt = self._bootstrap(carry, s.tokens, s.puzzle_ids, puzzle_rows=rows)
             target_q = torch.sigmoid(
@@ -106,7 +112,8 @@ class Step:
         loss.backward()
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.train.grad_clip, foreach=True)
-        lr_scale = st.sched.get_last_lr()[0] / cfg.train.lr  # this step's factor (lr_factor at step + 1)
+        # this step's factor (lr_factor at step + 1); a float: the optimiser's lr is (train.lr), not a tensor
+        lr_scale = cast(float, st.sched.get_last_lr()[0]) / cfg.train.lr
         st.opt.step()
         if st.emb_opt is not None:
             st.emb_opt.step(lr_scale)
@@ -118,7 +125,7 @@ class Step:
         s.carry, s.steps, s.halted = carry, steps, halted
         return stats
 
-    def _score(self, logits, labels, q_halt, q_continue, target_q, steps, explore):
+    def _losses(self, logits, labels, q_halt, q_continue, target_q, steps, explore):
         """Loss, the statistics of the step and the halting decision for the next (compiled as one graph)."""
         m = self.cfg.model
         loss, parts, is_correct, token_correct = supervision_losses(logits, labels, q_halt, q_continue, target_q)
@@ -149,13 +156,18 @@ class Step:
         torch._foreach_lerp_(ema_params, params, 1.0 - self.cfg.train.ema)
         if self._ema_buffers:  # as AveragedModel(use_buffers=False): buffers follow the model
             torch._foreach_copy_([a for a, _ in self._ema_buffers], [b for _, b in self._ema_buffers])
-        self.state.ema.n_averaged += 1  # a host tensor
+        ema = self.state.ema
+        assert ema is not None  # called only with an EMA
+        ema.n_averaged += 1  # a host tensor
 
 
 class Window:
     """Training statistics between two reports (summed on device, synced once per report)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
         self.t0 = time.time()
@@ -197,5 +209,5 @@ class Window:
         }
         if "continue_loss" in s:
             out["train/continue_loss"] = s["continue_loss"] / self.n
-        self.__init__()
+        self._reset()
         return out
