@@ -285,3 +285,119 @@ def test_fine_tuning_may_add_tasks_but_not_move_them(mapped_run, data, tmp_path)
     r = trm("train", "--out", "runs/ft-abc", "--no-tracking", "--init-from", str(run), "--set", f"data_path={abc}",
             *TINY, "--set", "steps=2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- runtime faults (items 1, 4, 7)
+def stopped(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """A run that stopped with a reason: exit != 0 (2: a TrmError), one error line, no traceback."""
+    return refused(r, *needles)
+
+
+def steps_logged(folder: Path) -> list[int]:
+    path = folder / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def mlflow_run(db: Path, run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{db}").get_run(run_id)
+
+
+def every_weight_finite(folder: Path) -> bool:
+    import torch
+
+    from trm.train import checkpoint as ckpt
+
+    state = ckpt.read_file(folder, "state.pt")
+    tensors = [*state["model"].values(), *(state["ema"] or {}).values()]
+    return all(bool(t.isfinite().all()) for t in tensors if torch.is_tensor(t) and t.is_floating_point())
+
+
+def corrupt(folder: Path) -> None:
+    f = folder / "state.pt"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def test_a_run_whose_checkpoints_all_fail_is_refused_and_restart_sets_them_aside(run, data, tmp_path):
+    folder = tmp_path / "a"
+    shutil.copytree(run, folder)
+    for step in (folder / "checkpoints").glob("step_*"):
+        corrupt(step)
+    before = snapshot(folder)
+    db = tmp_path / "mlflow.db"
+    args = ("train", "--out", str(folder), "--set", f"data_path={data}", *TINY, "--set", "steps=4",
+            "--tracking-uri", f"sqlite:///{db}")
+    line = refused(trm(*args, cwd=tmp_path), f"--out {folder}", "step_000000002/state.pt is corrupt", "--restart")
+    assert "none of its 1 checkpoints" in line
+    assert snapshot(folder) == before and not db.exists()  # never silently from step 0
+
+    r = trm(*args, "--restart", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (aside,) = folder.glob("checkpoints.old-*")
+    assert {p.name for p in aside.iterdir()} >= {"checkpoints", "metrics.jsonl", "config.yaml"}
+    assert (aside / "checkpoints" / "step_000000002" / "state.pt").read_bytes() == before[
+        "checkpoints/step_000000002/state.pt"]
+    assert (aside / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    assert steps_logged(folder) == [2, 4]  # from step 0 (reported every 2 steps), each step once
+    assert sorted(p.name for p in (folder / "checkpoints").glob("step_*"))[-1] == "step_000000004"
+    run_id = (folder / "mlflow_run_id").read_text().strip()
+    assert mlflow_run(db, run_id).info.status == "FINISHED"
+
+
+def test_a_resume_with_another_batch_size_is_refused_with_the_reason(run, data, tmp_path):
+    folder = tmp_path / "a"
+    shutil.copytree(run, folder)
+    before = snapshot(folder)
+    r = trm("train", "--out", str(folder), "--no-tracking", "--set", f"data_path={data}", *TINY, "--set", "steps=4",
+            "--set", "batch_size=16", cwd=tmp_path)
+    refused(r, f"--out {folder}", "trained with batch_size=8", "batch_size=16", "--set batch_size=8", "--restart")
+    assert snapshot(folder) == before
+
+
+def test_divergence_stops_with_one_line_and_the_mlflow_run_failed(data, tmp_path):
+    from trm.tracking import TAG_END_REASON
+
+    db = tmp_path / "mlflow.db"
+    r = trm("train", "--out", "runs/d", "--set", f"data_path={data}", *TINY, "--set", "steps=40",
+            "--set", "lr=1e6", "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path)
+    line = stopped(r, "diverged at step", "non-finite")
+    folder = tmp_path / "runs" / "d"
+    kept = sorted((folder / "checkpoints").glob("step_*"))
+    assert kept, "the last finite checkpoint is kept"
+    assert f"last good checkpoint {kept[-1].name} kept" in line
+    assert all(every_weight_finite(k) for k in kept)  # no checkpoint of non-finite weights
+    logged = steps_logged(folder)
+    assert len(logged) == len(set(logged)) and logged[-1] < 40
+    run = mlflow_run(db, (folder / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FAILED" and run.data.tags[TAG_END_REASON] == "diverged"
+
+
+def _file_size_limit(limit: int):
+    """In the child: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored), a real OS limit
+    standing in for a full disk."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(run, data, tmp_path):
+    folder = tmp_path / "a"
+    shutil.copytree(run, folder)
+    good = folder / "checkpoints" / "step_000000002"
+    assert (good / "state.pt").stat().st_size > 200_000  # over the limit below: its next one cannot be written
+    r = trm("train", "--out", str(folder), "--no-tracking", "--set", f"data_path={data}", *TINY, "--set", "steps=4",
+            cwd=tmp_path, preexec_fn=_file_size_limit(200_000))
+    stopped(r, "disk full while writing checkpoint step_000000004 under", str(folder / "checkpoints"),
+            "the last good checkpoint step_000000002 is kept")
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["step_000000002"]  # no partial folder
+    from trm.train import checkpoint as ckpt
+
+    ckpt.verify_digests(good)
+    assert steps_logged(folder) == [2]  # step 4's report stopped at its checkpoint

@@ -57,6 +57,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     add_flags(p, "gpus_per_worker", "cpus_per_worker", gpus_per_worker=0.0, cpus_per_worker=1.0)
     add_flags(p, "storage", "address")  # with --workers
+    add_flags(p, "max_failures", max_failures=3)  # with --workers
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the run in --out over from step 0 on purpose: its checkpoints, metrics.jsonl and MLflow "
+        "run id are moved aside to --out/checkpoints.old-<UTC time> (without it, a run folder resumes)",
+    )
     add_flags(p, "tracking_uri", "experiment", experiment="trm-train")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument(
@@ -78,33 +85,44 @@ def _train_run(a: argparse.Namespace) -> None:
     cfg = load_config(a.config, overrides)
     if a.workers < 0:
         raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
-    from trm.run_lock import RunLock
-    from trm.storage import check_local_folder
+    from trm.cli_common import check_max_failures
+    from trm.run_lock import HOLDER_FILE, LOCK_FILE, RunLock
+    from trm.storage import check_local_folder, join, resolve
 
+    check_max_failures(a.max_failures)
     out = Path(a.out)
     check_local_folder(out, "--out")
     if a.workers > 0:
         from trm.launch.cluster import WorkerSpec
         from trm.launch.single import run_training
 
+        storage = resolve(a.storage or str(out.resolve().parent))
+        root = join(storage, out.name)  # where Ray keeps the run's checkpoints
+        if a.restart and "://" in root:
+            raise ConfigError(f"--restart: only for local --storage (the run's checkpoints are at {root})")
         with contextlib.ExitStack() as held:
 
             def save_config(cfg) -> None:  # once every check has passed; the folder is ours till the end
-                _check_rerun(out, cfg)
+                if not a.restart:
+                    _check_rerun(out, cfg, root)
                 out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(RunLock(out))
+                if a.restart:
+                    _restart(Path(root), a, keep=(LOCK_FILE, HOLDER_FILE), run_path=root)
                 cfg.save(out / "config.yaml")
 
             result = run_training(
                 cfg,
                 name=out.name,
-                storage=a.storage or str(out.resolve().parent),
+                storage=storage,
                 spec=WorkerSpec(a.workers, a.gpus_per_worker, a.cpus_per_worker),
                 tracking_uri=a.tracking_uri,
                 experiment=a.experiment,
+                max_failures=a.max_failures,
                 address=a.address,
                 tracking=not a.no_tracking,
                 on_ready=save_config,
+                resume_command=_resume_command(),
             )
         print(json.dumps(result, indent=2, default=str))
         return
@@ -113,9 +131,10 @@ def _train_run(a: argparse.Namespace) -> None:
         _train_local(a, cfg, out, uri)
 
 
-def _check_rerun(out: Path, cfg) -> None:
+def _check_rerun(out: Path, cfg, root: str) -> None:
     """`trm train --workers` on a run folder of another architecture: refused before its config.yaml
-    is replaced (the checkpoints live in --storage; the folder's config.yaml is the run's)."""
+    is replaced (the checkpoints live in --storage; the folder's config.yaml is the run's); with
+    local storage, its checkpoints (`root`) as a resume checks them."""
     from trm.config import config_from_dict
     from trm.train.state import check_compatible
 
@@ -125,6 +144,53 @@ def _check_rerun(out: Path, cfg) -> None:
 
         saved = config_from_dict(yaml.safe_load(old.read_text()))
         check_compatible(saved.to_dict()["model"], cfg.to_dict()["model"], f"--out {out} ({old})")
+    if "://" not in root:
+        _check_checkpoints(Path(root), cfg, f"--out {out}")
+
+
+def _check_checkpoints(root: Path, cfg, where: str) -> None:
+    """A resume needs a checkpoint that verifies (all corrupt: refused, naming them, never a silent
+    restart from step 0) and the batch size it was trained with: the carried batch (each slot's
+    sample, its y and z, its supervision steps) is saved per slot, and another number of slots
+    cannot continue it. (Another worker count with the same batch size restarts the carried
+    samples from y_init/z_init, with a warning: trm.train.state.)"""
+    from trm.run_checks import checkpoint_header
+    from trm.train import checkpoint as ckpt
+
+    ckpt.check_resumable(root, where)
+    latest = ckpt.latest_local(root)
+    if latest is None:
+        return
+    trained = checkpoint_header(latest)["config"]["train"].get("batch_size")
+    if trained is not None and trained != cfg.train.batch_size:
+        raise ckpt.CheckpointError(
+            f"{where}: resuming from {latest.name}, trained with batch_size={trained}, but this config has "
+            f"batch_size={cfg.train.batch_size}: the carried batch holds {trained} samples; keep "
+            f"--set batch_size={trained}, or pass --restart to start over"
+        )
+
+
+def _restart(folder: Path, a: argparse.Namespace, keep: tuple[str, ...], run_path: str | None = None) -> None:
+    """--restart: the folder's previous files moved aside (`trm.train.session.set_aside`); a
+    --workers run's MLflow run, found by its storage location, is retagged so that the new start
+    gets its own."""
+    from trm.train.session import set_aside
+
+    aside = set_aside(folder, keep) if folder.is_dir() else None
+    if aside is None:
+        return
+    log.warning("--restart: starting %s over from step 0; its previous files are in %s", folder, aside)
+    if run_path is not None and not a.no_tracking:
+        from trm.tracking import resolve_uri, runs
+
+        runs.set_aside(resolve_uri(a.tracking_uri), a.experiment, run_path, str(aside))
+
+
+def _resume_command() -> str:
+    """The command that continues this run from its last checkpoint: the same one."""
+    import shlex
+
+    return shlex.join(["trm", *sys.argv[1:]])
 
 
 @contextlib.contextmanager
@@ -142,19 +208,26 @@ def _train_folder(a: argparse.Namespace, cfg, out: Path):
     if uri is not None:
         check_reachable(uri)
     meta = check_dataset(ensure_dataset(cfg.data))
-    check_resume(out, cfg, meta)
+    if not a.restart:  # --restart: the old checkpoints are set aside, not resumed
+        _check_checkpoints(out / "checkpoints", cfg, f"--out {out}")
+        check_resume(out, cfg, meta)
     if cfg.train.init_from:
         from trm.train.checkpoint import resolve
 
         check_init_from(resolve(cfg.train.init_from, "--init-from"), cfg, meta)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, "--out"):
+        if a.restart:
+            from trm.run_lock import HOLDER_FILE, LOCK_FILE
+
+            _restart(out, a, keep=(LOCK_FILE, HOLDER_FILE))
         yield uri
 
 
 def _train_local(a: argparse.Namespace, cfg, out: Path, uri: str | None) -> None:
     from trm.model import count_parameters
     from trm.tracking import runs
+    from trm.train.checkpoint import latest_local
     from trm.train.loop import Trainer
     from trm.train.session import LocalSession
 
@@ -170,7 +243,9 @@ def _train_local(a: argparse.Namespace, cfg, out: Path, uri: str | None) -> None
         count_parameters(trainer.model) / 1e6,
         cfg.effective_depth,
     )
-    with runs.guard(tracker):
+    # a divergence, a full disk, a tracking server gone for good: the MLflow run ends FAILED with the
+    # reason as its end-reason tag, and the user reads one line (trm.cli_common.run_main)
+    with runs.guard(tracker, checkpoint=lambda: session.last_checkpoint or latest_local(out / "checkpoints")):
         metrics = trainer.fit()
     if tracker is not None:
         runs.finish_run(tracker, artifact=session.last_checkpoint)
@@ -396,32 +471,38 @@ def _export_run(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- params
 def _params_run(a: argparse.Namespace) -> None:
-    """Each recipe of configs/ (the reference README's commands), its network built on the meta device
-    (no memory, no init cost) for its dataset kind's vocabulary and sequence length, and counted."""
-    import torch
-
+    """Each recipe of configs/ (the reference README's commands), each `model.variant` at the paper's width,
+    and each row of the paper's Tables 1 and 2 (`trm.sweep.paper`): its network built on the meta device
+    (no memory, no init cost) for its dataset kind's vocabulary and sequence length, and counted, beside
+    the paper's count where the paper gives one."""
     from trm.config import ConfigError, load_config
-    from trm.data import arc, maze, sudoku
-    from trm.model import TRM, count_parameters
-    from trm.recipes import CONFIGS, KINDS, recipe_kind, recipe_names, recipe_path
+    from trm.recipes import CONFIGS, recipe_names, recipe_parameters, recipe_path
+    from trm.sweep.paper import PAPER_VARIANT_PARAMS, TABLE_BASE_RECIPE, TABLES
 
-    shapes = {"sudoku": sudoku, "maze": maze, "arc": arc}
     names = recipe_names()
     if not names:
         raise ConfigError(f"{CONFIGS}: no recipes (configs/*.yaml) there; run from a checkout of the project")
     print(f"{'recipe (configs/)':21s} {'arch':9s} {'layers':>6s} {'n':>3s} {'T':>3s} {'hidden':>6s} {'params':>11s}")
     for name in names:
-        kind = recipe_kind(name)
-        if kind is None:
-            raise ConfigError(f"{recipe_path(name)}: expected a file name starting with one of {list(KINDS)}")
         m = load_config(recipe_path(name)).model
-        with torch.device("meta"):
-            n = count_parameters(TRM(m, shapes[kind].VOCAB_SIZE, shapes[kind].SEQ_LEN, 1))
-        print(f"{name:21s} {m.arch:9s} {m.layers:6d} {m.n:3d} {m.T:3d} {m.hidden:6d} {n:11,d}")
+        print(f"{name:21s} {m.arch:9s} {m.layers:6d} {m.n:3d} {m.T:3d} {m.hidden:6d} {recipe_parameters(name):11,d}")
+    print(
+        f"\n{'model.variant':13s} {'on recipe':21s} {'arch':9s} {'layers':>6s} {'n':>3s} {'T':>3s} "
+        f"{'params':>11s}  paper"
+    )
+    for variant, recipe, paper in PAPER_VARIANT_PARAMS:
+        m = load_config(recipe_path(recipe), {"variant": variant}).model
+        n = recipe_parameters(recipe, {"variant": variant})
+        print(f"{variant:13s} {recipe:21s} {m.arch:9s} {m.layers:6d} {m.n:3d} {m.T:3d} {n:11,d}  {paper}")
+    print(f"\n{'table':5s} {'row':14s} {'the paper names it':22s} {'params':>11s}  paper   (on {TABLE_BASE_RECIPE})")
+    for table, rows in TABLES.items():
+        for row in rows:
+            n = recipe_parameters(TABLE_BASE_RECIPE, row.overrides)
+            print(f"{table:5s} {row.key:14s} {row.label:22s} {n:11,d}  {row.params}")
     print(
         "params: the network's nn.Parameters, counted as the reference does. The puzzle-embedding table\n"
         "(puzzle ids x 512, a buffer trained by sign-SGD) is not in them: one row on Sudoku and Maze,\n"
-        "one per task and augmentation on ARC."
+        "one per task and augmentation on ARC. paper: its Tables 1, 4 and 5 (— where it gives none)."
     )
 
 

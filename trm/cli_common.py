@@ -69,12 +69,21 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "address": ("--address", {"help": "Ray cluster address (default: $RAY_ADDRESS or a new local Ray)"}),
     "gpus_per_worker": ("--gpus-per-worker", {"type": float, "help": "GPUs per Ray Train worker"}),
     "cpus_per_worker": ("--cpus-per-worker", {"type": float, "help": "CPUs per Ray Train worker"}),
+    "max_failures": (
+        "--max-failures",
+        {
+            "type": int,
+            "metavar": "K",
+            "help": "worker errors (a crash, a node lost without notice) to recover from by restarting the "
+            "workers from the latest checkpoint; -1: no limit (spot preemptions are always retried)",
+        },
+    ),
 }
 
 
 def add_flags(p: argparse.ArgumentParser, *names: str, **defaults: Any) -> None:
     """Add the shared flags `names` (config, set, data, storage, tracking_uri, experiment, address,
-    gpus_per_worker, cpus_per_worker), with the same spelling and help everywhere; `defaults`
+    gpus_per_worker, cpus_per_worker, max_failures), with the same spelling and help everywhere; `defaults`
     sets an entry point's own default (shown in --help)."""
     for name in names:
         flag, kw = _FLAGS[name]
@@ -103,6 +112,14 @@ def require_positive(a: argparse.Namespace, *flags: str) -> None:
         value = getattr(a, flag.lstrip("-").replace("-", "_"))
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: expected an integer >= 1")
+
+
+def check_max_failures(value: int | None) -> None:
+    """--max-failures: -1 (no limit) or a count >= 0."""
+    from trm.config import ConfigError
+
+    if value is not None and value < -1:
+        raise ConfigError(f"--max-failures {value}: expected -1 (no limit) or a number of retries >= 0")
 
 
 # ---------------------------------------------------------------- running an entry point

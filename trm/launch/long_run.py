@@ -20,12 +20,14 @@ import argparse
 import json
 import logging
 import re
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from trm.cli_common import ArgumentParser, add_flags, overrides_from, require_positive, run_main
+from trm.cli_common import ArgumentParser, add_flags, check_max_failures, overrides_from, require_positive, run_main
 from trm.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET, RunLimits
 from trm.launch.cluster import WorkerSpec
@@ -96,18 +98,17 @@ def run_long(
     given: LongRunSettings,
     resume: bool = False,
     address: str | None = None,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
     or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
-    `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint."""
-    import tempfile
+    `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint.
+    A run under local storage is held by the run lock of `trm train` (`trm.run_lock`) while it runs."""
+    import contextlib
     from pathlib import Path
 
     from trm.launch.cluster import preflight
-    from trm.launch.single import tag_best
-    from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer
-    from trm.storage import check_storage, join, read_json, resolve, write_json
-    from trm.tracking import runs
+    from trm.storage import check_storage, join, read_json, resolve
 
     storage = resolve(storage)
     check_storage(storage)
@@ -141,6 +142,37 @@ def run_long(
         cfg, storage=storage, tracking_uri=settings.tracking_uri, address=address, spec=spec, what=spec.describe()
     )
     settings.tracking_uri = uri
+    with contextlib.ExitStack() as held:
+        if "://" not in root:  # one writer: a second driver, or `trm train --workers` on this folder, is refused
+            from trm.run_lock import RunLock
+
+            Path(root).mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(root, "--name"))
+        return _run_held(name, storage, root, cfg, settings, spec, limits, manifest, resume, uri, resume_command)
+
+
+def _run_held(
+    name: str,
+    storage: str,
+    root: str,
+    cfg: Config,
+    settings: LongRunSettings,
+    spec: WorkerSpec,
+    limits: RunLimits,
+    manifest: dict[str, Any] | None,
+    resume: bool,
+    uri: str,
+    resume_command: str | None,
+) -> dict[str, Any]:
+    """`run_long` once everything is checked and the run is held: its MLflow run, manifest and training."""
+    import tempfile
+    from pathlib import Path
+
+    from trm.launch.single import fit, tag_best
+    from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer
+    from trm.storage import join, write_json
+    from trm.tracking import runs
+
     driver_starts = int((manifest or {}).get("driver_starts", 0)) + 1
     if manifest is not None and resume:
         tracker = runs.reopen_long_run(uri, manifest["mlflow_run_id"], driver_starts)
@@ -177,7 +209,7 @@ def run_long(
         max_failures=settings.max_failures,
     )
     with runs.guard(tracker, tag_reason=True):
-        result = trainer.fit()
+        result = fit(trainer, settings.max_failures if settings.max_failures is not None else -1, resume_command)
     metrics = dict(result.metrics or {})
     reason = metrics.get("stop_reason") or "completed"
     checkpoint = checkpoint_location(storage, result.checkpoint)
@@ -235,11 +267,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--instance-type", help=f"for the cost estimate (default {DEFAULT_INSTANCE_TYPE})")
     p.add_argument("--market", choices=["spot", "on_demand"], help=f"for the cost estimate (default {DEFAULT_MARKET})")
     p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cost.py)")
-    p.add_argument(
-        "--max-failures",
-        type=int,
-        help="worker errors to recover from; -1: no limit (default 10; spot preemptions are always retried)",
-    )
+    add_flags(p, "max_failures")  # default: the manifest's on --resume, else DEFAULTS (10)
     add_flags(p, "tracking_uri", "experiment", "address")
     return p
 
@@ -256,6 +284,7 @@ def _main(a: argparse.Namespace, base: dict[str, Any]) -> None:
     if a.resume and a.config:
         raise ConfigError("--config with --resume: a resumed run keeps its config; change fields with --set")
     require_positive(a, "--workers")
+    check_max_failures(a.max_failures)
     if a.budget_gpu_hours is not None and a.budget_gpu_hours <= 0:
         raise ConfigError(f"--budget-gpu-hours {a.budget_gpu_hours}: expected a number > 0")
     # a new run's config; a resumed run takes its manifest's instead (with the --set overrides)
@@ -273,5 +302,15 @@ def _main(a: argparse.Namespace, base: dict[str, Any]) -> None:
         tracking_uri=a.tracking_uri,
         experiment=a.experiment,
     )
-    result = run_long(a.name, a.storage, cfg, overrides, given, resume=a.resume, address=a.address)
+    again = [*sys.argv, *([] if a.resume else ["--resume"])]  # what continues this run after a failure
+    result = run_long(
+        a.name,
+        a.storage,
+        cfg,
+        overrides,
+        given,
+        resume=a.resume,
+        address=a.address,
+        resume_command="python " + shlex.join(again),
+    )
     print(json.dumps(result, indent=2, default=str))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trm.config import Config
+from trm.errors import TrmError
 from trm.launch.cluster import WorkerSpec, preflight
 from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer
 
@@ -24,11 +25,14 @@ def run_training(
     address: str | None = None,
     tracking: bool = True,
     on_ready: Callable[[Config], None] | None = None,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Check everything (`preflight`), call `on_ready(cfg)`, train run `name` under `storage`
-    (resuming from its latest checkpoint there), and return its final metrics, MLflow run id and
-    last checkpoint."""
-    from trm.storage import resolve
+    (resuming from its latest checkpoint there, into its MLflow run: the one tagged with that
+    location), and return its final metrics, MLflow run id and last checkpoint. A divergence, or
+    worker errors beyond `max_failures`, end the MLflow run FAILED and raise one line
+    (`Diverged`, `RetriesExhausted` naming `resume_command`)."""
+    from trm.storage import join, resolve
     from trm.tracking import runs
 
     storage = resolve(storage)
@@ -43,7 +47,9 @@ def run_training(
     )
     if on_ready is not None:
         on_ready(cfg)
-    tracker = runs.single_run(uri, experiment, name, cfg, mlflow_run_id) if tracking else None
+    tracker = (
+        runs.single_run(uri, experiment, name, cfg, mlflow_run_id, run_path=join(storage, name)) if tracking else None
+    )
     trainer = make_trainer(
         WorkerRun(cfg, uri, tracker.run_id if tracker else None),
         name=name,
@@ -52,7 +58,7 @@ def run_training(
         max_failures=max_failures,
     )
     with runs.guard(tracker):
-        result = trainer.fit()
+        result = fit(trainer, max_failures, resume_command)
     checkpoint = checkpoint_location(storage, result.checkpoint)
     best = None
     if tracker is not None:
@@ -64,6 +70,51 @@ def run_training(
         "best_checkpoint": best,
         **(result.metrics or {}),
     }
+
+
+class RetriesExhausted(TrmError):
+    """Ray Train gave up on a run: its workers failed more often than --max-failures allows."""
+
+    end_reason = "error"
+
+
+def fit(trainer, max_failures: int, resume_command: str | None):
+    """`trainer.fit()`, as one line when it ends badly: `Diverged` when the loop stopped on a
+    non-finite loss (the worker catches it and reports stop_reason "diverged"), `RetriesExhausted`
+    naming the cause when the workers failed beyond `max_failures`. Inside the run's `runs.guard`:
+    the MLflow run ends FAILED with that error's end reason."""
+    from ray.train import TrainingFailedError
+
+    from trm.train.loop import Diverged
+
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:
+        again = f"; resume from the last checkpoint with: {resume_command}" if resume_command else ""
+        raise RetriesExhausted(
+            f"training failed after {max_failures} retries (--max-failures {max_failures}): {failure_cause(e)}{again}"
+        ) from e
+    metrics = result.metrics or {}
+    if metrics.get("stop_reason") == "diverged":
+        raise Diverged(str(metrics.get("stop_message") or f"diverged at step {metrics.get('step')}"))
+    return result
+
+
+def failure_cause(error: BaseException) -> str:
+    """The worker's error behind Ray's `TrainingFailedError`, in one short phrase (the rank, the
+    exception's type and its message's last line; Ray's own text holds the remote traceback)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if failures:
+        rank, cause = min(failures.items(), key=lambda kv: kv[0])
+        where: str = f"rank {rank}: "
+    else:
+        cause, where = getattr(error, "controller_failure", None) or error, ""
+    cause = getattr(cause, "cause", None) or cause  # a RayTaskError wraps the worker's own exception
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    if not text.startswith(type(cause).__name__):
+        text = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    return where + (text if len(text) <= 200 else text[:197] + "...")
 
 
 def tag_best(tracker, storage: str, result) -> str | None:

@@ -18,7 +18,7 @@ import contextlib
 import io
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from trm.tracking import (
     TAG_SWEEP,
     TAG_TRIAL_ID,
     Tracker,
+    TrackingError,
     best_checkpoint_tags,
     checkpoint_path,
     checkpoint_uri,
@@ -76,11 +77,13 @@ def best_metric_name(metric: str) -> str:
 
 # ---------------------------------------------------------------- local and single runs
 def local_run(uri: str, experiment: str, out_dir: Path, cfg: Config) -> Tracker:
-    """The run of a `trm train` folder: reopened when the folder names one (a resumed run keeps
-    logging into its MLflow run), else created and named after the folder."""
+    """The run of a `trm train` folder: reopened when the folder names one (a resumed run, after an
+    interruption or a failure, keeps logging into its MLflow run, running again), else created and
+    named after the folder."""
     run_id_file = Path(out_dir) / RUN_ID_FILE
     if run_id_file.is_file():
         tracker = Tracker(uri, run_id_file.read_text().strip())
+        tracker.reopen()
     else:
         tracker = Tracker.create(uri, experiment, run_name=Path(out_dir).name)
         run_id_file.write_text(tracker.run_id)
@@ -88,11 +91,45 @@ def local_run(uri: str, experiment: str, out_dir: Path, cfg: Config) -> Tracker:
     return tracker
 
 
-def single_run(uri: str, experiment: str, name: str, cfg: Config, run_id: str | None = None) -> Tracker:
-    """A run driven through Ray Train outside Tune: reopened by `run_id`, else created."""
-    tracker = Tracker(uri, run_id) if run_id else Tracker.create(uri, experiment, run_name=name)
+def single_run(
+    uri: str, experiment: str, name: str, cfg: Config, run_id: str | None = None, run_path: str | None = None
+) -> Tracker:
+    """A run driven through Ray Train outside Tune (`trm train --workers`): reopened by `run_id`, else
+    the latest run of `experiment` tagged with its storage location `run_path` (re-running an
+    interrupted or failed run continues its history, running again), else created with that tag."""
+    run_id = run_id or (find_run(uri, experiment, run_path) if run_path else None)
+    if run_id:
+        tracker = Tracker(uri, run_id)
+        tracker.reopen()
+    else:
+        tracker = Tracker.create(uri, experiment, run_name=name, tags={TAG_RUN_PATH: run_path} if run_path else None)
     tracker.log_config(cfg)
     return tracker
+
+
+def find_run(uri: str, experiment: str, run_path: str) -> str | None:
+    """The id of the latest run of `experiment` tagged with the storage location `run_path`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TAG_RUN_PATH}` = '{run_path}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def set_aside(uri: str, experiment: str, run_path: str, where: str) -> None:
+    """`trm train --restart`: the run at `run_path` is no longer found by it (its tag now names where
+    its checkpoints were moved), so the new start gets a run of its own."""
+    run_id = find_run(uri, experiment, run_path)
+    if run_id is not None:
+        Tracker(uri, run_id).set_tags({TAG_RUN_PATH: where})
 
 
 def finish_run(
@@ -112,22 +149,65 @@ def finish_run(
 
 
 def fail_run(tracker: Tracker, error: BaseException, *, tag_reason: bool = False) -> None:
-    """End a run that raised `error` (KILLED for an interrupt, else FAILED); `tag_reason` also tags
-    end reason "error" (long runs, whose end reason is always set)."""
-    if tag_reason:
-        tracker.set_tags({TAG_END_REASON: "error"})
+    """End a run that raised `error` (KILLED for an interrupt, else FAILED), tagged with the error's
+    own end reason when it has one (`Diverged`: "diverged", `DiskFullError`: "disk_full");
+    `tag_reason` tags "error" otherwise (long runs, whose end reason is always set)."""
+    reason = getattr(error, "end_reason", None) or ("error" if tag_reason else None)
+    if reason is not None:
+        tracker.set_tags({TAG_END_REASON: reason})
     tracker.fail(error)
 
 
 @contextlib.contextmanager
-def guard(tracker: Tracker | None, *, tag_reason: bool = False) -> Iterator[None]:
-    """Around a run's training: an exception ends the run (`fail_run`) and goes on up."""
+def guard(
+    tracker: Tracker | None, *, tag_reason: bool = False, checkpoint: Callable[[], Any] | None = None
+) -> Iterator[None]:
+    """Around a run's training: an exception ends the run (`fail_run`) and goes on up. A tracking
+    server that stopped answering for good goes up as a `TrackingError` naming its URI and the
+    last good checkpoint (`checkpoint()`), not MLflow's traceback."""
     try:
         yield
     except BaseException as e:
+        unreachable = tracker is not None and tracking_unreachable(e)
         if tracker is not None:
-            fail_run(tracker, e, tag_reason=tag_reason)
+            try:
+                fail_run(tracker, e, tag_reason=tag_reason)
+            except Exception:  # noqa: BLE001 - the server that failed cannot record that it failed
+                if not unreachable:
+                    raise
+        if unreachable:
+            assert tracker is not None
+            last = checkpoint() if checkpoint is not None else None
+            raise TrackingError(
+                f"--tracking-uri {tracker.uri}: the MLflow server stopped answering ({_last_line(e)}); "
+                + (f"the last good checkpoint {Path(str(last)).name} is kept; " if last else "")
+                + "run the same command to resume once it is back, or add --no-tracking to train without it"
+            ) from e
         raise
+
+
+def tracking_unreachable(error: BaseException) -> bool:
+    """`error` (or what caused it) is MLflow failing to reach its server: a connection refused or
+    timed out after MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+        if isinstance(e, MlflowException) and ("Max retries exceeded" in str(e) or "Connection" in str(e)):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # ---------------------------------------------------------------- long runs

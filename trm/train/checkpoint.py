@@ -15,11 +15,13 @@ the latest checkpoint; `latest_local` skips folders whose state.pt fails its dig
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,29 @@ class CheckpointError(TrmError, RuntimeError):
     """A checkpoint that is missing, corrupt or does not fit this run's config."""
 
 
+class DiskFullError(TrmError, RuntimeError):
+    """Writing a checkpoint ran out of space (or hit a file-size limit); the last good one is kept."""
+
+    end_reason = "disk_full"  # the MLflow run's end reason (trm.tracking.runs.fail_run)
+
+
+# out of space, out of quota, over the process's file-size limit: the run cannot write its checkpoint
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_error(error: BaseException) -> OSError | None:
+    """The out-of-space OSError behind `error`, if any: torch's writer raises its own RuntimeError
+    ("unexpected pos ...") with the OSError of the file object's write() as its context."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -46,7 +71,8 @@ def write_file(folder: Path, name: str, obj: Any) -> None:
     """torch.save then its digest; the digest is written last, so its presence means complete."""
     path = folder / name
     tmp = folder / f".{name}.tmp"
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:  # a file object, not a path: a failed write keeps its errno (disk full)
+        torch.save(obj, f)
     os.replace(tmp, path)
     (folder / f"{name}.sha256").write_text(_digest(path))
 
@@ -79,11 +105,16 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:09d}"
 
 
-def save_local(root: Path, step: int, write: callable, keep: int) -> Path:
-    """Call write(tmp_folder), then publish it as root/step_N atomically; keep the newest `keep`."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+def save_local(root: Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
+    """Call write(tmp_folder), then publish it as root/step_N atomically; keep the newest `keep`.
+    Out of disk space: `DiskFullError` naming the step, the folder and the last good checkpoint."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as e:
+        _raise_if_disk_full(e, root, step)
+        raise
     try:
         write(tmp)
         verify(tmp)
@@ -91,14 +122,25 @@ def save_local(root: Path, step: int, write: callable, keep: int) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees what the partial write took
+        _raise_if_disk_full(e, root, step)
         raise
     best = best_local(root, verified=False)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         if old != best:  # the latest `keep` for resume, and never the best
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _raise_if_disk_full(error: BaseException, root: Path, step: int) -> None:
+    if (cause := disk_error(error)) is None or cause.errno is None:  # disk_error's have an errno (in DISK_FULL)
+        return
+    last = latest_local(root)
+    kept = f"the last good checkpoint {last.name} is kept" if last is not None else "no checkpoint was written yet"
+    raise DiskFullError(
+        f"disk full while writing checkpoint {step_dir_name(step)} under {root} ({os.strerror(cause.errno)}); {kept}",
+    ) from error
 
 
 # ---------------------------------------------------------------- the best checkpoint
@@ -162,6 +204,25 @@ def resolve(path: str | Path, flag: str = "--checkpoint", prefer: str = "best") 
         f"{flag} {path}: no checkpoint there (expected a checkpoint folder with state.pt, "
         f"or a run folder with checkpoints/step_*)"
     )
+
+
+def check_resumable(root: Path, where: str) -> None:
+    """A run whose checkpoints under `root` all fail verification is refused, naming the files: it
+    used to warn and train again from step 0 (a second copy of every step). `--restart` starts over
+    on purpose."""
+    folders = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.is_dir() else []
+    problems = []
+    for folder in folders:
+        try:
+            verify(folder)
+            return
+        except CheckpointError as e:
+            problems.append(f"{folder.name}/{str(e).removeprefix(f'{folder}: ')}")
+    if problems:
+        raise CheckpointError(
+            f"{where}: none of its {len(problems)} checkpoints under {root} verifies ({'; '.join(problems)}); "
+            "nothing was changed; pass --restart to start over from step 0 (the old files are moved aside)"
+        )
 
 
 def latest_local(root: Path) -> Path | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from trm.config import Config, ConfigError
-from trm.cost import RunLimits
+from trm.cost import CostMeter, RunLimits
 from trm.data.dataset import PuzzleDataset, epoch_size
 from trm.errors import TrmError
 from trm.evaluate import VAL_KEYS
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class Diverged(TrmError):
     """The loss (or the weights) became non-finite: the run stopped, its last finite checkpoint kept."""
 
+    end_reason = "diverged"  # the MLflow run's end reason (trm.tracking.runs.fail_run)
+
 
 def _on_state(name: str) -> property:
     """An attribute of the training state, read and written through the trainer."""
@@ -51,7 +53,7 @@ class Trainer:
         self, cfg: Config, session: Session, limits: RunLimits | None = None, objective: Objective | None = None
     ):
         self.session, self.limits = session, limits or RunLimits()
-        self.meter = None  # rank 0's CostMeter, made in fit() from the checkpoint's state
+        self.meter: CostMeter | None = None  # rank 0's CostMeter, made in fit() from the checkpoint's state
         self.stop_reason: str | None = None  # "deadline" | "gpu_budget" when the limits ended the run
         if cfg.train.batch_size % session.world_size:
             raise ConfigError(
@@ -214,6 +216,7 @@ class Trainer:
         message = (
             f"diverged at step {self.step}: {what}" + (f" ({', '.join(bad)} non-finite)" if bad else "") + f"; {kept}"
         )
+        metrics["stop_message"] = message  # what a launcher whose worker caught `Diverged` says (trm.launch.single)
         self.session.report(metrics, self.step, None)
         self.stop_reason = "diverged"
         raise Diverged(message)

@@ -71,6 +71,7 @@ class LocalSession:
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
+        ckpt.check_resumable(self.out_dir / "checkpoints", f"--out {self.out_dir}")  # never silently from step 0
         folder = ckpt.latest_local(self.out_dir / "checkpoints")
         self._cut_log(int(folder.name.split("_")[1].split("-")[0]) if folder is not None else 0)
         yield folder
@@ -103,8 +104,17 @@ class LocalSession:
                 self.tracker.set_tags(
                     best_checkpoint_tags(best, score["value"], step=score["step"], metric=score["metric"])
                 )
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        try:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        except OSError as e:
+            if ckpt.disk_error(e) is None:
+                raise
+            kept = f"the last good checkpoint {self.last_checkpoint.name} is kept" if self.last_checkpoint else ""
+            raise ckpt.DiskFullError(
+                f"disk full while writing {self.out_dir / 'metrics.jsonl'} at step {step} ({e.strerror})"
+                + (f"; {kept}" if kept else "")
+            ) from e
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step)
         if self.on_report is not None:
@@ -125,3 +135,22 @@ class LocalSession:
             from trm.tracking import TAG_INIT_FROM
 
             self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})
+
+
+ASIDE = "checkpoints.old-"  # + UTC time: where `trm train --restart` moves a run's previous files
+
+
+def set_aside(folder: Path, keep: tuple[str, ...] = ()) -> Path | None:
+    """`trm train --restart`: every entry of the run folder (checkpoints, metrics.jsonl, the MLflow
+    run id, config.yaml; Ray's records under --workers) moved into `folder/checkpoints.old-<UTC time>`,
+    except `keep` (the run lock) and earlier sets aside; the run then starts from step 0 with a
+    new MLflow run. Returns where they went (None: nothing to move)."""
+    entries = [p for p in folder.iterdir() if p.name not in keep and not p.name.startswith(ASIDE)]
+    if not entries:
+        return None
+    aside = folder / f"{ASIDE}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    aside.mkdir()
+    for entry in entries:
+        entry.rename(aside / entry.name)
+    log.info("--restart: the previous files of %s moved to %s", folder, aside)
+    return aside
