@@ -237,3 +237,112 @@ def test_overfit_stopper_compares_task_metrics_with_training_accuracy():
     assert Objective("val/cell_accuracy").train_metric == "train/cell_accuracy"
     # ARC's pass@2 has no training twin: comparing it with itself would never see overfitting
     assert Objective("eval/task_pass_at_2").train_metric == "train/exact_accuracy"
+
+
+# ------------------------------------------------------------------ a resumed sweep keeps its memory
+
+def test_asha_rung_records_survive_a_lost_driver(tmp_path):
+    """Ray's Tuner.restore rebuilds the scheduler from tuner.pkl (as it was before the first trial); the
+    sweep's memory file carries ASHA's records, the stopper's and the callback's ends across the loss."""
+    import json
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from trm.sweep.stopping import RecordingASHA
+    from trm.sweep.tune import make_ranking, sweep_objective
+    from trm.launch.cluster import WorkerSpec
+
+    def asha(max_t=48):  # the tiny preset's rungs: steps 8, 16, 32
+        return RecordingASHA(time_attr="step", metric="m", mode="max", max_t=max_t, grace_period=8,
+                             reduction_factor=2)
+
+    trials = {t: SimpleNamespace(trial_id=t) for t in "abcd"}
+    before = asha()
+    for t in "abc":
+        before.on_trial_add(None, trials[t])
+    assert before.on_trial_result(None, trials["a"], {"step": 8, "m": 0.9}) == TrialScheduler.CONTINUE
+    assert before.on_trial_result(None, trials["b"], {"step": 8, "m": 0.1}) == TrialScheduler.STOP
+    assert before.on_trial_result(None, trials["a"], {"step": 16, "m": 0.95}) == TrialScheduler.CONTINUE
+    state = json.loads(json.dumps(before.state_dict()))  # through JSON, as on disk
+
+    after = asha()
+    after.load_state_dict(state, finished={"b"})
+    for t in "abc":  # Tune re-adds the trials it restores
+        after.on_trial_add(None, trials[t])
+    assert after.rungs() == before.rungs() and after.pruned == {"b"}
+    # a trial past a rung is not judged there again: a poor value after the resume changes nothing
+    assert after.on_trial_result(None, trials["a"], {"step": 16, "m": 0.0}) == TrialScheduler.CONTINUE
+    assert after.rungs() == before.rungs()
+    # a trial ASHA had pruned, that Tune resumes (it ended after Tune's last save), is not promoted
+    assert after.on_trial_result(None, trials["b"], {"step": 16, "m": 1.0}) == TrialScheduler.STOP
+    assert after.rungs() == before.rungs()
+    # a new trial is compared against the records from before the loss (alone in a fresh rung it would go on)
+    after.on_trial_add(None, trials["d"])
+    assert after.on_trial_result(None, trials["d"], {"step": 8, "m": 0.05}) == TrialScheduler.STOP
+    fresh = asha()
+    fresh.on_trial_add(None, trials["d"])
+    assert fresh.on_trial_result(None, trials["d"], {"step": 8, "m": 0.05}) == TrialScheduler.CONTINUE
+    with pytest.raises(ConfigError, match=r"--resume: the sweep's ASHA rungs were at steps \[\[32.0, 16.0, 8.0\]\]"):
+        asha(max_t=96).load_state_dict(state)
+
+    # the callback's memory file: everything above plus the end reasons, bests and hours, for this parent run
+    base, preset = base_config(SweepOptions(name="x", preset="tiny"))
+    objective = sweep_objective(base)
+    first = make_ranking(objective, base, preset, WorkerSpec(1, 0, 1), "sqlite:///unused.db", "parent-1")
+    first.callback.memory = str(tmp_path / "memory.json")
+    first.scheduler.load_state_dict(state)
+    first.stopper("c", {"train/loss": float("nan")})
+    first.callback.reasons.update({"b": "asha_pruned", "c": "diverged"})
+    first.callback.best["a"] = (0.95, "/ckpt/a")
+    first.callback.remember()
+    second = make_ranking(objective, base, preset, WorkerSpec(1, 0, 1), "sqlite:///unused.db", "parent-1")
+    second.callback.memory = first.callback.memory
+    assert second.callback.recall()
+    assert second.scheduler.rungs() == before.rungs() and second.scheduler.finished == {"b", "c"}
+    assert second.stopper.reasons == {"c": "diverged"} and second.callback.best == {"a": (0.95, "/ckpt/a")}
+    other = make_ranking(objective, base, preset, WorkerSpec(1, 0, 1), "sqlite:///unused.db", "parent-2")
+    other.callback.memory = first.callback.memory
+    assert not other.callback.recall() and other.scheduler.rungs() == asha().rungs()
+
+
+def test_a_resumed_searcher_knows_every_trial_of_its_study(tmp_path):
+    """Ray restores the searcher from a pickle up to ~10 s older than the loss; the RDB study holds every
+    trial. Resumed, no configuration is proposed again and a trial Tune resumes can still be told."""
+    import optuna
+
+    from trm.sweep.tune import OPTUNA_TRIAL_ID_ATTR, UniqueOptunaSearch, config_key
+
+    space = {"layers": tune.choice([1, 2]), "n": tune.choice([1, 2, 3])}  # 6 configurations
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def searcher():  # as Tune makes it: from tuner.pkl, then set_search_properties with the space
+        s = UniqueOptunaSearch(metric="m", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                               study_name="sweep-1", storage=optuna.storages.RDBStorage(url), size=6)
+        s.set_search_properties("m", "max", space)
+        return s
+
+    first = searcher()
+    proposed = {t: first.suggest(t) for t in ("t0", "t1")}
+    first.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last experiment save
+    proposed |= {t: first.suggest(t) for t in ("t2", "t3")}  # t2: Tune will resume it; t3: lost with the driver
+    first.on_trial_complete("t0", {"m": 0.5})
+    first.on_trial_complete("t1", {"m": 0.7})
+    assert len({config_key(c) for c in proposed.values()}) == 4
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher-state.pkl"))  # what restore_from_dir does
+    assert resumed._seen == {config_key(c) for c in proposed.values()}
+    more = []
+    for i in range(10):
+        config = resumed.suggest(f"r{i}")
+        if not isinstance(config, dict):
+            break
+        more.append(config_key(config))
+    assert len(more) == 2 and set(more).isdisjoint(resumed._seen - set(more))  # the two left, each once
+    resumed.on_trial_complete("t2", {"m": 0.9})  # the resumed trial finds its Optuna trial
+    study = optuna.load_study(study_name="sweep-1", storage=url)
+    told = {t.user_attrs[OPTUNA_TRIAL_ID_ATTR]: t.state.name for t in study.trials if OPTUNA_TRIAL_ID_ATTR in t.user_attrs}
+    assert told["t2"] == "COMPLETE" and told["t0"] == told["t1"] == "COMPLETE"
+    # with no pickle at all (lost before Tune's first save), the study alone is enough
+    assert searcher()._seen == {config_key(c) for c in proposed.values()} | set(more)

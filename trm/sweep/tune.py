@@ -316,6 +316,9 @@ def config_key(config: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in config.items()))
 
 
+MEMORY_FILE = "trm-sweep-memory.json"  # in the sweep's experiment folder, beside Tune's experiment state
+
+
 class MlflowTrialCallback(tune.Callback):
     """Driver side: remembers each trial's best checkpoint and its evaluations, and when the trial
     ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
@@ -324,6 +327,8 @@ class MlflowTrialCallback(tune.Callback):
     `memory`: the sweep's JSON file (MEMORY_FILE in its experiment folder) holding what Tune's restore
     forgets: ASHA's rung records, the stopper's and its own end reasons, bests and costs; rewritten
     (atomically) after every result and every end, read back when a resumed sweep sets up."""
+
+    memory: str | None = None  # a class default: a callback unpickled from an older sweep's tuner.pkl has none
 
     def __init__(
         self,
@@ -341,10 +346,9 @@ class MlflowTrialCallback(tune.Callback):
         self.reasons: dict[str, str] = {}
         self.hours: dict[str, float] = {}
         self.prices: dict | None = None  # the price table a trial's dollars come from (None: trm.cost's defaults)
-        self.memory: str | None = None
 
-    def setup(self, **info):
-        self.recall()
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.recall()  # Tune sets its callbacks up after restoring its trials, before any result
 
     def remember(self) -> None:
         """Write the sweep's memory (see the class); a failed write is a warning, never the sweep's end."""
@@ -370,7 +374,11 @@ class MlflowTrialCallback(tune.Callback):
         its scheduler; False when there is none."""
         from trm.storage import read_json
 
-        state = read_json(self.memory) if self.memory is not None else None
+        try:
+            state = read_json(self.memory) if self.memory is not None else None
+        except ValueError:  # written atomically, so only a hand-edited file; say so and go on without it
+            log.warning("the sweep's memory %s does not parse: resuming without ASHA's rungs", self.memory)
+            return False
         if not state or state.get("parent_run_id") != self.parent_run_id:
             return False
         self.reasons.update(state["reasons"])
@@ -605,12 +613,14 @@ def run_sweep(
     stopper, scheduler, callback = ranking.stopper, ranking.scheduler, ranking.callback
     callback.prices = opts.prices
     callback.storage = storage
+    callback.memory = join(sweep_path, MEMORY_FILE)
     console = SweepConsole(objective, stopper, scheduler, num_samples, verbose=opts.verbose)
     setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
     if opts.resume and tune.Tuner.can_restore(sweep_path):
         log.info("resuming sweep from %s", sweep_path)
+        callback.recall()  # refuses other ASHA rungs (another --preset or steps) before any trial starts
         tuner = tune.Tuner.restore(sweep_path, trainable, resume_errored=True, param_space=space)
     else:
         searcher = make_searcher(objective, opts, study, optuna_url, size)
@@ -636,6 +646,8 @@ def run_sweep(
             ),
         )
     grid = tuner.fit()
+    # resumed, Tune ran the callback it unpickled from tuner.pkl, not this one: read what it remembered
+    callback.recall()
 
     rows = _rows(grid, objective, base, callback, runs.trial_run_ids(parent))
     done = sorted(
