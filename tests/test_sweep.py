@@ -346,3 +346,73 @@ def test_a_resumed_searcher_knows_every_trial_of_its_study(tmp_path):
     assert told["t2"] == "COMPLETE" and told["t0"] == told["t1"] == "COMPLETE"
     # with no pickle at all (lost before Tune's first save), the study alone is enough
     assert searcher()._seen == {config_key(c) for c in proposed.values()} | set(more)
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_keeps_optuna_and_asha_memory(tmp_path):
+    """Killed (driver and its local Ray) once a trial has ended and ASHA holds rung records, then
+    `--resume`d: no configuration is trained twice (MLflow children, Tune's trial folders, the Optuna
+    study), every rung record and end from before the loss stands, and a trial ASHA pruned before it
+    is not trained on to the end."""
+    import json
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from tests.processes import kill_session
+    from trm.sweep.tune import MEMORY_FILE, OPTUNA_TRIAL_ID_ATTR, trial_label
+
+    storage, db = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    memory = storage / "depth_sweep" / MEMORY_FILE
+    args = ["--preset", "tiny", "--num-samples", "5", "--max-concurrent", "2", "--storage", str(storage),
+            "--tracking-uri", db, "--seed", "5"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        deadline = time.time() + 400
+        while True:  # kill once a trial has ended and a rung compares two trials
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            assert time.time() < deadline, "no trial ended within 400 s"
+            time.sleep(0.5)
+            try:
+                state = json.loads(memory.read_text())
+            except (OSError, ValueError):
+                continue
+            if state["reasons"] and any(len(rec) >= 2 for b in state["asha"]["rungs"] for _, rec in b):
+                break
+    finally:
+        kill_session(proc.pid)
+    before = json.loads(memory.read_text())
+
+    r = run_script("depth_sweep.py", *args, "--resume", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming sweep" in r.stderr
+    after = json.loads(memory.read_text())
+
+    # every rung record and every end from before the loss stands
+    for b_before, b_after in zip(before["asha"]["rungs"], after["asha"]["rungs"], strict=True):
+        for (m, rec), (m2, rec2) in zip(b_before, b_after, strict=True):
+            assert m == m2 and rec.items() <= rec2.items(), (m, rec, rec2)
+    assert before["reasons"].items() <= after["reasons"].items(), (before["reasons"], after["reasons"])
+
+    # no configuration trained twice: MLflow's children, Tune's trial folders, the Optuna study
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("depth_sweep").experiment_id])
+    parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    assert len(parents) == 1
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    names = [c.info.run_name for c in children]
+    assert len(names) >= 5 and len(set(names)) == len(names), names
+    folders = [p.name.rsplit("_", 1)[0] for p in (storage / "depth_sweep").iterdir() if p.is_dir()]
+    assert len(set(folders)) == len(folders), folders
+    study = optuna.load_study(study_name=parents[0].data.tags["optuna_study"],
+                              storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    asked = [trial_label(t.params) for t in study.trials if OPTUNA_TRIAL_ID_ATTR in t.user_attrs]
+    assert len(set(asked)) == len(asked), asked
+    by_trial = {c.data.tags["ray_trial_id"]: c for c in children}
+    for trial_id, reason in before["reasons"].items():  # each ended trial's child run keeps that end
+        assert by_trial[trial_id].data.tags["trial_end_reason"] == reason
+    for trial_id in before["asha"]["pruned"]:  # pruned before the loss: not trained on to the end
+        steps = [m.step for m in client.get_metric_history(by_trial[trial_id].info.run_id, "val/cell_accuracy")]
+        assert max(steps) < 48 and steps == sorted(set(steps)), steps

@@ -90,11 +90,18 @@ class SweepConsole(tune.Callback):
         self.status_seconds = status_seconds
         self.best: dict[str, tuple[float, Any]] = {}  # trial id -> (best value, step)
         self.ended: Counter[str] = Counter()
+        self._ended_ids: set[str] = set()
         self._last_line: dict[str, float] = {}  # trial id -> when its last line was printed
         self._start = self._last_status = time.monotonic()
 
     def say(self, who: str, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {who:14s} {text}", flush=True)
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        # resumed: the trials that ended before the driver was lost count too (MlflowTrialCallback, set up
+        # before this console, has read their ends back into the scheduler and the stopper)
+        self._ended_ids = set(self.scheduler.finished)
+        self.ended = Counter(end_reason(t, self.stopper, self.scheduler, False) for t in self._ended_ids)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         depth = effective_depth(trial.config)
@@ -125,7 +132,9 @@ class SweepConsole(tune.Callback):
 
     def _ended(self, trial, errored: bool) -> None:
         reason = end_reason(trial.trial_id, self.stopper, self.scheduler, errored)
-        self.ended[reason] += 1
+        if trial.trial_id not in self._ended_ids:  # a resumed trial that had ended is stopped again: once
+            self._ended_ids.add(trial.trial_id)
+            self.ended[reason] += 1
         last = trial.last_result or {}
         best = self.best.get(trial.trial_id)
         self.say(
