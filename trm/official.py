@@ -36,7 +36,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -444,7 +444,11 @@ def infer_meta(
         raise ReferenceImportError(
             f"{where}: missing key 'inner.puzzle_emb.weights' (puzzle_emb_ndim={m.puzzle_emb_ndim})"
         )
-    return {k: int(v) for k, v in meta.items()}
+    known: dict[str, int] = {}
+    for k, v in meta.items():
+        assert v is not None  # vocab_size comes from the weights; seq_len and num_puzzle_ids were checked above
+        known[k] = int(v)
+    return known
 
 
 # ---------------------------------------------------------------- import
@@ -467,6 +471,7 @@ def import_checkpoint(
     cfg = read_config(config)
     reference, ema_shadow, step = read_checkpoint(checkpoint)
     weights = convert_state_dict(reference, str(checkpoint), cfg.model.variant)
+    dataset: dict | None
     if data is not None:
         from trm.data.dataset import read_meta
 
@@ -482,7 +487,8 @@ def import_checkpoint(
     state.reset_ema()
     if ema_shadow and state.ema is not None:  # the EMA of the parameters; buffers (puzzle table, inits) as in the model
         shadow = convert_state_dict(ema_shadow, f"{checkpoint} (ema_helper)", cfg.model.variant)
-        load_weights(state.ema.module, {**weights, **shadow}, f"{checkpoint} (ema_helper)")
+        ema_model = cast(RecursiveModel, state.ema.module)  # AveragedModel's deep copy of state.model
+        load_weights(ema_model, {**weights, **shadow}, f"{checkpoint} (ema_helper)")
     state.step = step
     state.extra["imported_from"] = {
         "checkpoint": str(checkpoint.resolve()),

@@ -34,6 +34,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -424,8 +425,19 @@ def epoch_size(data: str | Path | dict, split: str = "train") -> float:
     return float(g["epoch_samples"]) if g else float(meta["splits"][split])
 
 
+class SampleRows(Protocol):
+    """What evaluation reads of a split: its meta, its length and rows by index (a `PuzzleDataset`,
+    or some of its rows: `trm.evaluate.Rows`)."""
+
+    meta: dict
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
 def iterate_batches(
-    ds: PuzzleDataset, batch_size: int, limit: int = 0, rank: int = 0, world_size: int = 1
+    ds: SampleRows, batch_size: int, limit: int = 0, rank: int = 0, world_size: int = 1
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Deterministic evaluation order: this rank's shard of the first `limit` samples (0 = all)."""
     total = len(ds) if limit <= 0 else min(limit, len(ds))

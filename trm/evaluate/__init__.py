@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trm.data.dataset import IGNORE, PuzzleDataset, iterate_batches
+from trm.data.dataset import IGNORE, PuzzleDataset, SampleRows, iterate_batches
 from trm.evaluate.objective import ARC_METRIC, EXACT_METRIC, MAZE_METRIC, Objective, objective_for
-from trm.model import TRM
+from trm.model import RecursiveModel
 from trm.progress import Progress
 
 CHUNK = 8192  # rows predicted between two gathers: bounded memory at 1000 augmentations per test input
@@ -36,6 +36,12 @@ class Predictions:
     confidence: np.ndarray  # [N] sigmoid of the final halting logit
     step_tokens: np.ndarray | None = None  # [K, N, L] uint8 answer after each step (predict(curve=True))
 
+    def step_answer(self, k: int) -> np.ndarray:
+        """[N, L] the answer after supervision step k + 1 (predictions made with curve=True)."""
+        if self.step_tokens is None:
+            raise ValueError("no per-step answers: predict with curve=True")
+        return self.step_tokens[k]
+
 
 def check_n_sup(n_sup: int | None, flag: str = "--N-sup") -> None:
     from trm.errors import TrmError
@@ -46,8 +52,8 @@ def check_n_sup(n_sup: int | None, flag: str = "--N-sup") -> None:
 
 @torch.no_grad()
 def predict(
-    model: TRM,
-    ds: PuzzleDataset,
+    model: RecursiveModel,
+    ds: SampleRows,
     batch_size: int,
     device: torch.device,
     limit: int = 0,
@@ -65,21 +71,22 @@ def predict(
     every rank as this one's batches finish."""
     check_n_sup(n_sup)
     model.eval()
-    out = {"index": [], "tokens": [], "halt_steps": [], "confidence": [], "steps": []}
+    out: dict[str, list[np.ndarray]] = {"index": [], "tokens": [], "halt_steps": [], "confidence": [], "steps": []}
     N_sup = model.cfg.N_sup if n_sup is None else n_sup
     for idx, batch in iterate_batches(ds, batch_size, limit, rank, world_size):
         tokens = torch.as_tensor(batch["inputs"], device=device).long()
         pids = torch.as_tensor(batch["puzzle_ids"], device=device).long()
         carry = model.initial_carry(len(idx), device)
         halt_at = torch.full((len(idx),), N_sup, device=device)
-        answer = conf = None
+        answer: torch.Tensor | None = None
+        conf: torch.Tensor | None = None
         steps = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             for step in range(1, N_sup + 1):
                 carry, o = model(carry, tokens, pids)
                 now, c = o.logits.argmax(-1), torch.sigmoid(o.q_halt.float())
                 live = halt_at == N_sup  # not halted before this step
-                if answer is None or not halt:
+                if answer is None or conf is None or not halt:  # the first step (both are set together)
                     answer, conf = now, c
                 else:
                     answer = torch.where(live[:, None], now, answer)
@@ -87,6 +94,7 @@ def predict(
                 halt_at = torch.where(live & (o.q_halt > 0) & (step < N_sup), step, halt_at)
                 if curve:
                     steps.append(answer.to(torch.uint8).cpu().numpy())
+        assert answer is not None and conf is not None  # N_sup >= 1 steps ran (check_n_sup, ModelConfig)
         out["index"].append(idx)
         out["tokens"].append(answer.cpu().numpy())
         out["halt_steps"].append(halt_at.cpu().numpy())
@@ -106,7 +114,10 @@ def predict(
             np.empty((N_sup, 0, L), np.uint8) if curve else None,
         )
     return Predictions(
-        *(np.concatenate(out[k]) for k in ("index", "tokens", "halt_steps", "confidence")),
+        np.concatenate(out["index"]),
+        np.concatenate(out["tokens"]),
+        np.concatenate(out["halt_steps"]),
+        np.concatenate(out["confidence"]),
         np.concatenate(out["steps"], axis=1) if curve else None,
     )
 
@@ -131,13 +142,10 @@ def concat_predictions(parts: list[Predictions], seq_len: int) -> Predictions:
     steps = None
     if parts[0].step_tokens is not None:
         steps = np.concatenate([p.step_tokens for p in parts], axis=1)[:, order]
-    return Predictions(
-        *(
-            np.concatenate([getattr(p, f) for p in parts])[order]
-            for f in ("index", "tokens", "halt_steps", "confidence")
-        ),
-        steps,
+    index, tokens, halt_steps, confidence = (
+        np.concatenate([getattr(p, f) for p in parts])[order] for f in ("index", "tokens", "halt_steps", "confidence")
     )
+    return Predictions(index, tokens, halt_steps, confidence, steps)
 
 
 class Rows:
@@ -162,7 +170,7 @@ def row_chunks(rows: np.ndarray, chunk: int = CHUNK) -> Iterator[np.ndarray]:
 
 
 def predict_chunks(
-    model: TRM,
+    model: RecursiveModel,
     ds: PuzzleDataset,
     rows: np.ndarray,
     batch_size: int,

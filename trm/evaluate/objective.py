@@ -18,7 +18,7 @@ EXACT_METRIC = "val/exact_accuracy"  # everything else: the whole answer right
 # What an evaluation reports (trm.evaluate.task): held-out accuracies (val/*) and task-level scores
 # (eval/*); an override must name one of them, since nothing else is measured on held-out data
 METRIC_PREFIXES = ("val/", "eval/")
-_BY_KIND = {"arc": ARC_METRIC, "maze": MAZE_METRIC}
+_BY_KIND: dict[str | None, str] = {"arc": ARC_METRIC, "maze": MAZE_METRIC}  # a dataset meta's name -> its metric
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,8 @@ def map_tasks(
     held = {k[0] for k in samples.inputs}
     by_id = {tid: i for i, tid in enumerate(ids)}
     by_stem: dict[str, list[int]] = {}
-    for i, tid in enumerate(ids):
-        by_stem.setdefault(tid.rsplit("/", 1)[-1], []).append(i)
+    for index, tid in enumerate(ids):
+        by_stem.setdefault(tid.rsplit("/", 1)[-1], []).append(index)
     out, missing = {}, []
     for tid, inputs in challenges.items():
         i = by_id.get(tid)

@@ -141,7 +141,7 @@ def _arc(
         for p in shards:
             vote.add(p.index, p.tokens, p.confidence)
             for k, v in enumerate(per_step):
-                v.add(p.index, p.step_tokens[k], p.confidence)
+                v.add(p.index, p.step_answer(k), p.confidence)
             for key, value in score(p, ds).items():
                 sums[key] += value
             if keep_predictions:
@@ -160,7 +160,7 @@ def _maze(ds: PuzzleDataset, p: Predictions, metric: str, curve_steps: int) -> E
     result = score_mazes(q, p.tokens, y, p.index)
     res = EvalResult(dict(result.metrics), maze=result)
     res.curve = {
-        k + 1: _curve_value(score_mazes(q, p.step_tokens[k], y).metrics, ds, p, k, metric) for k in range(curve_steps)
+        k + 1: _curve_value(score_mazes(q, p.step_answer(k), y).metrics, ds, p, k, metric) for k in range(curve_steps)
     }
     return res
 
@@ -173,4 +173,4 @@ def _curve_value(kind_metrics: dict[str, float], ds: PuzzleDataset, p: Predictio
     """The objective after supervision step k+1: a kind's own metric, or a val/* accuracy."""
     if metric in kind_metrics:
         return kind_metrics[metric]
-    return means(score(Predictions(p.index, p.step_tokens[k], p.halt_steps, p.confidence), ds))[metric]
+    return means(score(Predictions(p.index, p.step_answer(k), p.halt_steps, p.confidence), ds))[metric]

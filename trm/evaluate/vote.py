@@ -16,7 +16,7 @@ planted predictions in tests. Nothing here starts Ray or loads checkpoints.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,7 +43,8 @@ class VoteSamples:
     task_ids: list[str]
     targets: dict[tuple[int, int], np.ndarray]  # labelled test inputs only
     inputs: dict[tuple[int, int], np.ndarray]
-    unlabelled: set = None  # (task, test) whose output is unknown: voted on, never scored
+    # (task, test) whose output is unknown: voted on, never scored
+    unlabelled: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
     def from_dataset(cls, ds: PuzzleDataset) -> VoteSamples:
@@ -83,6 +84,7 @@ class VoteSamples:
                 raise DatasetError(f"{ds.path}/{ds.split}: row {row} does not decode to a grid")
             s.inputs[k] = s.invert(row, inp)
             if known:
+                assert lab is not None  # a known output that does not decode was raised above
                 s.targets[k] = s.invert(row, lab)
             else:
                 s.unlabelled.add(k)

@@ -101,9 +101,11 @@ def plot_votes(tests: list[TestVote]):
             ax.set_xticks([]), ax.set_yticks([])
             title = cols[c]
             if c >= 2 and c - 2 < len(t.candidates):
-                cand = t.candidates[c - 2]
-                ok = g.shape == t.target.shape and np.array_equal(g, t.target)
-                title += f" ({cand.votes} votes) {'right' if ok else 'wrong'}"
+                cand = t.candidates[c - 2]  # its grid is g
+                title += f" ({cand.votes} votes)"
+                if t.target is not None:  # an unlabelled test input is not scored
+                    ok = cand.grid.shape == t.target.shape and np.array_equal(cand.grid, t.target)
+                    title += f" {'right' if ok else 'wrong'}"
             if c == 0:
                 title = f"{t.task_id}#{t.test_index}\n{title}"
             ax.set_title(title, fontsize=8)

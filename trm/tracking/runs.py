@@ -285,7 +285,8 @@ def log_dataset(tracker: Tracker, data_path: str, name: str, digest_of: dict[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(data_path)
-    dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+    # mlflow's stub: Dataset.profile is an @abstractmethod, but Dataset is no ABC, so MetaDataset instantiates
+    dataset = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()  # type: ignore[abstract]
     tracker.client.log_inputs(
         tracker.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
     )
@@ -396,7 +397,7 @@ def end_trial_run(
 def trial_run_ids(parent: Tracker) -> dict[str, str]:
     """Trial id -> child run id, for every child of a sweep's parent run."""
     runs = parent.client.search_runs([parent.experiment_id()], filter_string=f"tags.{TAG_PARENT} = '{parent.run_id}'")
-    return {r.data.tags.get(TAG_TRIAL_ID): r.info.run_id for r in runs}
+    return {tid: r.info.run_id for r in runs if (tid := r.data.tags.get(TAG_TRIAL_ID)) is not None}
 
 
 def describe(tracker: Tracker, markdown: str) -> None:
