@@ -416,3 +416,48 @@ def test_a_resumed_sweep_keeps_optuna_and_asha_memory(tmp_path):
     for trial_id in before["asha"]["pruned"]:  # pruned before the loss: not trained on to the end
         steps = [m.step for m in client.get_metric_history(by_trial[trial_id].info.run_id, "val/cell_accuracy")]
         assert max(steps) < 48 and steps == sorted(set(steps)), steps
+
+
+def test_a_diverged_trial_ends_as_diverged_in_the_depth_table(tmp_path):
+    """The loop reports stop_reason "diverged" and then raises: whichever reaches Tune first, the trial's end
+    is `diverged` (not `error`), in the table and in the decisions below it."""
+    from trm.sweep.reports import depth_report
+    from trm.sweep.stopping import RecordingASHA, end_reason
+    from trm.sweep.tune import TrialRow
+    from trm.tracking import Tracker
+
+    stopper = OverfitStopper()
+    scheduler = RecordingASHA(time_attr="step", metric="val/exact_accuracy", mode="max", max_t=48, grace_period=8)
+    assert stopper("t", {"step": 16, "train/loss": 2.0, "diverged": 1.0, "stop_reason": "diverged"})
+    assert end_reason("t", stopper, scheduler, errored=True) == "diverged"
+    assert end_reason("t", stopper, scheduler, errored=False) == "diverged"
+    assert end_reason("u", stopper, scheduler, errored=True) == "error"
+
+    parent = Tracker.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "depth", run_name="sweep")
+    rows = [TrialRow("a", {"layers": 1, "n": 1, "T": 1}, 0.5, {}, "completed", None, 2, {8: 0.3, 16: 0.5}),
+            TrialRow("t", {"layers": 2, "n": 1, "T": 1}, 0.2, {}, "diverged", None, 4, {8: 0.2})]
+    table = depth_report(rows, parent, "val/exact_accuracy")
+    assert "| L2-n1-T1 | 2 | 1 | 1 | 4 | 0.200 | - | 8 | diverged |" in table
+    assert "- L2-n1-T1: diverged at step 8" in table
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_ends_as_diverged_and_the_sweep_goes_on(tmp_path):
+    """lr=1e6: each trial's loss goes non-finite; each ends `diverged` (console, MLflow tag, FAILED), not
+    retried as an error, and the sweep runs its next trial and ends normally."""
+    from mlflow.tracking import MlflowClient
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = run_script("depth_sweep.py", "--preset", "tiny", "--num-samples", "2", "--max-concurrent", "1",
+                   "--storage", str(tmp_path / "runs"), "--tracking-uri", db, "--set", "lr=1e6", cwd=tmp_path,
+                   timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("stopped: diverged at step") == 2, r.stdout[-3000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("depth_sweep").experiment_id])
+    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags["trial_end_reason"] == "diverged" and child.info.status == "FAILED"
+        assert int(child.data.metrics.get("run/restarts", 0)) == 0  # not retried
