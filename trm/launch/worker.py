@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # validity, exact accuracy; every one an accuracy, mode "max") also as "score": Ray keeps the best
 # checkpoints by it, and, Train V2's CheckpointManager, always the latest besides (what a resume uses).
 METRIC = "score"
+# in the run's storage folder: why rank 0 stopped without a checkpoint (a divergence), for the driver
+# (trm.launch.single.fit)
+STOP_FILE = "trm_stop.json"
 
 
 @dataclass
@@ -78,6 +81,12 @@ def train_loop_per_worker(config: dict) -> None:
         trainer.fit()
     except Diverged as e:  # reported with stop_reason "diverged" (the launcher's end reason); not retried
         log.error("%s", e)
+        if rank == 0 and run.checkpoint_root:  # Ray's Result holds the last checkpoint's metrics, not this report's
+            from trm.storage import join, write_json
+
+            write_json(
+                join(run.checkpoint_root, STOP_FILE), {"reason": "diverged", "step": trainer.step, "message": str(e)}
+            )
     finally:
         if monitor is not None:
             monitor.finish()
@@ -188,6 +197,9 @@ class RaySession:
         # its name would be deleted with it
         self._taken: set[str] = set()
         _remove_stale_tmp(Path(tempfile.gettempdir()))
+        from trm.spot import SpotWatcher
+
+        self.spot = SpotWatcher().start()
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
@@ -258,9 +270,10 @@ class RaySession:
     def agree(self, decision: dict) -> dict:
         from ray.train.collective import broadcast_from_rank_zero
 
-        # both are barriers: every rank calls them at the same steps
-        preempting = self._train.get_preemption_info() is not None
-        return {**broadcast_from_rank_zero(decision), "preempting": preempting}
+        # both are barriers: every rank calls them at the same steps. Ray's info covers nodes Ray drains;
+        # each rank's spot watcher the provider's notice to its own node, so the flag is any rank's
+        preempting = self._train.get_preemption_info() is not None or self.spot.noticed.is_set()
+        return {**broadcast_from_rank_zero(decision), "preempting": _any_rank(preempting)}
 
     def last_logged_step(self) -> int | None:
         return self.tracker.last_logged_step() if self.tracker is not None else None
@@ -274,3 +287,16 @@ class RaySession:
             from trm.tracking import TAG_INIT_FROM
 
             self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any (one tiny all-reduce, at the loop's boundaries only)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

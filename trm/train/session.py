@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from trm.spot import SpotWatcher
 from trm.train import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class LocalSession:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.keep, self.tracker, self.on_report = keep, tracker, on_report
         self.last_checkpoint: Path | None = None
+        self.spot = SpotWatcher().start()  # a spot notice on this machine: checkpoint at the next boundary
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
@@ -121,7 +123,7 @@ class LocalSession:
             self.on_report(metrics, step)
 
     def agree(self, decision: dict) -> dict:
-        return {**decision, "preempting": False}
+        return {**decision, "preempting": self.spot.noticed.is_set()}
 
     def last_logged_step(self) -> int | None:
         return self.tracker.last_logged_step() if self.tracker is not None else None
