@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,25 @@ def test_security_group_not_open_to_world() -> None:
     text = CLUSTER_YAML.read_text()
     assert "0.0.0.0/0" not in text and "::/0" not in text
     assert "--dashboard-host=0.0.0.0" not in text
+
+
+def test_preflight_names_another_ray_instance_on_the_host(tmp_path):
+    """A second local Ray on one host left a sweep waiting for workers for minutes without a word: the
+    raylets already running are named before a new instance starts."""
+    import shutil
+    import subprocess
+
+    from trm.launch.cluster import other_ray_instances
+
+    raylet = tmp_path / "raylet"  # a process of that name, as `ray start` leaves one
+    shutil.copy("/bin/sleep", raylet)
+    proc = subprocess.Popen([str(raylet), "60"])
+    try:
+        deadline = time.time() + 10
+        while f"raylet pid {proc.pid} " not in other_ray_instances() and time.time() < deadline:
+            time.sleep(0.1)
+        assert f"raylet pid {proc.pid} since " in other_ray_instances()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert f"raylet pid {proc.pid} " not in other_ray_instances()

@@ -91,6 +91,14 @@ def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = 
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if other := other_ray_instances():
+        # both see every CPU of this host: trials of this one then wait for workers that the other's hold
+        log.warning(
+            "another Ray instance runs on this host (%s): this run starts its own, and the two compete for "
+            "its %d CPUs (trials may wait for workers); `ray stop` it, or join it with --address auto",
+            other,
+            os.cpu_count() or 0,
+        )
     ray.init(
         num_cpus=num_cpus,
         resources={DRIVER_RESOURCE: 1000},
@@ -99,6 +107,21 @@ def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = 
         configure_logging=False,
     )
     log.info("started local Ray: %s", ray.cluster_resources())
+
+
+def other_ray_instances() -> str:
+    """The raylets running on this host before this process starts its own ("raylet pid N since HH:MM"), or ""."""
+    import time
+
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["name", "pid", "create_time"]):
+        if p.info["name"] == "raylet":
+            found.append(
+                f"raylet pid {p.info['pid']} since {time.strftime('%H:%M', time.localtime(p.info['create_time']))}"
+            )
+    return ", ".join(found)
 
 
 def cluster_capacity() -> dict[str, float]:
