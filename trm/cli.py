@@ -278,6 +278,39 @@ def _compute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--halt", action="store_true", help="stop each sample at the first step its halting head says 'done'"
     )
+    # noisy multi-trajectory inference (PTRM, 2026; trm.evaluate.Trajectories)
+    p.add_argument(
+        "--trajectories",
+        type=_at_least("--trajectories", 1, int, "a number of trajectories >= 1"),
+        default=1,
+        metavar="K",
+        help="run the recursion K times per sample, noise on z, and keep the answer the halting head is the "
+        "most confident of (on ARC every run's answer enters the vote with its confidence; default 1)",
+    )
+    p.add_argument(
+        "--noise",
+        type=_at_least("--noise", 0.0, float, "a noise scale sigma >= 0"),
+        default=0.0,
+        metavar="SIGMA",
+        help="scale of the Gaussian noise added to z after each latent update (default 0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of that noise (the same seed, the same answers)")
+
+
+def _at_least(flag: str, low: float, kind: type, expected: str):
+    """An argparse type: `kind(text)` >= low (and finite), else one error line naming `flag`."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        if v is None or not low <= v < float("inf"):  # NaN and inf fail this too
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return v
+
+    parse.__name__ = flag
+    return parse
 
 
 def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
@@ -314,6 +347,7 @@ def _eval_run(a: argparse.Namespace) -> None:
     import torch
 
     from trm.data.dataset import PuzzleDataset
+    from trm.evaluate import Trajectories
     from trm.evaluate.task import evaluate_task
     from trm.train.checkpoint import resolve
     from trm.train.loop import load_for_eval, pick_device
@@ -340,6 +374,7 @@ def _eval_run(a: argparse.Namespace) -> None:
             halt=a.halt,
             curve=a.curve,
             objective=cfg.train.objective or None,
+            trajectories=Trajectories(a.trajectories, a.noise, a.seed),
         )  # the run's objective
     out = {"checkpoint": str(folder), "step": state["step"], "data": str(data), "metric": r.metric, **r.metrics}
     if a.curve:
@@ -387,6 +422,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _submit_run(a: argparse.Namespace) -> None:
+    from trm.evaluate import Trajectories
     from trm.evaluate.submit import read_challenges, submit
     from trm.train.checkpoint import resolve
     from trm.train.loop import load_for_eval, pick_device
@@ -397,7 +433,17 @@ def _submit_run(a: argparse.Namespace) -> None:
     device = pick_device(a.device)
     model, cfg, state = load_for_eval(folder, str(device), use_ema=not a.no_ema)
     _check_data(state, a.data or cfg.data.path, "test", "--data" if a.data else "--checkpoint's dataset")
-    summary = submit(model, a.data or cfg.data.path, a.challenges, a.out, a.batch_size, device, a.n_sup, a.halt)
+    summary = submit(
+        model,
+        a.data or cfg.data.path,
+        a.challenges,
+        a.out,
+        a.batch_size,
+        device,
+        a.n_sup,
+        a.halt,
+        trajectories=Trajectories(a.trajectories, a.noise, a.seed),
+    )
     print(json.dumps({"checkpoint": str(folder), "step": state["step"], **summary}, indent=2))
 
 

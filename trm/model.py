@@ -196,6 +196,21 @@ class Carry:
 
 
 @dataclass
+class LatentNoise:
+    """Gaussian noise of scale `sigma` added to z after each latent update: PTRM's (2026) noisy
+    trajectories at inference. Set on a model only by evaluation (`trm.evaluate.predict`, `trm eval
+    --noise`); drawn in float32 from `generator` (seeded there, so a result is reproducible), then
+    cast to z's dtype. z is RMS-normed by the net's last block, so sigma is relative to a unit scale."""
+
+    sigma: float
+    generator: torch.Generator
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        draw = torch.randn(z.shape, generator=self.generator, device=z.device, dtype=torch.float32)
+        return z + (self.sigma * draw).to(z.dtype)
+
+
+@dataclass
 class StepOutput:
     logits: torch.Tensor  # [B, L, vocab]
     q_halt: torch.Tensor  # [B] halting logit: "the answer is already right"
@@ -217,6 +232,9 @@ class RecursiveModel(nn.Module):
     z_init: torch.Tensor | None
     lm_head: nn.Linear
     q_head: nn.Linear
+    # inference-time noise on z (`LatentNoise`); None, its only value in training, leaves every
+    # update untouched: `perturb` returns z itself, so the forward is bit for bit the plain one
+    noise: LatentNoise | None = None
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1):
         super().__init__()
@@ -251,6 +269,12 @@ class RecursiveModel(nn.Module):
 
     def recursion(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def perturb(self, z: torch.Tensor) -> torch.Tensor:
+        """z after a latent update: itself, or with `noise` added when evaluation set one."""
+        if self.noise is None:  # a Python branch, not z + 0 * noise: nothing is drawn or added
+            return z
+        return self.noise(z)
 
     # ---- pieces ----
     def compute_dtype(self, device: torch.device) -> torch.dtype:
@@ -330,7 +354,7 @@ class TRM(RecursiveModel):
 
     def latent_recursion(self, x, y, z):
         for _ in range(self.cfg.n):
-            z = self.net(z, x + y)
+            z = self.perturb(self.net(z, x + y))
         y = self.net_y(y, z)
         return y, z
 
@@ -342,9 +366,9 @@ class TRM(RecursiveModel):
                 y, z = self.latent_recursion(x, y, z)
             if self.cfg.gradient == "one_step":
                 for _ in range(self.cfg.n - 1):
-                    z = self.net(z, x + y)
+                    z = self.perturb(self.net(z, x + y))
         if self.cfg.gradient == "one_step":
-            z = self.net(z, x + y)
+            z = self.perturb(self.net(z, x + y))
             y = self.net_y(y, z)
         else:
             y, z = self.latent_recursion(x, y, z)

@@ -38,7 +38,7 @@ class SingleZ(RecursiveModel):
 
     def cycle(self, x, z):
         for _ in range(self.cfg.n):
-            z = self.net(z, x)
+            z = self.perturb(self.net(z, x))
         return self.net(z)  # the reference's extra refinement, without the input
 
     def recursion(self, x, y, z):
@@ -68,7 +68,7 @@ class MultiZ(RecursiveModel):
 
     def cycle(self, x, y, zs):
         for i in range(self.cfg.n):
-            zs[i] = self.net(self.total(zs), y + x)
+            zs[i] = self.perturb(self.net(self.total(zs), y + x))
         return self.net(y, self.total(zs)), zs
 
     def recursion(self, x, y, z):
@@ -82,7 +82,8 @@ class MultiZ(RecursiveModel):
 
 class Transformer(RecursiveModel):
     """The direct-prediction baseline: `layers` blocks once per supervision step (no recursion;
-    deep supervision and halting as the others). The reference's config: 8 layers, 12 heads at 512."""
+    deep supervision and halting as the others). The reference's config: 8 layers, 12 heads at 512.
+    It has no latent z, so inference-time noise (`RecursiveModel.noise`) has nothing to perturb."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, num_puzzle_ids: int = 1):
         super().__init__(cfg, vocab_size, seq_len, num_puzzle_ids)

@@ -17,12 +17,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from trm.data.dataset import PuzzleDataset
 from trm.errors import TrmError
+
+if TYPE_CHECKING:
+    from trm.evaluate import Trajectories
 
 
 class SubmitError(TrmError, ValueError):
@@ -165,11 +169,15 @@ def submit(
     n_sup: int | None = None,
     halt: bool = False,
     autocast: bool = False,
+    trajectories: Trajectories | None = None,
 ) -> dict:
     """Vote on every test input of the challenges' tasks and write `out`; returns a summary (scores
-    too when the dataset knows the test outputs)."""
-    from trm.evaluate import predict_chunks
+    too when the dataset knows the test outputs). trajectories: noisy multi-trajectory inference,
+    every run's answer entering the vote with its halting confidence (`Vote.add_predictions`)."""
+    from trm.evaluate import PLAIN, predict_chunks
     from trm.evaluate.vote import Vote, VoteSamples, check_model
+
+    runs = trajectories or PLAIN
 
     challenges = read_challenges(challenges_path)
     ds = PuzzleDataset(data_path, "test")
@@ -181,9 +189,19 @@ def submit(
     rows = np.flatnonzero(np.isin(samples.task_index, list(task_map.values())))
     vote = Vote(samples)
     for p in predict_chunks(
-        model, ds, rows, batch_size, torch.device(device), autocast=autocast, n_sup=n_sup, halt=halt, label="submit"
+        model,
+        ds,
+        rows,
+        batch_size,
+        torch.device(device),
+        autocast=autocast,
+        n_sup=n_sup,
+        halt=halt,
+        label="submit",
+        trajectories=runs,
+        keep_trajectories=runs.k > 1,
     ):
-        vote.add(p.index, p.tokens, p.confidence)
+        vote.add_predictions(p)
     result = vote.result()
     path = write_submission(out, build_submission(challenges, result, task_map), challenges)
     return {
@@ -191,5 +209,6 @@ def submit(
         "tasks": len(challenges),
         "test_inputs": sum(map(len, challenges.values())),
         "augmented_inputs": len(rows),
+        **runs.params(),
         **result.metrics,
     }

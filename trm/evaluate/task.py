@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from trm.data.dataset import PuzzleDataset
-from trm.evaluate import Predictions, concat_predictions, means, predict_chunks, score
+from trm.evaluate import PLAIN, Predictions, Trajectories, concat_predictions, means, predict_chunks, score
 from trm.evaluate.objective import objective_for
 from trm.progress import Progress
 
@@ -41,6 +41,7 @@ class EvalResult:
     maze: object | None = None  # trm.evaluate.maze.MazeResult
     curve: dict[int, float] = field(default_factory=dict)  # supervision step -> the objective (curve=True)
     metric: str = ""  # the objective's name
+    params: dict[str, float | int] = field(default_factory=dict)  # how it was run: trajectories, noise, seed
 
 
 def evaluate_task(
@@ -60,11 +61,14 @@ def evaluate_task(
     tasks: int = 0,
     seed: int = 0,
     objective: str | None = None,
+    trajectories: Trajectories = PLAIN,
 ) -> EvalResult:
     """Evaluate `model` on `ds` (a test split) the way its kind is scored. `limit` > 0: the first rows only
     (the ARC vote then covers only the test inputs whose augmentations fall in them); `tasks` > 0 (ARC): a
     subset of that many test tasks drawn with `seed`, every augmentation of each; `objective`: the metric
-    the curve follows and `metric` names (`train.objective`; None: the dataset kind's)."""
+    the curve follows and `metric` names (`train.objective`; None: the dataset kind's); `trajectories`: noisy
+    multi-trajectory inference (`trm.evaluate.Trajectories`: the most confident of K runs is each row's
+    answer; on ARC every run's answer enters the vote)."""
     t0 = time.time()
     device = torch.device(device)
     voted = ds.meta.get("name") == "arc" and "task_index" in ds.arrays  # an ARC train split: plain accuracy
@@ -83,6 +87,8 @@ def evaluate_task(
         n_sup=n_sup,
         halt=halt,
         curve=curve,
+        trajectories=trajectories,
+        keep_trajectories=voted and trajectories.k > 1,
     )
     if voted:
         from trm.evaluate.vote import check_model
@@ -100,6 +106,10 @@ def evaluate_task(
     res.metric = metric
     res.metrics["eval/seconds"] = time.time() - t0
     res.metrics["eval/supervision_steps"] = float(steps)
+    res.params = trajectories.params()
+    if not trajectories.plain:  # beside the scores they produced (a plain evaluation keeps its metric set)
+        res.metrics["eval/trajectories"] = float(trajectories.k)
+        res.metrics["eval/noise"] = float(trajectories.noise)
     return res
 
 
@@ -139,7 +149,7 @@ def _arc(
     sums, kept = dict.fromkeys(_SUMS, 0.0), []
     with Progress("eval: vote", total, "rows", every=10.0 if rank == 0 else math.inf) as progress:
         for p in shards:
-            vote.add(p.index, p.tokens, p.confidence)
+            vote.add_predictions(p)
             for k, v in enumerate(per_step):
                 v.add(p.index, p.step_answer(k), p.confidence)
             for key, value in score(p, ds).items():

@@ -5,7 +5,9 @@ Every test input is in the test split once per augmentation of its task. The
 model answers each augmented copy; each answer is decoded to a grid, mapped back
 through the inverse augmentation, and identical grids are counted. Candidates
 rank by votes, ties broken by the halting head's mean confidence (sigmoid of
-q_halt), as the reference. pass@k: the target is among the top k candidates.
+q_halt), as the reference. pass@k: the target is among the top k candidates. With noisy
+multi-trajectory inference (`trm.evaluate.Trajectories`), every run's answer on every augmented
+copy enters the vote with its own confidence (`Vote.add_predictions`).
 
 Running the model and voting are separate: `Vote` takes raw predictions (token
 arrays + confidences) for rows of the test split, so a vote is fed chunk by chunk
@@ -218,6 +220,16 @@ class Vote:
                 entry[0] += 1
                 entry[1] += float(conf)
 
+    def add_predictions(self, p: Predictions) -> None:
+        """`predict`'s output: with every trajectory kept (noisy multi-trajectory inference), each run's
+        answer enters the vote with its own halting confidence (so a test input gets augmentations x
+        runs answers); otherwise each row's one answer."""
+        if p.run_tokens is None or p.run_confidence is None:
+            self.add(p.index, p.tokens, p.confidence)
+            return
+        for tokens, confidence in zip(p.run_tokens, p.run_confidence, strict=True):
+            self.add(p.index, tokens, confidence)
+
     def result(self, predictions: Predictions | None = None) -> VoteResult:
         s = self.s
         tests = []
@@ -257,7 +269,8 @@ def _metrics(all_tests: list[TestVote]) -> dict[str, float]:
     m = {
         "eval/num_test_inputs": float(len(tests)),
         "eval/num_tasks": float(len(by_task)),
-        "eval/num_augmentations": preds / n,  # augmented copies voted per test input (identity included)
+        # answers voted per test input: its augmented copies (identity included) x trajectories
+        "eval/num_augmentations": preds / n,
         "eval/valid_fraction": (preds - sum(t.invalid for t in tests)) / max(preds, 1),
     }
     for k in (1, ATTEMPTS):

@@ -68,6 +68,8 @@ def log_eval_run(uri: str | None, experiment: str, checkpoint, step: int, result
             log_vote_result(tracker, result.vote, dataset, step=step)
         elif dataset is not None:
             tracker.set_tags({TAG_EVAL_DATASET: str(dataset)})
+        if getattr(result, "params", None):  # how it was run (trajectories, noise): a sweep's axes
+            tracker.log_params(result.params)
         tracker.log_metrics(result.metrics, step, once_per_step=False)
         for k, v in sorted(result.curve.items()):
             tracker.log_metrics({CURVE_PREFIX + result.metric: v}, k, once_per_step=False)
