@@ -126,6 +126,9 @@ def run_long(
         if resume:
             log.info("--resume: no run %s at %s yet; starting it", name, root)
         settings = _merge(given, DEFAULTS)
+    # DEFAULTS give these a value (a manifest's settings were merged with them before it was written)
+    assert settings.workers is not None and settings.gpus_per_worker is not None
+    assert settings.cpus_per_worker is not None and settings.instance_type is not None and settings.market is not None
     spec = WorkerSpec(settings.workers, settings.gpus_per_worker, settings.cpus_per_worker)
     limits = RunLimits(
         settings.deadline,
@@ -165,6 +168,9 @@ def _run_held(
     resume_command: str | None,
 ) -> dict[str, Any]:
     """`run_long` once everything is checked and the run is held: its MLflow run, manifest and training."""
+    # merged with DEFAULTS (`run_long`): these have values
+    assert settings.experiment is not None and settings.instance_type is not None and settings.market is not None
+    assert settings.max_failures is not None
     import tempfile
     from pathlib import Path
 

@@ -134,6 +134,8 @@ def tag_best(tracker, storage: str, result) -> str | None:
         return None
     # ties go to the later checkpoint, as the loop's own best does
     score, best, metrics = max(scored, key=lambda x: (x[0], Path(x[1].path).name))
-    tags = best_checkpoint_tags(checkpoint_location(storage, best), score, step=metrics.get("step"), storage=storage)
+    location = checkpoint_location(storage, best)
+    assert location is not None  # `best` is one of Ray's checkpoints, not None
+    tags = best_checkpoint_tags(location, score, step=metrics.get("step"), storage=storage)
     tracker.set_tags(tags)
     return tags[TAG_BEST_CKPT]

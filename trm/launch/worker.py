@@ -66,7 +66,10 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(run.threads)
     cfg.data.path = str(ensure_dataset(cfg.data))  # built or downloaded once per node (file-locked)
     rank = ray.train.get_context().get_world_rank()
-    tracker = Tracker(run.tracking_uri, run.mlflow_run_id) if rank == 0 and run.mlflow_run_id else None
+    tracker = None
+    if rank == 0 and run.mlflow_run_id:
+        assert run.tracking_uri is not None  # every launcher hands the resolved uri with the run id
+        tracker = Tracker(run.tracking_uri, run.mlflow_run_id)
     trainer = Trainer(cfg, RaySession(tracker, run.checkpoint_root), run.limits)
     if tracker is not None:
         trainer.extra["mlflow_run_id"] = run.mlflow_run_id
@@ -76,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
     if tracker is not None and run.system_metrics:
         from trm.tracking.runs import start_system_metrics
 
-        monitor = start_system_metrics(run.tracking_uri, run.mlflow_run_id)
+        monitor = start_system_metrics(tracker.uri, tracker.run_id)
     try:
         trainer.fit()
     except Diverged as e:  # reported with stop_reason "diverged" (the launcher's end reason); not retried
@@ -144,16 +147,18 @@ def make_trainer(
             "run": replace(run, threads=max(1, int(spec.cpus_per_worker)), checkpoint_root=join(storage, name))
         },
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
+        # Train V2's RunConfig (logging_config, Train callbacks): mypy resolves ray.train's V1 one (ray.air.config)
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=name,
             storage_path=storage,
-            callbacks=callbacks,
+            callbacks=callbacks,  # type: ignore[arg-type]
             logging_config=LoggingConfig(log_level="WARNING" if run.quiet else "INFO"),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=num_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order="max"
             ),
             # worker errors are bounded by max_failures; spot preemptions are retried without limit
-            failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_preemption_failures),
+            # (Train V2's FailureConfig has max_preemption_failures; mypy resolves V1's)
+            failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_preemption_failures),  # type: ignore[call-arg]
         ),
     )
 

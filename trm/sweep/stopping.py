@@ -98,7 +98,7 @@ class RecordingASHA(ASHAScheduler):
     # that a scheduler unpickled from an older sweep's tuner.pkl has it too.
     finished: frozenset[str] = frozenset()
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.pruned: set[str] = set()
 

@@ -342,7 +342,7 @@ class MlflowTrialCallback(tune.Callback):
     ):
         self.uri, self.parent_run_id, self.objective, self.metric = uri, parent_run_id, objective, objective.name
         self.stopper, self.scheduler, self.spec, self.storage = stopper, scheduler, spec, storage
-        self.best: dict[str, tuple[float, str | None]] = {}
+        self.best: dict[str, tuple[float, str]] = {}
         self.reasons: dict[str, str] = {}
         self.hours: dict[str, float] = {}
         self.prices: dict | None = None  # the price table a trial's dollars come from (None: trm.cost's defaults)
@@ -392,7 +392,8 @@ class MlflowTrialCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value, path = result.get(self.metric), result.get("checkpoint_path")
         if value is not None and path is not None and math.isfinite(value):
-            if self.objective.better(value, self.best.get(trial.trial_id, (self.objective.worst, None))[0]):
+            best = self.best.get(trial.trial_id)
+            if self.objective.better(value, best[0] if best is not None else self.objective.worst):
                 self.best[trial.trial_id] = (value, path)
         self.remember()  # after the stopper's and ASHA's decisions on this result
 
@@ -560,6 +561,7 @@ def run_sweep(
         what=f"one trial ({opts.spec.describe('--workers-per-trial')})",
         quiet=not opts.verbose,
     )
+    assert uri is not None  # a sweep is always tracked (preflight's tracking=True gives the resolved uri)
     objective = sweep_objective(base)  # once the dataset is built or staged, where preflight put it
     sweep_path = join(storage, opts.name)
     size = discrete_size(space)
@@ -732,15 +734,17 @@ def _register_best(ranked: list[TrialRow], uri: str, name: str) -> None:
     if not done:
         return
     top = done[0]
+    run_id = top.run_id
+    assert run_id is not None  # `done` holds the rows with a run id
     try:
-        run = Tracker(uri, top.run_id)
-        tag = run.client.get_run(top.run_id).data.tags.get(TAG_BEST_CKPT)
+        run = Tracker(uri, run_id)
+        tag = run.client.get_run(run_id).data.tags.get(TAG_BEST_CKPT)
         path = checkpoint_path(tag) if tag else None
         if not path or "://" in path or not Path(path).is_dir():
             return
         model, cfg, state = load_for_eval(path)
         version = runs.register_best_model(
-            uri, top.run_id, model, name, {**top.params, "step": state.get("step"), "best": top.best}
+            uri, run_id, model, name, {**top.params, "step": state.get("step"), "best": top.best}
         )
         print(f"best model: models:/{name}@best (version {version}, trial {top.label}, step {state.get('step')})")
     except Exception as e:  # noqa: BLE001 - registration must never take the sweep down
