@@ -87,7 +87,8 @@ def _train_run(a: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
     from trm.cli_common import check_max_failures
     from trm.run_lock import HOLDER_FILE, LOCK_FILE, RunLock
-    from trm.storage import check_local_folder, join, resolve
+    from trm.storage import check_local_folder, join
+    from trm.storage import resolve as resolve_storage
 
     check_max_failures(a.max_failures)
     out = Path(a.out)
@@ -96,7 +97,7 @@ def _train_run(a: argparse.Namespace) -> None:
         from trm.launch.cluster import WorkerSpec
         from trm.launch.single import run_training
 
-        storage = resolve(a.storage or str(out.resolve().parent))
+        storage = resolve_storage(a.storage or str(out.resolve().parent))
         root = join(storage, out.name)  # where Ray keeps the run's checkpoints
         if a.restart and "://" in root:
             raise ConfigError(f"--restart: only for local --storage (the run's checkpoints are at {root})")
@@ -541,9 +542,10 @@ def _params_run(a: argparse.Namespace) -> None:
         n = recipe_parameters(recipe, {"variant": variant})
         print(f"{variant:13s} {recipe:21s} {m.arch:9s} {m.layers:6d} {m.n:3d} {m.T:3d} {n:11,d}  {paper}")
     print(f"\n{'table':5s} {'row':14s} {'the paper names it':22s} {'params':>11s}  paper   (on {TABLE_BASE_RECIPE})")
+    base = load_config(recipe_path(TABLE_BASE_RECIPE)).model
     for table, rows in TABLES.items():
         for row in rows:
-            n = recipe_parameters(TABLE_BASE_RECIPE, row.overrides)
+            n = recipe_parameters(TABLE_BASE_RECIPE, row.values(base))
             print(f"{table:5s} {row.key:14s} {row.label:22s} {n:11,d}  {row.params}")
     print(
         "params: the network's nn.Parameters, counted as the reference does. The puzzle-embedding table\n"

@@ -32,3 +32,22 @@ def recipe(name: str) -> dict:
 def recipe_kind(name: str) -> str | None:
     """sudoku, maze or arc, from the file name (None when it starts with none of them)."""
     return next((k for k in KINDS if name.startswith(k)), None)
+
+
+def recipe_parameters(name: str, overrides: dict | None = None) -> int:
+    """The parameter count of configs/NAME.yaml's network with `overrides` (`--set` keys; a variant brings
+    its own values), built on the meta device (no memory, no init) for its kind's vocabulary and length."""
+    import torch
+
+    from trm.config import ConfigError, load_config
+    from trm.data import arc, maze, sudoku
+    from trm.model import count_parameters
+    from trm.variants import build_model
+
+    kind = recipe_kind(name)
+    if kind is None:
+        raise ConfigError(f"{recipe_path(name)}: expected a file name starting with one of {list(KINDS)}")
+    shape = {"sudoku": sudoku, "maze": maze, "arc": arc}[kind]
+    m = load_config(recipe_path(name), overrides or {}).model
+    with torch.device("meta"):
+        return count_parameters(build_model(m, shape.VOCAB_SIZE, shape.SEQ_LEN, 1))
