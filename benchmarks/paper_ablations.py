@@ -14,6 +14,9 @@ mean +- std per variant beside the paper's Table 1 ordering (Sudoku-Extreme, ful
 
 and says whether the ordering holds at this scale. The paper's runs are 60000+ epochs on hard
 puzzles; at a few hundred steps on easy ones the gaps may not show, and the script says so.
+
+Every row of Tables 1 and 2, as one Ray sweep tracked in MLflow: sweeps/paper_tables.py (the rows and
+the paper's numbers are trm.sweep.paper's, which this script reads).
 """
 from __future__ import annotations
 
@@ -28,13 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import scratch  # noqa: E402  (benchmarks/common.py)
+
+from trm.sweep.paper import TABLE_1  # noqa: E402
 from trm.sweep.presets import PRESETS  # noqa: E402
 
-VARIANTS = {  # name -> overrides; the paper's Table 1 numbers (Sudoku-Extreme test accuracy, %)
-    "full backprop + EMA (TRM)": ({}, 87.4),
-    "w/o EMA": ({"ema": 0.0}, 79.9),
-    "1-step gradient": ({"gradient": "one_step"}, 56.5),
-}
+# name -> (overrides, the paper's Table 1 number: Sudoku-Extreme test accuracy, %), from trm.sweep.paper
+VARIANTS = {row.label: (row.overrides, row.accuracy) for row in TABLE_1 if row.key in ("trm", "no_ema", "one_step")}
 DEPTH = {"layers": 1, "n": 2, "T": 2}  # effective depth 6: recursion for the one-step gradient to cut, cheap on CPUs
 
 
