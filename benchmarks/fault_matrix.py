@@ -28,15 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--set", "generate=none", "--set", "device=cpu", "--set", "arch=mlp", "--set", "hidden=16",
-    "--set", "layers=1", "--set", "n=1", "--set", "T=1", "--set", "N_sup=2", "--set", "expansion=2",
-    "--set", "puzzle_emb_ndim=0", "--set", "batch_size=8", "--set", "log_every=1", "--set", "eval_every=2",
-    "--set", "checkpoint_every=2", "--set", "eval_samples=8",
-]  # fmt: skip
+sys.path.insert(0, str(REPO))
+# the settings and corruptions tests/test_faults.py uses: the matrix tries what the tests check
+from tests.test_faults import TINY, _drop_key, _truncate  # noqa: E402
+from tests.test_faults import _token_over_vocab as _over_vocab  # noqa: E402
 
 
 @dataclass
@@ -112,23 +108,6 @@ def broken_data(data: Path, cwd: Path, how: Callable[[Path], None]) -> Path:
     shutil.copytree(data, bad)
     how(bad)
     return bad
-
-
-def _truncate(d: Path) -> None:
-    f = d / "train" / "inputs.npy"
-    f.write_bytes(f.read_bytes()[:-100])
-
-
-def _drop_key(d: Path) -> None:
-    meta = json.loads((d / "meta.json").read_text())
-    del meta["seq_len"]
-    (d / "meta.json").write_text(json.dumps(meta))
-
-
-def _over_vocab(d: Path) -> None:
-    a = np.load(d / "train" / "inputs.npy")
-    a[3, 5] = 200
-    np.save(d / "train" / "inputs.npy", a)
 
 
 def refusal(r: Result, cwd: Path, before: dict[str, bytes], watched: Path) -> tuple[str, str]:

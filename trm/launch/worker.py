@@ -26,6 +26,7 @@ from trm.config import Config
 from trm.cost import RunLimits
 from trm.launch.cluster import WorkerSpec
 from trm.train import checkpoint as ckpt
+from trm.train.session import TrackedSession
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _remove_stale_tmp(root: Path) -> None:
             pass
 
 
-class RaySession:
+class RaySession(TrackedSession):
     """Inside `TorchTrainer`'s train_loop_per_worker: Ray persists and restores checkpoints."""
 
     def __init__(self, tracker=None, checkpoint_root: str | None = None):
@@ -279,19 +280,6 @@ class RaySession:
         # each rank's spot watcher the provider's notice to its own node, so the flag is any rank's
         preempting = self._train.get_preemption_info() is not None or self.spot.noticed.is_set()
         return {**broadcast_from_rank_zero(decision), "preempting": _any_rank(preempting)}
-
-    def last_logged_step(self) -> int | None:
-        return self.tracker.last_logged_step() if self.tracker is not None else None
-
-    def log_params(self, cfg: Config) -> None:
-        if self.tracker is not None:
-            self.tracker.log_config(cfg)
-
-    def set_parent(self, folder: Path) -> None:
-        if self.tracker is not None:
-            from trm.tracking import TAG_INIT_FROM
-
-            self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})
 
 
 def _any_rank(flag: bool) -> bool:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trm.spot import SpotWatcher
 from trm.train import checkpoint as ckpt
@@ -56,7 +56,27 @@ class Session(Protocol):
         ...
 
 
-class LocalSession:
+class TrackedSession:
+    """What a session does through its tracker (an MLflow run, or None: nothing), the same on one
+    machine (`LocalSession`) and on a Ray worker (`trm.launch.worker.RaySession`)."""
+
+    tracker: Any = None
+
+    def last_logged_step(self) -> int | None:
+        return self.tracker.last_logged_step() if self.tracker is not None else None
+
+    def log_params(self, cfg: Config) -> None:
+        if self.tracker is not None:
+            self.tracker.log_config(cfg)
+
+    def set_parent(self, folder: Path) -> None:
+        if self.tracker is not None:
+            from trm.tracking import TAG_INIT_FROM
+
+            self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})
+
+
+class LocalSession(TrackedSession):
     """Checkpoints in `out_dir/checkpoints` (the latest `keep` and the best by its score file, tagged
     best_checkpoint / best_score in MLflow), metrics appended to `out_dir/metrics.jsonl`."""
 
@@ -124,19 +144,6 @@ class LocalSession:
 
     def agree(self, decision: dict) -> dict:
         return {**decision, "preempting": self.spot.noticed.is_set()}
-
-    def last_logged_step(self) -> int | None:
-        return self.tracker.last_logged_step() if self.tracker is not None else None
-
-    def log_params(self, cfg: Config) -> None:
-        if self.tracker is not None:
-            self.tracker.log_config(cfg)
-
-    def set_parent(self, folder: Path) -> None:
-        if self.tracker is not None:
-            from trm.tracking import TAG_INIT_FROM
-
-            self.tracker.set_tags({TAG_INIT_FROM: str(Path(folder).resolve())})
 
 
 ASIDE = "checkpoints.old-"  # + UTC time: where `trm train --restart` moves a run's previous files
