@@ -16,6 +16,7 @@ MLP-mixer, EMA, BCE halting, back-propagation through the whole last recursion).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 from collections.abc import Callable, Iterator
@@ -140,7 +141,7 @@ def rows_in_sweep(preset: str) -> Iterator[None]:
     patched = {
         "FIELD_OWNER": {**sweep_tune.FIELD_OWNER, ROW_KEY: "model"},
         "apply_overrides": lambda cfg, values: real_apply(cfg, expand(dict(values), cfg.model)),
-        "TrialSetup": __getattr__("RowTrialSetup"),
+        "TrialSetup": _row_trial_setup(),
         "PRESETS": {**sweep_tune.PRESETS, preset: whole_budget(sweep_tune.PRESETS[preset])}
         if preset in sweep_tune.PRESETS
         else sweep_tune.PRESETS,
@@ -160,6 +161,7 @@ def whole_budget(preset):
     return replace(preset, grace=10**9, overfit_patience=10**9)
 
 
+@functools.cache
 def _row_trial_setup():
     from trm.sweep.tune import TrialSetup, with_values
 
@@ -178,9 +180,7 @@ def __getattr__(name: str):
     # RowTrialSetup subclasses tune's TrialSetup, which imports Ray: made on first use, so that
     # `trm params` (which reads the rows) stays free of Ray
     if name == "RowTrialSetup":
-        cls = _row_trial_setup()
-        globals()[name] = cls
-        return cls
+        return _row_trial_setup()
     raise AttributeError(name)
 
 
@@ -275,7 +275,8 @@ def paper_table_report(
     def report(trials: list[TrialRow], parent: Tracker, metric: str) -> str:
         steps = {max(t.history) for t in trials if t.history}
         step = steps.pop() if len(steps) == 1 else None
-        parts, shown = [], []
+        parts: list[str] = []
+        shown: list[RowResult] = []  # each row once (the TRM is in both tables)
         for table in tables:
             results = collect(TABLES[table], trials)
             seeds = max((len(r.values) for r in results), default=0)
