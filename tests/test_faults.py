@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,8 +24,8 @@ TINY = ["--set", "generate=none", "--set", "device=cpu", "--set", "arch=mlp", "-
         "--set", "checkpoint_every=2", "--set", "eval_samples=8"]
 
 
-def trm(*args: str, cwd: Path, **popen) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
+def trm(*args: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "trm.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env, check=False, **popen)
 
@@ -289,8 +291,18 @@ def test_fine_tuning_may_add_tasks_but_not_move_them(mapped_run, data, tmp_path)
 
 # ---------------------------------------------------------------- runtime faults (items 1, 4, 7)
 def stopped(r: subprocess.CompletedProcess, *needles: str) -> str:
-    """A run that stopped with a reason: exit != 0 (2: a TrmError), one error line, no traceback."""
-    return refused(r, *needles)
+    """A run that stopped with a reason: exit != 0 (2: a TrmError), one error line, no traceback.
+    Under Ray, the lines its actors forward to the driver ("(TrainController pid=...) ...": Ray's own
+    log of a worker's death, with its traceback) are Ray's record, not the run's end: left out."""
+    ray_line = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
+    own = [line for line in (r.stdout + r.stderr).splitlines() if not ray_line.match(line)]
+    assert r.returncode == 2, "\n".join(own)[-3000:]
+    assert not any("Traceback" in line for line in own), "\n".join(own)[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line and not ray_line.match(line)]
+    assert len(errors) == 1, r.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
 
 
 def steps_logged(folder: Path) -> list[int]:
@@ -401,3 +413,141 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(run, dat
 
     ckpt.verify_digests(good)
     assert steps_logged(folder) == [2]  # step 4's report stopped at its checkpoint
+
+
+# ---------------------------------------------------------------- the same faults under Ray Train (slow)
+RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+def runs_at(db: Path, run_path: Path) -> list:
+    """The MLflow runs of `trm train --workers` tagged with this run folder (its Ray storage location)."""
+    from mlflow.tracking import MlflowClient
+
+    from trm.tracking import TAG_RUN_PATH
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("trm-train")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_RUN_PATH}` = '{run_path.resolve()}'")
+
+
+def registered_step(folder: Path) -> int:
+    """The step of the latest checkpoint Ray Train has registered, or -1."""
+    try:
+        snap = json.loads((folder / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return -1
+    latest = snap.get("latest_checkpoint_result")
+    return int(latest["checkpoint_dir_name"].split("_")[1].split("-")[0]) if latest else -1
+
+
+@pytest.mark.slow
+def test_divergence_under_ray_train_ends_the_same_way(data, tmp_path):
+    from trm.tracking import TAG_END_REASON
+
+    db = tmp_path / "mlflow.db"
+    r = trm("train", "--out", "runs/d", "--workers", "1", "--set", f"data_path={data}", *TINY, "--set", "steps=40",
+            "--set", "lr=1e6", "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path, env=RAY_ENV)
+    line = stopped(r, "diverged at step", "non-finite")
+    folder = tmp_path / "runs" / "d"
+    kept = sorted(folder.glob("step_*"))
+    assert kept and all(every_weight_finite(k) for k in kept)
+    assert "last good checkpoint step_" in line
+    (run,) = runs_at(db, folder)
+    assert run.info.status == "FAILED" and run.data.tags[TAG_END_REASON] == "diverged"
+
+
+@pytest.mark.slow
+def test_retries_exhausted_end_in_one_line_and_a_rerun_continues_the_mlflow_run(data, tmp_path):
+    """--max-failures 0 and a worker SIGKILLed (a node lost without notice): one line naming the cause
+    and the command to resume; that command continues the same MLflow run, no step logged twice."""
+    from tests.processes import kill_session, train_workers
+
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
+    args = ["train", "--out", "runs/r", "--workers", "1", "--max-failures", "0", "--set", f"data_path={data}", *TINY,
+            "--tracking-uri", f"sqlite:///{db}"]
+    proc = subprocess.Popen([sys.executable, "-m", "trm.cli", *args, "--set", "steps=100000"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    folder = tmp_path / "runs" / "r"
+    try:
+        deadline = time.time() + 240
+        while registered_step(folder) < 4 or not train_workers(proc.pid):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        os.kill(train_workers(proc.pid)[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    line = stopped(r, "training failed after 0 retries (--max-failures 0): rank 0",
+                   "resume from the last checkpoint with: trm train --out runs/r")
+    (dead,) = runs_at(db, folder)
+    assert dead.info.status == "FAILED"
+
+    resume_at = registered_step(folder)
+    assert resume_at >= 4, line
+    r = trm(*args, "--set", f"steps={resume_at + 4}", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = runs_at(db, folder)  # the same MLflow run, finished
+    assert run.info.run_id == dead.info.run_id and run.info.status == "FINISHED"
+    from mlflow.tracking import MlflowClient
+
+    history = [m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run.info.run_id, "train/loss")]
+    assert history == sorted(set(history)) and history[-1] == resume_at + 4, history
+
+
+@pytest.mark.slow
+def test_a_tracking_server_gone_for_good_ends_in_one_line_naming_it(data, tmp_path):
+    """A real MLflow server, killed mid-run and not restarted: one line naming its URI, the last good
+    checkpoint and --no-tracking; MLflow's own retries cut to none (its documented setting) to keep
+    the test short."""
+    import socket
+    import urllib.request
+
+    from tests.processes import kill_session
+    from trm.train import checkpoint as ckpt
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    proc = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "the MLflow server did not start"
+                time.sleep(0.5)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": "",
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+        proc = subprocess.Popen([sys.executable, "-m", "trm.cli", "train", "--out", "runs/t", "--tracking-uri", uri,
+                                 "--set", f"data_path={data}", *TINY, "--set", "steps=100000"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        folder = tmp_path / "runs" / "t"
+        while not list((folder / "checkpoints").glob("step_*")):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline + 120, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        kill_session(server.pid)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if server.poll() is None:
+            kill_session(server.pid)
+    line = stopped(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                   f"--tracking-uri {uri}: the MLflow server stopped answering", "the last good checkpoint step_",
+                   "--no-tracking")
+    kept = line.split("the last good checkpoint ")[1].split(" ")[0]
+    ckpt.verify_digests(folder / "checkpoints" / kept)
+    logged = steps_logged(folder)
+    assert len(logged) == len(set(logged))

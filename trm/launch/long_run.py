@@ -144,6 +144,7 @@ def run_long(
     uri = preflight(
         cfg, storage=storage, tracking_uri=settings.tracking_uri, address=address, spec=spec, what=spec.describe()
     )
+    assert uri is not None  # a long run is always tracked
     settings.tracking_uri = uri
     with contextlib.ExitStack() as held:
         if "://" not in root:  # one writer: a second driver, or `trm train --workers` on this folder, is refused
@@ -215,7 +216,7 @@ def _run_held(
         max_failures=settings.max_failures,
     )
     with runs.guard(tracker, tag_reason=True):
-        result = fit(trainer, settings.max_failures if settings.max_failures is not None else -1, resume_command)
+        result = fit(trainer, settings.max_failures if settings.max_failures is not None else -1, resume_command, root)
     metrics = dict(result.metrics or {})
     reason = metrics.get("stop_reason") or "completed"
     checkpoint = checkpoint_location(storage, result.checkpoint)

@@ -48,7 +48,9 @@ def run_training(
     if on_ready is not None:
         on_ready(cfg)
     tracker = (
-        runs.single_run(uri, experiment, name, cfg, mlflow_run_id, run_path=join(storage, name)) if tracking else None
+        runs.single_run(uri, experiment, name, cfg, mlflow_run_id, run_path=join(storage, name))
+        if tracking and uri is not None
+        else None
     )
     trainer = make_trainer(
         WorkerRun(cfg, uri, tracker.run_id if tracker else None),
@@ -58,7 +60,7 @@ def run_training(
         max_failures=max_failures,
     )
     with runs.guard(tracker):
-        result = fit(trainer, max_failures, resume_command)
+        result = fit(trainer, max_failures, resume_command, join(storage, name))
     checkpoint = checkpoint_location(storage, result.checkpoint)
     best = None
     if tracker is not None:
@@ -78,13 +80,16 @@ class RetriesExhausted(TrmError):
     end_reason = "error"
 
 
-def fit(trainer, max_failures: int, resume_command: str | None):
-    """`trainer.fit()`, as one line when it ends badly: `Diverged` when the loop stopped on a
-    non-finite loss (the worker catches it and reports stop_reason "diverged"), `RetriesExhausted`
-    naming the cause when the workers failed beyond `max_failures`. Inside the run's `runs.guard`:
-    the MLflow run ends FAILED with that error's end reason."""
+def fit(trainer, max_failures: int, resume_command: str | None, root: str):
+    """`trainer.fit()` of the run stored at `root`, as one line when it ends badly: `Diverged` when
+    the loop stopped on a non-finite loss (the worker catches it and leaves its message in
+    root/STOP_FILE), `RetriesExhausted` naming the cause when the workers failed beyond
+    `max_failures`. Inside the run's `runs.guard`: the MLflow run ends FAILED with that error's end
+    reason."""
     from ray.train import TrainingFailedError
 
+    from trm.launch.worker import STOP_FILE
+    from trm.storage import join, read_json
     from trm.train.loop import Diverged
 
     try:
@@ -94,9 +99,10 @@ def fit(trainer, max_failures: int, resume_command: str | None):
         raise RetriesExhausted(
             f"training failed after {max_failures} retries (--max-failures {max_failures}): {failure_cause(e)}{again}"
         ) from e
-    metrics = result.metrics or {}
-    if metrics.get("stop_reason") == "diverged":
-        raise Diverged(str(metrics.get("stop_message") or f"diverged at step {metrics.get('step')}"))
+    stop = read_json(join(root, STOP_FILE)) or {}
+    # a divergence of this attempt is after its last checkpoint (one of an earlier attempt is before it)
+    if stop.get("reason") == "diverged" and stop.get("step", -1) > (result.metrics or {}).get("step", -1):
+        raise Diverged(str(stop.get("message") or f"diverged at step {stop['step']}"))
     return result
 
 
