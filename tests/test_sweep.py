@@ -1,5 +1,6 @@
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -276,6 +277,7 @@ def test_asha_rung_records_survive_a_lost_driver(tmp_path):
     assert after.rungs() == before.rungs()
     # a trial ASHA had pruned, that Tune resumes (it ended after Tune's last save), is not promoted
     assert after.on_trial_result(None, trials["b"], {"step": 16, "m": 1.0}) == TrialScheduler.STOP
+    after.on_trial_complete(None, trials["b"], {"step": 16, "m": 1.0})
     assert after.rungs() == before.rungs()
     # a new trial is compared against the records from before the loss (alone in a fresh rung it would go on)
     after.on_trial_add(None, trials["d"])
@@ -360,10 +362,10 @@ def test_a_resumed_sweep_keeps_optuna_and_asha_memory(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from tests.processes import kill_session
-    from trm.sweep.tune import MEMORY_FILE, OPTUNA_TRIAL_ID_ATTR, trial_label
+    from trm.sweep.tune import OPTUNA_TRIAL_ID_ATTR, memory_path, trial_label
 
     storage, db = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    memory = storage / "depth_sweep" / MEMORY_FILE
+    memory = Path(memory_path(str(storage / "depth_sweep")))
     args = ["--preset", "tiny", "--num-samples", "5", "--max-concurrent", "2", "--storage", str(storage),
             "--tracking-uri", db, "--seed", "5"]
     proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "depth_sweep.py"), *args], cwd=tmp_path,
@@ -390,10 +392,12 @@ def test_a_resumed_sweep_keeps_optuna_and_asha_memory(tmp_path):
     assert "resuming sweep" in r.stderr
     after = json.loads(memory.read_text())
 
-    # every rung record and every end from before the loss stands
+    # every rung record and every end from before the loss stands; a trial ended before it has no new record
+    ended = set(before["reasons"])
     for b_before, b_after in zip(before["asha"]["rungs"], after["asha"]["rungs"], strict=True):
         for (m, rec), (m2, rec2) in zip(b_before, b_after, strict=True):
             assert m == m2 and rec.items() <= rec2.items(), (m, rec, rec2)
+            assert not ended & (rec2.keys() - rec.keys()), (m, rec, rec2)
     assert before["reasons"].items() <= after["reasons"].items(), (before["reasons"], after["reasons"])
 
     # no configuration trained twice: MLflow's children, Tune's trial folders, the Optuna study
@@ -411,8 +415,11 @@ def test_a_resumed_sweep_keeps_optuna_and_asha_memory(tmp_path):
     asked = [trial_label(t.params) for t in study.trials if OPTUNA_TRIAL_ID_ATTR in t.user_attrs]
     assert len(set(asked)) == len(asked), asked
     by_trial = {c.data.tags["ray_trial_id"]: c for c in children}
-    for trial_id, reason in before["reasons"].items():  # each ended trial's child run keeps that end
-        assert by_trial[trial_id].data.tags["trial_end_reason"] == reason
+    # the memory after the resume holds every trial's end, as MLflow and the depth table have it
+    assert {t: c.data.tags["trial_end_reason"] for t, c in by_trial.items()} == after["reasons"]
+    for trial_id, child in by_trial.items():
+        row = rf"\| {child.info.run_name} \|.*\| {after['reasons'][trial_id]} \|"
+        assert re.search(row, r.stdout), (row, r.stdout[-3000:])
     for trial_id in before["asha"]["pruned"]:  # pruned before the loss: not trained on to the end
         steps = [m.step for m in client.get_metric_history(by_trial[trial_id].info.run_id, "val/cell_accuracy")]
         assert max(steps) < 48 and steps == sorted(set(steps)), steps

@@ -115,6 +115,12 @@ class RecordingASHA(ASHAScheduler):
             self.pruned.add(trial.trial_id)
         return decision
 
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if trial.trial_id in self.finished:  # its records stand: its result after the resume is not one more
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
     def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
         """Per bracket, its rungs (highest milestone first): (milestone, trial id -> recorded value);
         values are signed so that higher is better (ASHA's own form)."""

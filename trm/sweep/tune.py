@@ -316,7 +316,11 @@ def config_key(config: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in config.items()))
 
 
-MEMORY_FILE = "trm-sweep-memory.json"  # in the sweep's experiment folder, beside Tune's experiment state
+def memory_path(sweep_path: str) -> str:
+    """The sweep's memory file: beside its experiment folder, not in it. Tune copies its driver's staging
+    folder over the experiment folder at every save, and a resumed Tune first copies the experiment folder
+    into that staging folder: a file inside would be overwritten with its state at the loss."""
+    return f"{sweep_path}-memory.json"
 
 
 class MlflowTrialCallback(tune.Callback):
@@ -324,7 +328,7 @@ class MlflowTrialCallback(tune.Callback):
     ends tags its child run with the end reason, its cost, and logs that checkpoint (or its S3 URI).
     `storage`: the sweep's, which Ray's checkpoint paths are under. (The console is `SweepConsole`'s.)
 
-    `memory`: the sweep's JSON file (MEMORY_FILE in its experiment folder) holding what Tune's restore
+    `memory`: the sweep's JSON file (`memory_path`, beside its experiment folder) holding what Tune's restore
     forgets: ASHA's rung records, the stopper's and its own end reasons, bests and costs; rewritten
     (atomically) after every result and every end, read back when a resumed sweep sets up."""
 
@@ -615,7 +619,7 @@ def run_sweep(
     stopper, scheduler, callback = ranking.stopper, ranking.scheduler, ranking.callback
     callback.prices = opts.prices
     callback.storage = storage
-    callback.memory = join(sweep_path, MEMORY_FILE)
+    callback.memory = memory_path(sweep_path)
     console = SweepConsole(objective, stopper, scheduler, num_samples, verbose=opts.verbose)
     setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose)
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
