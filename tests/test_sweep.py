@@ -1,3 +1,4 @@
+import logging
 import math
 import os
 import re
@@ -308,7 +309,7 @@ def test_asha_rung_records_survive_a_lost_driver(tmp_path):
     assert not other.callback.recall() and other.scheduler.rungs() == asha().rungs()
 
 
-def test_a_resumed_searcher_knows_every_trial_of_its_study(tmp_path):
+def test_a_resumed_searcher_knows_every_trial_of_its_study(tmp_path, caplog):
     """Ray restores the searcher from a pickle up to ~10 s older than the loss; the RDB study holds every
     trial. Resumed, no configuration is proposed again and a trial Tune resumes can still be told."""
     import optuna
@@ -343,9 +344,13 @@ def test_a_resumed_searcher_knows_every_trial_of_its_study(tmp_path):
         more.append(config_key(config))
     assert len(more) == 2 and set(more).isdisjoint(resumed._seen - set(more))  # the two left, each once
     resumed.on_trial_complete("t2", {"m": 0.9})  # the resumed trial finds its Optuna trial
+    with caplog.at_level(logging.WARNING):
+        resumed.on_trial_complete("t0", {"m": 0.1})  # told before the loss (after Tune's last save): not again
+    assert "Cannot tell" not in caplog.text
     study = optuna.load_study(study_name="sweep-1", storage=url)
-    told = {t.user_attrs[OPTUNA_TRIAL_ID_ATTR]: t.state.name for t in study.trials if OPTUNA_TRIAL_ID_ATTR in t.user_attrs}
-    assert told["t2"] == "COMPLETE" and told["t0"] == told["t1"] == "COMPLETE"
+    told = {t.user_attrs[OPTUNA_TRIAL_ID_ATTR]: t for t in study.trials if OPTUNA_TRIAL_ID_ATTR in t.user_attrs}
+    assert {t: told[t].state.name for t in ("t0", "t1", "t2")} == dict.fromkeys(("t0", "t1", "t2"), "COMPLETE")
+    assert told["t0"].value == 0.5
     # with no pickle at all (lost before Tune's first save), the study alone is enough
     assert searcher()._seen == {config_key(c) for c in proposed.values()} | set(more)
 

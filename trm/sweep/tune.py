@@ -304,8 +304,22 @@ class UniqueOptunaSearch(OptunaSearchBase):
             log.debug("the Optuna trial of %s had already finished", trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id not in self._repeats:
-            super().on_trial_complete(self._asked_as.get(trial_id, trial_id), result, error)
+        if trial_id in self._repeats:
+            return
+        asked_as = self._asked_as.get(trial_id, trial_id)
+        if self._finished_in_study(asked_as):  # resumed, it had been told before the loss: once is enough
+            self._completed_trials.add(asked_as)
+            return
+        super().on_trial_complete(asked_as, result, error)
+
+    def _finished_in_study(self, asked_as: str) -> bool:
+        import optuna
+
+        trial = self._ot_trials.get(asked_as)
+        if trial is None or self._ot_study is None:
+            return False
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        return trial.number in {t.number for t in self._ot_study.get_trials(deepcopy=False, states=finished)}
 
 
 OPTUNA_TRIAL_ID_ATTR = "ray_trial_id"  # the Optuna trial's user attribute naming its Tune trial
