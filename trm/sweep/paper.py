@@ -309,7 +309,7 @@ def bar_chart(results: list[RowResult], metric: str):
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title("Paper tables: ours vs the paper (Sudoku-Extreme)", fontsize=10)
+    ax.set_title("Ours (this sweep's preset and data) vs the paper (Sudoku-Extreme, one run)", fontsize=10)
     fig.tight_layout()
     plt.close(fig)
     return fig
