@@ -362,3 +362,46 @@ def test_s3_end_to_end_checkpoints_data_and_artifacts_in_the_bucket(tmp_path, s3
     assert any(k.startswith("mlflow/") and k.endswith("/checkpoint/state.pt") for k in keys)
     assert (tmp_path / "node-cache" / s3_server.bucket / "runs" / "datasets").is_dir()  # workers read the cache
     assert out["result"]["checkpoint"].startswith(f"s3://{s3_server.bucket}/runs/dl/")
+
+
+@pytest.mark.slow
+def test_a_lost_worker_node_resumes_when_capacity_returns(tmp_path):
+    """A simulated three-node cluster on this machine (`ray.cluster_utils.Cluster`: a head that trains
+    nothing, two 1-CPU worker nodes, one DDP worker on each). Once a checkpoint is registered, one
+    worker node disappears without notice; the run waits for capacity, a node is added back, and the
+    run resumes from its last checkpoint: the same final step, one MLflow run, no step logged twice."""
+    from ray.cluster_utils import Cluster
+
+    steps = 120
+    server, uri = start_mlflow(tmp_path)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        cluster.add_node(num_cpus=1)
+        lost = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        proc = arc_long("--name", "nl", "--storage", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+                        "--workers", "2", "--cpus-per-worker", "1", *SMALL, "--set", f"steps={steps}",
+                        "--tracking-uri", uri, "--experiment", "node-loss", "--address", cluster.address,
+                        cwd=tmp_path, start_new_session=True)  # fmt: skip
+        folder = tmp_path / "runs" / "nl"
+        try:
+            deadline = time.time() + 300
+            while latest_registered_step(folder) < 20:
+                assert proc.poll() is None, proc.stdout.read()[-6000:]
+                assert time.time() < deadline, "no checkpoint within 300 s"
+                time.sleep(0.3)
+            cluster.remove_node(lost, allow_graceful=False)  # the node is gone, no notice
+            time.sleep(10)  # the run waits: 2 workers need 2 CPUs, 1 is left
+            assert proc.poll() is None, proc.stdout.read()[-6000:]
+            cluster.add_node(num_cpus=1)  # capacity returns
+            out = finish(proc, timeout=900)
+        finally:
+            if proc.poll() is None:
+                kill_session(proc.pid)
+        result = result_of(out)
+        assert result["step"] == steps and result["end_reason"] == "completed", out[-4000:]
+        assert result["run/restarts"] == 1, result
+        assert_one_history(uri, "node-loss", steps, 10)  # while the server is up
+    finally:
+        cluster.shutdown()
+        stop(server)
