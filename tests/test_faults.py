@@ -551,3 +551,23 @@ def test_a_tracking_server_gone_for_good_ends_in_one_line_naming_it(data, tmp_pa
     ckpt.verify_digests(folder / "checkpoints" / kept)
     logged = steps_logged(folder)
     assert len(logged) == len(set(logged))
+
+
+@pytest.mark.slow
+def test_a_long_run_is_refused_on_a_run_folder_another_process_writes(data, tmp_path):
+    """Long runs take the run lock of `trm train` when their storage is local: here the test holds
+    it, as a `trm train --workers` on that folder would."""
+    from trm.launch.long_run import MANIFEST
+    from trm.run_lock import RunLock
+
+    folder = tmp_path / "runs" / "r"
+    folder.mkdir(parents=True)
+    with RunLock(folder):
+        r = subprocess.run([sys.executable, str(REPO / "sweeps" / "arc_long.py"), "--name", "r", "--storage",
+                            str(tmp_path / "runs"), "--data", str(data), *TINY, "--set", "steps=4",
+                            "--set", "epochs=0", "--set", "eval_every_epochs=0",
+                            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+                           env={**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+        stopped(r, f"--name {folder}: another process is writing this run", f"pid {os.getpid()} on ")
+    assert not (folder / MANIFEST).exists()

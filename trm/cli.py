@@ -201,6 +201,7 @@ def _train_folder(a: argparse.Namespace, cfg, out: Path):
     Yields the resolved tracking URI (None without tracking)."""
     from trm.data.build import ensure_dataset
     from trm.data.check import check_dataset
+    from trm.data.selection import check_selection
     from trm.run_checks import check_init_from, check_resume
     from trm.run_lock import RunLock
     from trm.tracking import check_reachable, resolve_uri
@@ -208,7 +209,8 @@ def _train_folder(a: argparse.Namespace, cfg, out: Path):
     uri = None if a.no_tracking else resolve_uri(a.tracking_uri)
     if uri is not None:
         check_reachable(uri)
-    meta = check_dataset(ensure_dataset(cfg.data))
+    meta = check_dataset(data := ensure_dataset(cfg.data))
+    check_selection(cfg.train, data)  # a selection fraction that leaves a side empty: refused before any write
     if not a.restart:  # --restart: the old checkpoints are set aside, not resumed
         _check_checkpoints(out / "checkpoints", cfg, f"--out {out}")
         check_resume(out, cfg, meta)
@@ -248,8 +250,8 @@ def _train_local(a: argparse.Namespace, cfg, out: Path, uri: str | None) -> None
     # reason as its end-reason tag, and the user reads one line (trm.cli_common.run_main)
     with runs.guard(tracker, checkpoint=lambda: session.last_checkpoint or latest_local(out / "checkpoints")):
         metrics = trainer.fit()
-    if tracker is not None:
-        runs.finish_run(tracker, artifact=session.last_checkpoint)
+        if tracker is not None:  # inside: a server gone at the very end is said in one line too
+            runs.finish_run(tracker, artifact=session.last_checkpoint)
     print(json.dumps(metrics, indent=2))
 
 
@@ -328,6 +330,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _checkpoint_flag(p)
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="test")
+    p.add_argument(
+        "--whole-split",
+        action="store_true",
+        help="report the whole test split (default: less the run's selection split, which is reported as select/*)",
+    )
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N samples (0 = all)")
@@ -348,6 +355,7 @@ def _eval_run(a: argparse.Namespace) -> None:
     import torch
 
     from trm.data.dataset import PuzzleDataset
+    from trm.data.selection import Selection
     from trm.evaluate import Trajectories
     from trm.evaluate.task import evaluate_task
     from trm.train.checkpoint import resolve
@@ -376,8 +384,10 @@ def _eval_run(a: argparse.Namespace) -> None:
             curve=a.curve,
             objective=cfg.train.objective or None,
             trajectories=Trajectories(a.trajectories, a.noise, a.seed),
+            selection=None if a.whole_split else Selection.of(cfg.train),  # the run's (trm.data.selection)
         )  # the run's objective
-    out = {"checkpoint": str(folder), "step": state["step"], "data": str(data), "metric": r.metric, **r.metrics}
+    out = {"checkpoint": str(folder), "step": state["step"], "data": str(data), "metric": r.metric, "split": r.split}
+    out.update(r.metrics)
     if a.curve:
         out["curve"] = {str(k): v for k, v in r.curve.items()}
     if a.tracking_uri:

@@ -59,13 +59,13 @@ def run_training(
         spec=spec,
         max_failures=max_failures,
     )
+    best = None
     with runs.guard(tracker):
         result = fit(trainer, max_failures, resume_command, join(storage, name))
-    checkpoint = checkpoint_location(storage, result.checkpoint)
-    best = None
-    if tracker is not None:
-        best = tag_best(tracker, storage, result)  # rank 0 tags it as it goes; here with its full location
-        runs.finish_run(tracker, checkpoint=checkpoint)
+        checkpoint = checkpoint_location(storage, result.checkpoint)
+        if tracker is not None:
+            best = tag_best(tracker, storage, result)  # rank 0 tags it as it goes; here with its full location
+            runs.finish_run(tracker, checkpoint=checkpoint)
     return {
         "mlflow_run_id": tracker.run_id if tracker else None,
         "checkpoint": checkpoint,

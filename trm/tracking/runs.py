@@ -168,15 +168,16 @@ def guard(
     try:
         yield
     except BaseException as e:
-        unreachable = tracker is not None and tracking_unreachable(e)
-        if tracker is not None:
-            try:
-                fail_run(tracker, e, tag_reason=tag_reason)
-            except Exception:  # noqa: BLE001 - the server that failed cannot record that it failed
-                if not unreachable:
-                    raise
-        if unreachable:
-            assert tracker is not None
+        if tracker is None:
+            raise
+        gone = tracking_unreachable(e)
+        try:
+            fail_run(tracker, e, tag_reason=tag_reason)
+        except Exception as f:  # the server that failed cannot record that it failed
+            if not (gone or tracking_unreachable(f)):
+                raise
+            gone = True
+        if gone:
             last = checkpoint() if checkpoint is not None else None
             raise TrackingError(
                 f"--tracking-uri {tracker.uri}: the MLflow server stopped answering ({_last_line(e)}); "

@@ -202,6 +202,8 @@ class Trainer:
         `Diverged` with the one sentence a user reads in the morning."""
         metrics = {
             **window.flush(self.cfg.train.batch_size),
+            # not evaluated, as a spot notice's report: Tune refuses a report without its schedulers' objective
+            **dict.fromkeys((*VAL_KEYS, self.objective.name), float("nan")),
             **self._run_metrics(),
             "step": self.step,
             "diverged": 1.0,
