@@ -83,6 +83,12 @@ class TrainConfig:
     # The metric that picks the best checkpoint and ranks trials; "" = the dataset kind's
     # (trm.evaluate.objective: ARC task pass@2, maze path validity, else exact accuracy)
     objective: str = ""
+    # Selection split (trm.data.selection): this fraction of the test split's groups (puzzles; ARC: tasks),
+    # drawn with selection_seed, ranks the best checkpoint and the trials (select/* metrics); the rest is
+    # reported (val/*, eval/*). select_on=test is the reference's behaviour: select on what you report.
+    selection_fraction: float = 0.1
+    selection_seed: int = 0
+    select_on: Literal["selection", "test"] = "selection"
     checkpoint_every: int = 1000  # steps
     checkpoint_minutes: float = 30.0  # also checkpoint after this much wall time
     keep_checkpoints: int = 3  # the latest N are kept, and the best (by the dataset's primary metric) besides
@@ -153,13 +159,19 @@ class Config:
         _range("train.grad_clip", t.grad_clip, lo=0)
         _range("train.eval_samples", t.eval_samples, lo=0)
         _range("train.eval_tasks", t.eval_tasks, lo=0)
-        from trm.evaluate.objective import METRIC_PREFIXES  # lazy: trm.evaluate imports the model, which imports this
+        from trm.evaluate.objective import METRIC_PREFIXES, SELECT, is_metric  # lazy: trm.evaluate imports the model
 
-        if t.objective and (not t.objective.startswith(METRIC_PREFIXES) or t.objective in METRIC_PREFIXES):
+        if t.objective and not is_metric(t.objective):
             raise ConfigError(
                 f'train.objective={t.objective!r}: expected "" (the dataset kind\'s) or a metric an '
                 f"evaluation reports, named {' or '.join(p + '...' for p in METRIC_PREFIXES)} "
-                f"(e.g. val/cell_accuracy)"
+                f"(e.g. val/cell_accuracy; {SELECT}val/cell_accuracy: the same on the selection split)"
+            )
+        _range("train.selection_fraction", t.selection_fraction, lo=0, hi=1, lo_open=True, hi_open=True)
+        if t.select_on == "test" and t.objective.startswith(SELECT):
+            raise ConfigError(
+                f"train.objective={t.objective!r}: a selection-split metric, but train.select_on=test "
+                f"evaluates no selection split; expected the metric without {SELECT!r}"
             )
         _range("train.checkpoint_minutes", t.checkpoint_minutes, lo=0, lo_open=True)
         for name in ("num_train", "num_test", "augmentations"):

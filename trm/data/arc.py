@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from trm.data.dataset import IGNORE, DatasetError, DatasetWriter
+from trm.data.selection import DEFAULT_FRACTION as SELECTION_FRACTION
+from trm.data.selection import DEFAULT_SEED as SELECTION_SEED
 from trm.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -649,6 +651,7 @@ def build_dataset(
         "task_files": [t.path for t in tasks],
         "task_subsets": [t.subset for t in tasks],
         "unlabelled_tasks": [t.task_id for t in tasks if t.held_out and not t.labelled],
+        "selection": {"fraction": SELECTION_FRACTION, "seed": SELECTION_SEED},  # filled in on close
         **(extra_meta or {}),
     }
     for t in tasks:

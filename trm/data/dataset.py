@@ -159,6 +159,10 @@ class DatasetWriter:
         self.meta["splits"] = splits
         if groups:
             self.meta["groups"] = groups
+        if "test" in self.writers:  # the builder's default selection split, recorded (trm.data.selection)
+            from trm.data.selection import record
+
+            record(self.meta, {k: np.load(w.path, mmap_mode="r") for k, w in self.writers["test"].items()})
         self.meta[FINGERPRINT] = PuzzleMap.of(self.meta).fingerprint
         (self.tmp / "meta.json").write_text(json.dumps(self.meta, indent=2))
         if self.out.exists():

@@ -24,6 +24,8 @@ import numpy as np
 
 from trm.data.arc import dihedral, inverse_dihedral
 from trm.data.dataset import DatasetError, DatasetWriter, hrm_csv_rows
+from trm.data.selection import DEFAULT_FRACTION as SELECTION_FRACTION
+from trm.data.selection import DEFAULT_SEED as SELECTION_SEED
 from trm.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -280,6 +282,7 @@ def build_dataset(
         "source": source,
         "augmentations": copies,
         "seed": seed,
+        "selection": {"fraction": SELECTION_FRACTION, "seed": SELECTION_SEED},  # filled in on close
         **(extra_meta or {}),
     }
     rng = np.random.default_rng((seed, 2))

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from trm.data.dataset import DatasetError, DatasetWriter, hrm_csv_rows
+from trm.data.selection import DEFAULT_FRACTION as SELECTION_FRACTION
+from trm.data.selection import DEFAULT_SEED as SELECTION_SEED
 from trm.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -419,6 +421,7 @@ def build_dataset(
         "augmentations": augmentations,
         "seed": seed,
         "blank_token": 1,
+        "selection": {"fraction": SELECTION_FRACTION, "seed": SELECTION_SEED},  # filled in on close
         **(extra_meta or {}),
     }
     for split, (p, s) in (("train", train), ("test", test)):

@@ -18,6 +18,9 @@ EXACT_METRIC = "val/exact_accuracy"  # everything else: the whole answer right
 # What an evaluation reports (trm.evaluate.task): held-out accuracies (val/*) and task-level scores
 # (eval/*); an override must name one of them, since nothing else is measured on held-out data
 METRIC_PREFIXES = ("val/", "eval/")
+# The same metrics on the selection split (trm.data.selection): select/val/..., select/eval/...; what ranks
+# a run that does not select on what it reports (train.select_on=selection, the default)
+SELECT = "select/"
 _BY_KIND: dict[str | None, str] = {"arc": ARC_METRIC, "maze": MAZE_METRIC}  # a dataset meta's name -> its metric
 
 
@@ -35,17 +38,34 @@ class Objective:
         return -float("inf") if self.mode == "max" else float("inf")
 
     @property
+    def reported(self) -> str:
+        """The metric as reported (on the split that is not selected on): select/x -> x."""
+        return self.name.removeprefix(SELECT)
+
+    @property
+    def selects(self) -> bool:
+        """Ranks on the selection split (not on what is reported)."""
+        return self.name.startswith(SELECT)
+
+    @property
     def train_metric(self) -> str:
-        """The training-side twin the overfitting stopper watches rise while this one falls: val/x ->
-        train/x; a task-level eval/* score (ARC pass@k, maze path validity) has none, so training exact
-        accuracy."""
-        return "train/" + self.name[len("val/") :] if self.name.startswith("val/") else "train/exact_accuracy"
+        """The training-side twin the overfitting stopper watches rise while this one falls: val/x and
+        select/val/x -> train/x; a task-level eval/* score (ARC pass@k, maze path validity) has none, so
+        training exact accuracy."""
+        name = self.reported
+        return "train/" + name[len("val/") :] if name.startswith("val/") else "train/exact_accuracy"
 
 
-def objective_for(meta: dict | None, override: str | None = None) -> Objective:
+def is_metric(name: str) -> bool:
+    """`name` is something an evaluation reports: val/x, eval/x, or one of them on the selection split."""
+    base = name.removeprefix(SELECT)
+    return base.startswith(METRIC_PREFIXES) and base not in METRIC_PREFIXES
+
+
+def objective_for(meta: dict | None, override: str | None = None, select: bool = True) -> Objective:
     """The objective of a dataset (its meta.json, or None for the exact-answer default); `override`
     names another metric (a user's choice, `train.objective`: e.g. a preset whose trials never solve
-    a puzzle ranks by cell accuracy)."""
-    if override:
-        return Objective(override)
-    return Objective(_BY_KIND.get((meta or {}).get("name"), EXACT_METRIC))
+    a puzzle ranks by cell accuracy). `select`: its twin on the selection split (select/...), the default;
+    False: the metric as reported (train.select_on=test, the reference's: select on what you report)."""
+    name = (override or _BY_KIND.get((meta or {}).get("name"), EXACT_METRIC)).removeprefix(SELECT)
+    return Objective(SELECT + name if select else name)

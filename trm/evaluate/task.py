@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from trm.data.dataset import PuzzleDataset
+from trm.data.selection import Selection
 from trm.evaluate import PLAIN, Predictions, Trajectories, concat_predictions, means, predict_chunks, score
-from trm.evaluate.objective import objective_for
+from trm.evaluate.objective import SELECT, objective_for
 from trm.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class EvalResult:
     curve: dict[int, float] = field(default_factory=dict)  # supervision step -> the objective (curve=True)
     metric: str = ""  # the objective's name
     params: dict[str, float | int] = field(default_factory=dict)  # how it was run: trajectories, noise, seed
+    split: str = "the whole test split"  # which rows the reported metrics cover (a selection split: not those)
 
 
 def evaluate_task(
@@ -62,18 +64,74 @@ def evaluate_task(
     seed: int = 0,
     objective: str | None = None,
     trajectories: Trajectories = PLAIN,
+    selection: Selection | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `ds` (a test split) the way its kind is scored. `limit` > 0: the first rows only
     (the ARC vote then covers only the test inputs whose augmentations fall in them); `tasks` > 0 (ARC): a
     subset of that many test tasks drawn with `seed`, every augmentation of each; `objective`: the metric
     the curve follows and `metric` names (`train.objective`; None: the dataset kind's); `trajectories`: noisy
     multi-trajectory inference (`trm.evaluate.Trajectories`: the most confident of K runs is each row's
-    answer; on ARC every run's answer enters the vote)."""
+    answer; on ARC every run's answer enters the vote).
+
+    `selection` (trm.data.selection; test splits only): the split is cut in two by group; the usual metrics
+    (val/*, eval/*) are the reported rows', the same metrics of the selection rows come as select/val/...,
+    select/eval/... (`limit` and `tasks` apply within each side), and `split` says so. None: the whole split,
+    the objective without its select/ prefix (the reference's: select on what you report)."""
     t0 = time.time()
-    device = torch.device(device)
     voted = ds.meta.get("name") == "arc" and "task_index" in ds.arrays  # an ARC train split: plain accuracy
-    metric = objective_for(ds.meta if voted or ds.meta.get("name") != "arc" else None, objective).name
-    rows = eval_rows(ds, limit, tasks if voted else 0, seed)
+    kind_meta = ds.meta if voted or ds.meta.get("name") != "arc" else None
+    run = dict(
+        batch_size=batch_size,
+        device=torch.device(device),
+        rank=rank,
+        world_size=world_size,
+        autocast=autocast,
+        n_sup=n_sup,
+        halt=halt,
+        trajectories=trajectories,
+        voted=voted,
+    )
+    if selection is None or ds.split != "test":
+        metric = objective_for(kind_meta, objective, select=False).name
+        rows = eval_rows(ds, limit, tasks if voted else 0, seed)
+        res = _evaluate_rows(model, ds, rows, metric, curve=curve, keep_predictions=keep_predictions, **run)
+    else:
+        parts = selection.split(ds)
+        objective_ = objective_for(kind_meta, objective, select=True)
+        metric = objective_.name
+        chosen = eval_rows(ds, limit, tasks if voted else 0, seed, within=parts.select)
+        report = eval_rows(ds, limit, tasks if voted else 0, seed, within=parts.report)
+        sel = _evaluate_rows(model, ds, chosen, objective_.reported, curve=curve, keep_predictions=False, **run)
+        res = _evaluate_rows(
+            model, ds, report, objective_.reported, curve=False, keep_predictions=keep_predictions, **run
+        )
+        res.metrics.update({SELECT + k: v for k, v in sel.metrics.items()})
+        res.curve, res.split = sel.curve, selection.describe(parts)
+    res.metric = metric
+    res.metrics["eval/seconds"] = time.time() - t0  # the whole evaluation (both sides)
+    return res
+
+
+def _evaluate_rows(
+    model,
+    ds: PuzzleDataset,
+    rows: np.ndarray,
+    metric: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    autocast: bool,
+    n_sup: int | None,
+    halt: bool,
+    curve: bool,
+    keep_predictions: bool,
+    trajectories: Trajectories,
+    voted: bool,
+) -> EvalResult:
+    """The kind's evaluation of some rows of `ds`; `metric` (a reported name) is what the curve follows."""
+    t0 = time.time()
     steps = model.cfg.N_sup if n_sup is None else n_sup
     shards = predict_chunks(
         model,
@@ -113,22 +171,26 @@ def evaluate_task(
     return res
 
 
-def eval_rows(ds: PuzzleDataset, limit: int = 0, tasks: int = 0, seed: int = 0) -> np.ndarray:
-    """The rows an evaluation covers: the first `limit` (0 = all); with `tasks` > 0, only those of `tasks`
-    test tasks drawn with `seed` from the tasks with a known output (ARC)."""
-    stop = len(ds) if limit <= 0 else min(limit, len(ds))
+def eval_rows(
+    ds: PuzzleDataset, limit: int = 0, tasks: int = 0, seed: int = 0, within: np.ndarray | None = None
+) -> np.ndarray:
+    """The rows an evaluation covers: the first `limit` (0 = all) of `within` (None: the whole split); with
+    `tasks` > 0, only those of `tasks` test tasks drawn with `seed` from the tasks with a known output (ARC)."""
+    rows = np.arange(len(ds)) if within is None else np.asarray(within, dtype=np.int64)
+    if limit > 0:
+        rows = rows[:limit]
     if tasks <= 0:
-        return np.arange(stop)
-    task_index = np.asarray(ds.arrays["task_index"][:stop])
+        return rows
+    task_index = np.asarray(ds.arrays["task_index"])[rows]
     scored = task_index
     if "labelled" in ds.arrays:  # an unlabelled task is voted on, never scored: no use to a budget
-        scored = task_index[np.asarray(ds.arrays["labelled"][:stop]).astype(bool)]
+        scored = task_index[np.asarray(ds.arrays["labelled"])[rows].astype(bool)]
     pool = np.unique(scored)
     if tasks >= len(pool):
-        return np.arange(stop)
+        return rows
     chosen = np.random.default_rng(seed).choice(pool, tasks, replace=False)
     log.info("evaluating %d of %d test tasks (seed %d; every task at the final evaluation)", tasks, len(pool), seed)
-    return np.flatnonzero(np.isin(task_index, chosen))
+    return rows[np.isin(task_index, chosen)]
 
 
 # ---------------------------------------------------------------- one function per kind

@@ -499,7 +499,9 @@ def sweep_objective(base: Config) -> Objective:
         meta = None
     if not isinstance(meta, dict) and base.data.generate != "none":
         meta = {"name": base.data.generate}
-    objective = objective_for(meta if isinstance(meta, dict) else None, base.train.objective or None)
+    objective = objective_for(
+        meta if isinstance(meta, dict) else None, base.train.objective or None, base.train.select_on != "test"
+    )
     base.train.objective = objective.name
     return objective
 

@@ -17,6 +17,7 @@ import torch
 from trm.config import Config, ConfigError
 from trm.cost import CostMeter, RunLimits
 from trm.data.dataset import PuzzleDataset, epoch_size
+from trm.data.selection import Selection
 from trm.errors import TrmError
 from trm.evaluate import VAL_KEYS
 from trm.evaluate.objective import Objective, objective_for
@@ -65,7 +66,13 @@ class Trainer:
         self.autocast = cfg.train.bf16 and self.device.type == "cuda"
         self.train_ds, self.val_ds = PuzzleDataset(cfg.data.path, "train"), PuzzleDataset(cfg.data.path, "test")
         self.cfg = self._resolve_epochs(cfg) if cfg.counts_epochs else cfg
-        self.objective = objective or objective_for(self.val_ds.meta, getattr(cfg.train, "objective", "") or None)
+        # the selection split ranks (trm.data.selection), the rest is reported; None: select on what is reported
+        self.selection = Selection.of(cfg.train)
+        if self.selection is not None:
+            self.selection.split(self.val_ds)  # a fraction that leaves either side empty: refused before training
+        self.objective = objective or objective_for(
+            self.val_ds.meta, getattr(cfg.train, "objective", "") or None, select=self.selection is not None
+        )
         if self.device.type == "cuda":  # TF32 for the matmuls left in float32 (all of them with bf16=false)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.state = TrainingState(
@@ -281,7 +288,8 @@ class Trainer:
         """The dataset kind's evaluation on the EMA weights (trm.evaluate.task, as `trm eval`), reporting
         the run's objective: ARC votes over every augmentation of train.eval_tasks test tasks (seeded by
         train.seed; all tasks when 0 and at the `final` evaluation), spread over the ranks; other kinds
-        score the first train.eval_samples rows."""
+        score the first train.eval_samples rows. With a selection split, each side so (select/* the selection
+        split's: what ranks; val/* and eval/* the rest's: what is reported)."""
         t = self.cfg.train
         limit = 0 if self.val_ds.meta.get("name") == "arc" else t.eval_samples
         return evaluate_task(
@@ -296,6 +304,7 @@ class Trainer:
             tasks=0 if final else t.eval_tasks,
             seed=t.seed,
             objective=self.objective.name,
+            selection=self.selection,
         ).metrics
 
     def write_checkpoint(self, folder: Path) -> None:
