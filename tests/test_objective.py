@@ -32,11 +32,12 @@ def datasets(tmp_path_factory, sudoku_data) -> dict[str, str]:
     return {"sudoku": sudoku_data, "maze": d.path, "arc": str(arc)}
 
 
+S = "select/"  # the objective's twin on the selection split (trm.data.selection): what ranks by default
 CASES = [  # (dataset kind, train.objective override, the objective everything must rank by)
-    ("sudoku", "", Objective(EXACT_METRIC)),
-    ("maze", "", Objective(MAZE_METRIC)),
-    ("arc", "", Objective(ARC_METRIC)),
-    ("sudoku", "val/cell_accuracy", Objective("val/cell_accuracy")),  # the tiny preset's override
+    ("sudoku", "", Objective(S + EXACT_METRIC)),
+    ("maze", "", Objective(S + MAZE_METRIC)),
+    ("arc", "", Objective(S + ARC_METRIC)),
+    ("sudoku", "val/cell_accuracy", Objective(S + "val/cell_accuracy")),  # the tiny preset's override
 ]
 
 
@@ -72,13 +73,27 @@ def test_one_objective_ranks_everything(datasets, tmp_path: Path, kind: str, ove
     best = ckpt.resolve(str(tmp_path / "run"), prefer="best")
     assert ckpt.read_score(Path(best))["metric"] == want.name
 
-    # `trm eval` of that checkpoint reports the same metric
+    # `trm eval` of that checkpoint reports the same metric (beside the reported one, on the other rows);
+    # over the whole split (--whole-split) the metric as reported
     from trm.data.dataset import PuzzleDataset
+    from trm.data.selection import Selection
     from trm.evaluate.task import evaluate_task
 
-    r = evaluate_task(trainer.eval_model, PuzzleDataset(cfg.data.path, "test"), 8, "cpu",
-                      objective=cfg.train.objective or None)
-    assert r.metric == want.name and want.name in r.metrics
+    ds = PuzzleDataset(cfg.data.path, "test")
+    r = evaluate_task(trainer.eval_model, ds, 8, "cpu", objective=cfg.train.objective or None,
+                      selection=Selection.of(cfg.train))
+    assert r.metric == want.name and want.name in r.metrics and want.reported in r.metrics
+    whole = evaluate_task(trainer.eval_model, ds, 8, "cpu", objective=cfg.train.objective or None)
+    assert whole.metric == want.reported and want.reported in whole.metrics
+
+
+def test_reference_selects_on_what_it_reports(datasets):
+    """train.select_on=test (the reference's behaviour) ranks everything by the reported metric itself."""
+    base = apply_overrides(Config(), {"data_path": datasets["maze"], "generate": "none", "select_on": "test"})
+    objective = sweep_objective(base.validate())
+    assert objective == Objective(MAZE_METRIC) and base.train.objective == MAZE_METRIC
+    assert objective.train_metric == "train/exact_accuracy"
+    assert Objective(S + "val/cell_accuracy").train_metric == "train/cell_accuracy"
 
 
 def test_maze_preset_has_one_best(datasets):
@@ -87,7 +102,7 @@ def test_maze_preset_has_one_best(datasets):
     base, preset = base_config(SweepOptions(name="m", preset="maze-hard", overrides={"data_path": datasets["maze"]}))
     assert not hasattr(preset, "metric") and "objective" not in preset.overrides
     objective = sweep_objective(base)
-    assert objective.name == MAZE_METRIC and base.train.objective == MAZE_METRIC
+    assert objective.name == S + MAZE_METRIC and base.train.objective == S + MAZE_METRIC
     assert objective_for({"name": "maze"}, base.train.objective or None) == objective  # what the trainer makes
 
 
@@ -98,10 +113,10 @@ def test_no_preset_names_a_metric_but_tiny():
 
 def test_unreadable_data_falls_back_to_the_generators_kind(tmp_path: Path):
     base = apply_overrides(Config(), {"data_path": str(tmp_path / "not-built-yet"), "generate": "maze"})
-    assert sweep_objective(base) == Objective(MAZE_METRIC)
+    assert sweep_objective(base) == Objective(S + MAZE_METRIC)
 
 
-@pytest.mark.parametrize("bad", ["loss", "train/loss", "val/", "exact_accuracy"])
+@pytest.mark.parametrize("bad", ["loss", "train/loss", "val/", "exact_accuracy", "select/", "select/val/", "select/x"])
 def test_objective_override_must_name_an_evaluation_metric(bad: str):
     with pytest.raises(ConfigError, match="train.objective"):
         load_config(None, {"objective": bad})
