@@ -16,6 +16,7 @@ the same predictions. Nothing here imports Ray or MLflow.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -80,7 +81,10 @@ def evaluate_task(
     t0 = time.time()
     voted = ds.meta.get("name") == "arc" and "task_index" in ds.arrays  # an ARC train split: plain accuracy
     kind_meta = ds.meta if voted or ds.meta.get("name") != "arc" else None
-    run = dict(
+    evaluate_rows = functools.partial(  # how every part of the split is run
+        _evaluate_rows,
+        model,
+        ds,
         batch_size=batch_size,
         device=torch.device(device),
         rank=rank,
@@ -94,17 +98,15 @@ def evaluate_task(
     if selection is None or ds.split != "test":
         metric = objective_for(kind_meta, objective, select=False).name
         rows = eval_rows(ds, limit, tasks if voted else 0, seed)
-        res = _evaluate_rows(model, ds, rows, metric, curve=curve, keep_predictions=keep_predictions, **run)
+        res = evaluate_rows(rows, metric, curve=curve, keep_predictions=keep_predictions)
     else:
         parts = selection.split(ds)
         objective_ = objective_for(kind_meta, objective, select=True)
         metric = objective_.name
         chosen = eval_rows(ds, limit, tasks if voted else 0, seed, within=parts.select)
         report = eval_rows(ds, limit, tasks if voted else 0, seed, within=parts.report)
-        sel = _evaluate_rows(model, ds, chosen, objective_.reported, curve=curve, keep_predictions=False, **run)
-        res = _evaluate_rows(
-            model, ds, report, objective_.reported, curve=False, keep_predictions=keep_predictions, **run
-        )
+        sel = evaluate_rows(chosen, objective_.reported, curve=curve, keep_predictions=False)
+        res = evaluate_rows(report, objective_.reported, curve=False, keep_predictions=keep_predictions)
         res.metrics.update({SELECT + k: v for k, v in sel.metrics.items()})
         res.curve, res.split = sel.curve, selection.describe(parts)
     res.metric = metric
