@@ -5,7 +5,7 @@ and how each ended: `fault | outcome | exit | message | lost` (issue 17).
 
 outcome, read from what happened (nothing here is typed in):
   refused    exit 2, one `error:` line, no traceback, and nothing written (run folder as before)
-  stopped    exit != 0 (not 2), one `error:` line, no traceback
+  stopped    a fault during training: exit != 0, one `error:` line, no traceback
   recovered  exit 0 after the fault, the run reached its last step, no step logged twice
   TRACEBACK  a Python traceback reached the user
   SILENT     exit 0 where the fault should have stopped or been refused
@@ -84,7 +84,7 @@ def outcome(r: Result, expect: str) -> str:
         return "recovered" if expect == "recovered" else "SILENT"
     if len(error_lines(r)) != 1:
         return f"exit {r.exit}, {len(error_lines(r))} error lines"
-    return "refused" if r.exit == 2 else "stopped"
+    return "stopped" if expect == "stopped" else "refused" if r.exit == 2 else "stopped"
 
 
 # ---------------------------------------------------------------- the faults
@@ -200,11 +200,12 @@ def all_checkpoints_corrupt(data: Path, run: Path, cwd: Path) -> tuple[Result, s
 
 def corrupt_latest_checkpoint(data: Path, run: Path, cwd: Path) -> tuple[Result, str, str]:
     r, folder = train_run(data, cwd, "x", 4)
-    latest = sorted(folder.glob("checkpoints/step_*"))[-1] / "state.pt"
-    latest.write_bytes(latest.read_bytes()[:-50])
+    older, latest = sorted(folder.glob("checkpoints/step_*"))[-2:]
+    (latest / "state.pt").write_bytes((latest / "state.pt").read_bytes()[:-50])
     r, _ = train_run(data, cwd, "x", 6)
     twice = logged_twice(folder)
-    return r, outcome(r, "recovered"), f"steps twice {twice}" if twice else "steps since the older checkpoint"
+    redone = int(latest.name.split("_")[1]) - int(older.name.split("_")[1])  # resumed from the older one
+    return r, outcome(r, "recovered"), f"steps twice {twice}" if twice else f"{redone} steps recomputed"
 
 
 def sigterm_mid_run(data: Path, run: Path, cwd: Path) -> tuple[Result, str, str]:
