@@ -571,3 +571,37 @@ def test_a_long_run_is_refused_on_a_run_folder_another_process_writes(data, tmp_
                            env={**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
         stopped(r, f"--name {folder}: another process is writing this run", f"pid {os.getpid()} on ")
     assert not (folder / MANIFEST).exists()
+
+
+@pytest.mark.slow
+def test_workers_resume_refusals_and_restart(data, tmp_path):
+    """`trm train --workers`: the same resume checks as a local run (another batch_size, every
+    checkpoint corrupt: refused, folder unchanged), and --restart sets Ray's files aside and starts a
+    new MLflow run (the old one keeps its history)."""
+    from trm.tracking import TAG_RUN_PATH
+
+    db = tmp_path / "mlflow.db"
+    args = ["train", "--out", "runs/w", "--workers", "1", "--set", f"data_path={data}", *TINY, "--set", "steps=4",
+            "--tracking-uri", f"sqlite:///{db}"]
+    r = trm(*args, cwd=tmp_path, env=RAY_ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "runs" / "w"
+    (first,) = runs_at(db, folder)
+
+    refused(trm(*args, "--set", "batch_size=16", cwd=tmp_path, env=RAY_ENV), "trained with batch_size=8")
+    for step in folder.glob("step_*"):
+        corrupt(step)
+    before = snapshot(folder)
+    refused(trm(*args, cwd=tmp_path, env=RAY_ENV), "--out runs/w", "state.pt is corrupt", "--restart")
+    assert snapshot(folder) == before
+
+    r = trm(*args, "--restart", cwd=tmp_path, env=RAY_ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (aside,) = folder.glob("checkpoints.old-*")
+    assert sorted(p.name for p in aside.glob("step_*")) == sorted(p.name for p in folder.glob("step_*")) != []
+    (second,) = runs_at(db, folder)
+    assert second.info.run_id != first.info.run_id
+    from mlflow.tracking import MlflowClient
+
+    old = MlflowClient(f"sqlite:///{db}").get_run(first.info.run_id)
+    assert old.data.tags[TAG_RUN_PATH] == str(aside)
