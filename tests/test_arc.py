@@ -652,8 +652,9 @@ def test_objective_by_dataset_kind() -> None:
     from trm.evaluate.objective import objective_for
 
     def metric_of(meta):
-        return objective_for(meta).name
+        return objective_for(meta, select=False).name  # as reported; what ranks is its select/ twin
 
+    assert objective_for({"name": "arc"}).name == "select/eval/task_pass_at_2"
     assert metric_of({"name": "arc"}) == "eval/task_pass_at_2"
     assert metric_of({"name": "maze"}) == "eval/maze_valid_path_accuracy"
     assert metric_of({"name": "sudoku"}) == metric_of(None) == "val/exact_accuracy"
@@ -677,8 +678,9 @@ def test_trainer_votes_and_eval_matches_training(small, tmp_path: Path, capsys) 
     trainer = Trainer(cfg, LocalSession(tmp_path / "run", on_report=lambda m, s: reports.append(dict(m))))
     trainer.fit()
     last = reports[-1]
-    assert last["eval/num_augmentations"] == 10.0 and last["eval/num_test_inputs"] == 8  # all rows, not 16
-    assert last["score"] == last["eval/task_pass_at_2"] and last["eval/seconds"] > 0
+    assert last["eval/num_augmentations"] == 10.0  # all rows, not 16: the reported ones and the selection's
+    assert last["eval/num_test_inputs"] + last["select/eval/num_test_inputs"] == 8
+    assert last["score"] == last["select/eval/task_pass_at_2"] and last["eval/seconds"] > 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--latest", "--batch-size", "8", "--device",
                  "cpu"]) == 0
@@ -686,7 +688,8 @@ def test_trainer_votes_and_eval_matches_training(small, tmp_path: Path, capsys) 
     for k in ("eval/pass_at_1", "eval/pass_at_2", "eval/task_pass_at_2", "eval/valid_fraction",
               "val/exact_accuracy", "val/cell_accuracy", "val/mean_halt_steps"):
         assert printed[k] == pytest.approx(last[k]), k
-    assert printed["step"] == 4 and printed["metric"] == "eval/task_pass_at_2"
+        assert printed["select/" + k] == pytest.approx(last["select/" + k]), k
+    assert printed["step"] == 4 and printed["metric"] == "select/eval/task_pass_at_2"
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--batch-size", "8", "--device", "cpu",
                  "--N-sup", "5", "--curve", "--halt"]) == 0
     curved = json.loads(capsys.readouterr().out)
@@ -735,11 +738,12 @@ def test_best_checkpoint_kept_when_later_ones_score_lower(tiny_config, tmp_path:
     from trm.train.session import LocalSession
 
     stream = iter([0.2, 0.9, 0.4, 0.1, 0.3])
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"val/exact_accuracy": next(stream),
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, final=False: {"val/exact_accuracy": next(stream),
                                                            "val/cell_accuracy": 0.0, "val/mean_halt_steps": 1.0})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker.create(uri, "best", run_name="synthetic")
-    cfg = tiny_config(steps=10, eval_every=2, checkpoint_every=2, log_every=2, keep_checkpoints=1)
+    cfg = tiny_config(steps=10, eval_every=2, checkpoint_every=2, log_every=2, keep_checkpoints=1,
+                      select_on="test")  # the synthetic stream is the reported metric: rank on it
     session = LocalSession(tmp_path / "run", keep=1, tracker=tracker)
     trainer = Trainer(cfg, session)
     trainer.fit()

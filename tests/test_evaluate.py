@@ -95,8 +95,10 @@ def test_training_evaluations_use_the_task_budget_and_the_final_one_every_task(a
                              "puzzle_emb_ndim": 16, "puzzle_emb_len": 1, "batch_size": 8, "steps": 4,
                              "eval_every": 2, "log_every": 2, "checkpoint_every": 4, "data_path": str(arc_data),
                              "generate": "none", "eval_tasks": 2, "ema": 0.0})
-    reports: list[tuple[int, float]] = []
+    reports: list[tuple[int, float, float]] = []
     tr = Trainer(cfg, LocalSession(tmp_path))
-    tr.session.on_report = lambda metrics, step: reports.append((step, metrics["eval/num_tasks"]))
+    # each side of the selection split (trm.data.selection: 1 of the 4 tasks) within the budget
+    tr.session.on_report = lambda metrics, step: reports.append(
+        (step, metrics["eval/num_tasks"], metrics["select/eval/num_tasks"]))
     tr.fit()
-    assert reports == [(2, 2.0), (4, 4.0)]
+    assert reports == [(2, 2.0, 1.0), (4, 3.0, 1.0)]
