@@ -63,8 +63,11 @@ def main(
     description: str,
     report: Callable | None = None,
     argv: list[str] | None = None,
+    expander: Any = None,
+    early_stopping: bool = True,
 ) -> int:
-    """Parse flags, pick the preset's search space, run the sweep. A user's error exits 2 before any trial."""
+    """Parse flags, pick the preset's search space, run the sweep. A user's error exits 2 before any trial.
+    `expander` and `early_stopping`: as `trm.sweep.tune.SweepOptions` (a paper table's rows, whole budgets)."""
 
     def sweep(a: argparse.Namespace) -> None:
         from trm.cost import load_price_table
@@ -90,6 +93,8 @@ def main(
             multi_objective=a.multi_objective,
             verbose=a.verbose,
             prices=load_price_table(a.prices) if a.prices else None,
+            expander=expander,
+            early_stopping=early_stopping,
         )
         run_sweep(opts, spaces[a.preset if a.preset in spaces else "default"], report)
 

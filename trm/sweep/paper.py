@@ -15,12 +15,10 @@ MLP-mixer, EMA, BCE halting, back-propagation through the whole last recursion).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import statistics
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,63 +123,17 @@ def space(rows: tuple[Row, ...]) -> dict[str, Any]:
     return {ROW_KEY: tune.choice([r.key for r in rows])}
 
 
-# ---------------------------------------------------------------- the bridge into run_sweep
-@contextlib.contextmanager
-def rows_in_sweep(preset: str) -> Iterator[None]:
-    """While it is open, `trm.sweep.tune.run_sweep` takes the `row` key: validated and expanded on the
-    driver, expanded in each trial (`RowTrialSetup`, pickled with the trial), and `preset` runs without
-    ASHA or the overfitting stopper (a table compares every row at the whole budget).
+class RowExpander:
+    """The sweep's `row` key as config fields (`trm.sweep.tune.Expander`): on the driver, in every trial
+    and in the sweep's rows."""
 
-    A bridge: run_sweep has no hook for a key that stands for several fields; when it grows one
-    (a `rows` option expanded in `with_values`, `validate_space`, `_rows`, and a no-early-stop flag),
-    this goes."""
-    from trm.sweep import tune as sweep_tune
+    keys = frozenset({ROW_KEY})
 
-    real_apply = sweep_tune.apply_overrides
-    patched = {
-        "FIELD_OWNER": {**sweep_tune.FIELD_OWNER, ROW_KEY: "model"},
-        "apply_overrides": lambda cfg, values: real_apply(cfg, expand(dict(values), cfg.model)),
-        "TrialSetup": _row_trial_setup(),
-        "PRESETS": {**sweep_tune.PRESETS, preset: whole_budget(sweep_tune.PRESETS[preset])}
-        if preset in sweep_tune.PRESETS
-        else sweep_tune.PRESETS,
-    }
-    saved = {name: getattr(sweep_tune, name) for name in patched}
-    try:
-        for name, value in patched.items():
-            setattr(sweep_tune, name, value)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(sweep_tune, name, value)
+    def __call__(self, values: dict[str, Any], base: Config) -> dict[str, Any]:
+        return expand(dict(values), base.model)
 
 
-def whole_budget(preset):
-    """The preset with ASHA's grace and the stopper's patience past any run's length: no early stop."""
-    return replace(preset, grace=10**9, overfit_patience=10**9)
-
-
-@functools.cache
-def _row_trial_setup():
-    from trm.sweep.tune import TrialSetup, with_values
-
-    class _RowTrialSetup(TrialSetup):
-        """A trial's setup that expands `row` (in the trial's own process, where no patch is)."""
-
-        def config(self, proposed: dict[str, Any]):
-            return with_values(self.base, expand(dict(proposed), self.base.model))
-
-    _RowTrialSetup.__name__ = _RowTrialSetup.__qualname__ = "RowTrialSetup"
-    _RowTrialSetup.__module__ = __name__
-    return _RowTrialSetup
-
-
-def __getattr__(name: str):
-    # RowTrialSetup subclasses tune's TrialSetup, which imports Ray: made on first use, so that
-    # `trm params` (which reads the rows) stays free of Ray
-    if name == "RowTrialSetup":
-        return _row_trial_setup()
-    raise AttributeError(name)
+ROW_EXPANDER = RowExpander()
 
 
 # ---------------------------------------------------------------- the report
@@ -372,10 +324,11 @@ def main(argv: list[str] | None = None, doc: str = __doc__ or "") -> int:
     try:
         cfg, _ = base_config(SweepOptions(name=name, preset=a.preset, overrides=overrides_from(a)))
     except ConfigError:
-        return cli.main(name, {"default": space(rows)}, doc, None, rest)  # which says what is wrong, in one line
+        # which says what is wrong, in one line
+        return cli.main(name, {"default": space(rows)}, doc, None, rest, expander=ROW_EXPANDER)
     report = paper_table_report(["1", "2"] if a.table == "all" else [a.table], cfg.model, scale_note(a.preset, cfg))
-    with rows_in_sweep(a.preset):
-        return cli.main(name, {"default": space(rows)}, doc, report, rest)
+    # every row for the whole budget: no ASHA, no overfitting stop
+    return cli.main(name, {"default": space(rows)}, doc, report, rest, expander=ROW_EXPANDER, early_stopping=False)
 
 
 def _without_table(argv: list[str]) -> list[str]:

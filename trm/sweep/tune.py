@@ -18,9 +18,9 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
@@ -34,6 +34,16 @@ from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
 from trm.tracking import TAG_BEST_CKPT, Tracker, checkpoint_path, runs
 
 log = logging.getLogger(__name__)
+
+
+class Expander(Protocol):
+    """Search-space keys that stand for several config fields (a paper table's `row`: trm.sweep.paper): the
+    `keys` it takes, and the config fields a trial's proposed values mean on the sweep's base config.
+    Pickled into every trial: a module-level object."""
+
+    keys: frozenset[str]
+
+    def __call__(self, values: dict[str, Any], base: Config) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -56,6 +66,8 @@ class SweepOptions:
     multi_objective: bool = False  # Optuna: maximise the metric and minimise each trial's device-hours
     verbose: bool = False  # Ray's per-report and checkpoint logs
     prices: dict | None = None  # price table for trials' dollars (--prices, trm.cost.load_price_table); None: defaults
+    expander: Expander | None = None  # search-space keys beyond the config's fields (e.g. a table's rows)
+    early_stopping: bool = True  # False: no ASHA, no overfitting stop (a table compares whole budgets)
 
     @property
     def spec(self) -> WorkerSpec:
@@ -73,14 +85,19 @@ class TrialSetup:
     spec: WorkerSpec
     objective: Objective  # the sweep's: Ray keeps each trial's best checkpoints by it too
     verbose: bool = False
+    expander: Expander | None = None
 
     def config(self, proposed: dict[str, Any]) -> Config:
-        return with_values(self.base, proposed)
+        return with_values(self.base, proposed, self.expander)
 
 
-def with_values(base: Config, values: dict[str, Any]) -> Config:
-    """A validated copy of `base` with `values` (config field -> value) applied."""
-    return apply_overrides(copy.deepcopy(base), values).validate()
+def with_values(base: Config, values: dict[str, Any], expander: Expander | None = None) -> Config:
+    """A validated copy of `base` with `values` (config field -> value, or an `expander`'s keys) applied."""
+    return _applied(base, values, expander).validate()
+
+
+def _applied(base: Config, values: dict[str, Any], expander: Expander | None) -> Config:
+    return apply_overrides(copy.deepcopy(base), expander(values, base) if expander is not None else values)
 
 
 @dataclass
@@ -163,14 +180,15 @@ def base_config(opts: SweepOptions) -> tuple[Config, Preset]:
     return cfg.validate(), preset
 
 
-def validate_space(space: dict[str, Any], base: Config) -> None:
-    """Every key a config field, every value it can take valid, before any trial starts."""
+def validate_space(space: dict[str, Any], base: Config, expander: Expander | None = None) -> None:
+    """Every key a config field (or an `expander`'s), every value it can take valid, before any trial starts."""
     if not space:
         raise ConfigError("search space is empty: give at least one field to sweep")
+    known = set(FIELD_OWNER) | (set(expander.keys) if expander is not None else set())
     for key, domain in space.items():
-        if key not in FIELD_OWNER:
+        if key not in known:
             raise ConfigError(
-                f"search space key {key!r}: not a config field; expected one of {', '.join(sorted(FIELD_OWNER))}"
+                f"search space key {key!r}: not a config field; expected one of {', '.join(sorted(known))}"
             )
         if hasattr(domain, "categories"):
             values = list(domain.categories)
@@ -186,7 +204,7 @@ def validate_space(space: dict[str, Any], base: Config) -> None:
             values = [domain]
         for v in values:
             try:
-                with_values(base, {key: v})
+                with_values(base, {key: v}, expander)
             except ConfigError as e:
                 raise ConfigError(f"search space key {key!r} value {v!r}: {e}") from None
 
@@ -568,7 +586,9 @@ def run_sweep(
     if not opts.verbose:
         quiet_loggers()
     base, preset = base_config(opts)
-    validate_space(space, base)
+    if not opts.early_stopping:  # ASHA's first rung and the stopper's patience past the run's end
+        preset = replace(preset, grace=10**9, overfit_patience=10**9)
+    validate_space(space, base, opts.expander)
     if opts.seeds > 1 and "seed" in space:
         raise ConfigError("--seeds: the search space already sweeps `seed`")
     storage = resolve(opts.storage)
@@ -637,7 +657,9 @@ def run_sweep(
     callback.storage = storage
     callback.memory = memory_path(sweep_path)
     console = SweepConsole(objective, stopper, scheduler, num_samples, verbose=opts.verbose)
-    setup = TrialSetup(base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose)
+    setup = TrialSetup(
+        base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose, opts.expander
+    )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
     if opts.resume and tune.Tuner.can_restore(sweep_path):
@@ -671,7 +693,7 @@ def run_sweep(
     # resumed, Tune ran the callback it unpickled from tuner.pkl, not this one: read what it remembered
     callback.recall()
 
-    rows = _rows(grid, objective, base, callback, runs.trial_run_ids(parent))
+    rows = _rows(grid, objective, base, callback, runs.trial_run_ids(parent), opts.expander)
     done = sorted(
         (r for r in rows if math.isfinite(r.best)), key=lambda r: r.best, reverse=objective.mode == "max"
     )  # best first
@@ -775,7 +797,12 @@ def _register_best(ranked: list[TrialRow], uri: str, name: str) -> None:
 
 
 def _rows(
-    grid, objective: Objective, base: Config, callback: MlflowTrialCallback, run_ids: dict[str, str]
+    grid,
+    objective: Objective,
+    base: Config,
+    callback: MlflowTrialCallback,
+    run_ids: dict[str, str],
+    expander: Expander | None = None,
 ) -> list[TrialRow]:
     rows = []
     for result in grid:
@@ -784,7 +811,7 @@ def _rows(
         metric = objective.name
         values = df[metric] if df is not None and metric in df else None
         best = float("nan") if values is None else float(values.max() if objective.mode == "max" else values.min())
-        cfg = apply_overrides(copy.deepcopy(base), dict(result.config or {}))
+        cfg = _applied(base, dict(result.config or {}), expander)
         reason = callback.reasons.get(trial_id, "error" if result.error else "completed")
         history = {}
         if df is not None and metric in df and "step" in df:
