@@ -161,7 +161,8 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     assert len(children) == 5
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"depth_table.md", "depth_vs_accuracy.png"}
 
-    metric = PRESETS["tiny"].overrides["objective"]  # the preset overrides its dataset kind's objective
+    # the preset overrides its dataset kind's objective; trials rank on its selection-split twin
+    metric = "select/" + PRESETS["tiny"].overrides["objective"]
     for child in children:
         p = child.data.params
         for key in ("n", "T", "layers", "arch", "hidden", "ema", "weight_decay", "lr", "N_sup"):
@@ -183,7 +184,10 @@ def test_smoke_depth_sweep_end_to_end(tmp_path, mlflow_server):  # noqa: F811
     logged = {m.step: m.value for m in client.get_metric_history(best.info.run_id, metric)}
     ds = PuzzleDataset(cfg.data.path, "test")
     assert Path(cfg.data.path).is_relative_to(tmp_path)
-    scores = evaluate_task(model, ds, cfg.train.batch_size, model.y_init.device, limit=cfg.train.eval_samples).metrics
+    from trm.data.selection import Selection
+
+    scores = evaluate_task(model, ds, cfg.train.batch_size, model.y_init.device, limit=cfg.train.eval_samples,
+                           selection=Selection.of(cfg.train)).metrics
     assert scores[metric] == pytest.approx(logged[state["step"]], abs=1e-9)
 
 
