@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trm.config import Config, ConfigError, ModelConfig
+from trm.evaluate.objective import SELECT
 
 if TYPE_CHECKING:
     from trm.sweep.tune import TrialRow
@@ -152,20 +153,18 @@ class RowResult:
         return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
 
 
-def final_value(trial: TrialRow) -> float | None:
-    """A trial's objective at its last evaluation (not its best one: that would be picked on the split
-    the table reports)."""
-    if not trial.history:
-        return None
-    value = trial.history[max(trial.history)]
-    return value if math.isfinite(value) else None
+def final_value(trial: TrialRow, metric: str) -> float | None:
+    """A trial's `metric` (the reported one) at its last evaluation: not its best one, which would be
+    picked on the split the table reports."""
+    value = trial.last.get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def collect(rows: tuple[Row, ...], trials: list[TrialRow]) -> list[RowResult]:
+def collect(rows: tuple[Row, ...], trials: list[TrialRow], metric: str) -> list[RowResult]:
     out = []
     for row in rows:
         mine = [t for t in trials if t.params.get(ROW_KEY) == row.key]
-        found = [final_value(t) for t in mine]
+        found = [final_value(t, metric) for t in mine]
         out.append(RowResult(row, [v for v in found if v is not None], mine[0].effective_depth if mine else None))
     return out
 
@@ -224,13 +223,15 @@ def paper_table_report(
     """A run_sweep report: each table (printed, in the parent's description, an artifact) and a bar chart
     of ours (mean ± std) beside the paper's, logged to the sweep's parent run."""
 
-    def report(trials: list[TrialRow], parent: Tracker, metric: str) -> str:
+    def report(trials: list[TrialRow], parent: Tracker, objective: str) -> str:
+        # the sweep ranks on the selection split (select/...); the table reports the split it leaves
+        metric = objective.removeprefix(SELECT)
         steps = {max(t.history) for t in trials if t.history}
         step = steps.pop() if len(steps) == 1 else None
         parts: list[str] = []
         shown: list[RowResult] = []  # each row once (the TRM is in both tables)
         for table in tables:
-            results = collect(TABLES[table], trials)
+            results = collect(TABLES[table], trials, metric)
             seeds = max((len(r.values) for r in results), default=0)
             parts += [f"### Table {table}", "", markdown_table(results, base, metric, seeds, step), ""]
             parts += [*ordering_note(results), ""]
