@@ -156,6 +156,8 @@ def _split(ds: PuzzleDataset, sel: Selection) -> SplitRows:
     from trm.data.dataset import DatasetError
 
     keys, pool, by = group_keys(ds.arrays)
+    if len(pool) == 0:  # nothing scored on either side (ARC test inputs whose outputs are unknown): no split
+        return SplitRows(np.arange(0), np.arange(len(keys)), pool, 0, by)
     chosen = choose(pool, sel.fraction, sel.seed)
     rec = ds.meta.get(META_KEY)
     if (
