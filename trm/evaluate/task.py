@@ -105,10 +105,11 @@ def evaluate_task(
         metric = objective_.name
         chosen = eval_rows(ds, limit, tasks if voted else 0, seed, within=parts.select)
         report = eval_rows(ds, limit, tasks if voted else 0, seed, within=parts.report)
-        sel = evaluate_rows(chosen, objective_.reported, curve=curve, keep_predictions=False)
-        res = evaluate_rows(report, objective_.reported, curve=False, keep_predictions=keep_predictions)
+        sel = evaluate_rows(chosen, objective_.reported, curve=False, keep_predictions=False)
+        # the curve, like every reported number, on the side that is not selected on
+        res = evaluate_rows(report, objective_.reported, curve=curve, keep_predictions=keep_predictions)
         res.metrics.update({SELECT + k: v for k, v in sel.metrics.items()})
-        res.curve, res.split = sel.curve, selection.describe(parts)
+        res.split = selection.describe(parts)
     res.metric = metric
     res.metrics["eval/seconds"] = time.time() - t0  # the whole evaluation (both sides)
     return res

@@ -72,7 +72,8 @@ def log_eval_run(uri: str | None, experiment: str, checkpoint, step: int, result
             tracker.log_params(result.params)
         tracker.log_metrics(result.metrics, step, once_per_step=False)
         for k, v in sorted(result.curve.items()):
-            tracker.log_metrics({CURVE_PREFIX + result.metric: v}, k, once_per_step=False)
+            # the curve is measured on the reported split: named by the reported metric
+            tracker.log_metrics({CURVE_PREFIX + result.metric.removeprefix("select/"): v}, k, once_per_step=False)
     finally:
         tracker.end()
     return tracker.run_id
