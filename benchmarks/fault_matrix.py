@@ -166,21 +166,23 @@ def divergence(data: Path, run: Path, cwd: Path) -> tuple[Result, str, str]:
     return r, outcome(r, "stopped"), f"non-finite checkpoints {bad}" if bad else "nothing"
 
 
-def refused_resume(data: Path, run: Path, cwd: Path) -> tuple[Result, str, str]:
+def resume_with(data: Path, run: Path, cwd: Path, setting: str) -> tuple[Result, Path, dict[str, bytes]]:
+    """A copy of the finished base run, resumed to step 4 with one setting changed."""
     folder = cwd / "a"
     shutil.copytree(run, folder)
     before = snapshot(folder)
     r = trm("train", "--out", str(folder), "--no-tracking", "--set", f"data_path={data}", *TINY,
-            "--set", "steps=4", "--set", "hidden=32", cwd=cwd)  # fmt: skip
+            "--set", "steps=4", "--set", setting, cwd=cwd)  # fmt: skip
+    return r, folder, before
+
+
+def refused_resume(data: Path, run: Path, cwd: Path) -> tuple[Result, str, str]:
+    r, folder, before = resume_with(data, run, cwd, "hidden=32")
     return r, *refusal(r, cwd, before, folder)
 
 
 def other_batch_size(data: Path, run: Path, cwd: Path) -> tuple[Result, str, str]:
-    folder = cwd / "a"
-    shutil.copytree(run, folder)
-    before = snapshot(folder)
-    r = trm("train", "--out", str(folder), "--no-tracking", "--set", f"data_path={data}", *TINY,
-            "--set", "steps=4", "--set", "batch_size=4", cwd=cwd)  # fmt: skip
+    r, folder, before = resume_with(data, run, cwd, "batch_size=4")
     if r.exit == 0:  # re-slotted: then it must have gone on from the checkpoint without a step twice
         twice = logged_twice(folder)
         return r, outcome(r, "recovered"), f"steps twice {twice}" if twice else "nothing"

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_long_run import latest_registered_step
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "generate=none", "--set", "device=cpu", "--set", "arch=mlp", "--set", "hidden=16",
         "--set", "layers=1", "--set", "n=1", "--set", "T=1", "--set", "N_sup=2", "--set", "expansion=2",
@@ -430,16 +432,6 @@ def runs_at(db: Path, run_path: Path) -> list:
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_RUN_PATH}` = '{run_path.resolve()}'")
 
 
-def registered_step(folder: Path) -> int:
-    """The step of the latest checkpoint Ray Train has registered, or -1."""
-    try:
-        snap = json.loads((folder / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return -1
-    latest = snap.get("latest_checkpoint_result")
-    return int(latest["checkpoint_dir_name"].split("_")[1].split("-")[0]) if latest else -1
-
-
 @pytest.mark.slow
 def test_divergence_under_ray_train_ends_the_same_way(data, tmp_path):
     from trm.tracking import TAG_END_REASON
@@ -471,7 +463,7 @@ def test_retries_exhausted_end_in_one_line_and_a_rerun_continues_the_mlflow_run(
     folder = tmp_path / "runs" / "r"
     try:
         deadline = time.time() + 240
-        while registered_step(folder) < 4 or not train_workers(proc.pid):
+        while latest_registered_step(folder) < 4 or not train_workers(proc.pid):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
@@ -486,7 +478,7 @@ def test_retries_exhausted_end_in_one_line_and_a_rerun_continues_the_mlflow_run(
     (dead,) = runs_at(db, folder)
     assert dead.info.status == "FAILED"
 
-    resume_at = registered_step(folder)
+    resume_at = latest_registered_step(folder)
     assert resume_at >= 4, line
     r = trm(*args, "--set", f"steps={resume_at + 4}", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
