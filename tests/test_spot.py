@@ -95,6 +95,7 @@ def test_without_a_metadata_service_the_watcher_stops_at_once():
     assert not watcher._thread.is_alive() and not watcher.noticed.is_set()
 
 
+@pytest.mark.slow  # a real `trm train` in a subprocess: about 2 minutes on a loaded 2-core machine
 def test_a_run_checkpoints_within_the_notice(metadata, tmp_path):
     """A long `trm train` (checkpoint_every far away) writes a checkpoint off its cadence within
     seconds of the notice, and goes on."""
