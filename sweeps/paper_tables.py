@@ -9,7 +9,7 @@ sweep parent's MLflow description, and is logged with a bar chart (paper_table.m
     python sweeps/paper_tables.py --table 1 --preset sudoku-extreme --gpus-per-worker 1 --address auto
 
 --table 1|2|all (default all); --seeds K (default 3); every trial of rows x seeds runs (--num-samples).
-The default preset is smoke (hidden 64, 500 steps on generated Sudoku with 45-55 givens): it does not
+The default preset is smoke (hidden 64, 400 steps on generated Sudoku with 45-55 givens): it does not
 reproduce the paper's gaps, and the report names each pair of rows whose order differs from the paper's.
 The paper's rows are Sudoku-Extreme at hidden 512 for 60000 epochs (`--preset sudoku-extreme`, GPUs).
 """

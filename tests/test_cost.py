@@ -104,7 +104,9 @@ def test_cost_meter_accumulates_across_restart() -> None:
     price = cost.DEFAULT_PRICES["p5.4xlarge"]["spot"]
     m = CostMeter(4, "p5.4xlarge", "spot", clock=clock)
     clock.t += 1800  # 30 min on 4 GPUs
-    assert m.metrics() == pytest.approx({"cost/gpu_hours": 2.0, "cost/usd_estimate": 4 * 0.5 * price})
+    assert m.metrics() == pytest.approx(
+        {"cost/gpu_hours": 2.0, "cost/usd_estimate": 4 * 0.5 * price, "cost/gpu_hours_lost": 0.0}
+    )
     state = m.state_dict()
     state = json.loads(json.dumps(state))  # plain data: survives a checkpoint as JSON
 

@@ -491,6 +491,58 @@ def test_retries_exhausted_end_in_one_line_and_a_rerun_continues_the_mlflow_run(
 
 
 @pytest.mark.slow
+def test_a_run_that_fails_after_every_restart_stops_with_the_reason(data, tmp_path):
+    """A worker that dies right after each restart (here SIGKILLed as soon as its start is in the run's
+    ledger) never advances the checkpoint: after 3 restarts in a row from it the run stops with one line
+    saying so, rather than retrying up to --max-failures (or, preemptions, forever); the ledger counts every
+    start; the MLflow run ends FAILED, reason "stalled". (The work each restart loses: tests/test_attempts.py.)"""
+    from tests.processes import kill_session, train_workers
+    from trm.launch.attempts import ATTEMPTS
+    from trm.tracking import TAG_END_REASON
+
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
+    args = ["train", "--out", "runs/s", "--workers", "1", "--max-failures", "10", "--set", f"data_path={data}", *TINY,
+            "--set", "steps=100000", "--set", "checkpoint_every=40", "--set", "eval_every=40",
+            "--tracking-uri", f"sqlite:///{db}"]
+    proc = subprocess.Popen([sys.executable, "-m", "trm.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    folder = tmp_path / "runs" / "s"
+    def ledger() -> dict:
+        try:
+            return json.loads((folder / ATTEMPTS).read_text())
+        except (OSError, ValueError):  # not yet written
+            return {"starts": 0, "stalled": 0}
+
+    killed = 0
+    try:
+        deadline = time.time() + 480
+        while latest_registered_step(folder) < 40:  # the first checkpoint: then the first failure
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ""
+            time.sleep(0.2)
+        while proc.poll() is None:
+            assert time.time() < deadline, f"still running after {killed} kills: {ledger()}"
+            workers, now = train_workers(proc.pid), ledger()
+            # an attempt that has started from its checkpoint fails at once (the one that stops is left be)
+            if workers and now["starts"] > killed and now["stalled"] < 3:
+                os.kill(workers[0], signal.SIGKILL)
+                killed += 1
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    step = latest_registered_step(folder)  # the first attempt's newest checkpoint: no attempt after it wrote one
+    line = stopped(r, f"stopped: restarted 3 times in a row from the checkpoint at step {step} without writing a "
+                   "newer", "resume with: trm train --out runs/s")
+    end = ledger()
+    assert (end["starts"], end["resume_step"], killed) == (5, step, 4), (end, killed, line)
+    (run,) = runs_at(db, folder)
+    assert run.info.status == "FAILED" and run.data.tags[TAG_END_REASON] == "stalled"
+
+
+@pytest.mark.slow
 def test_a_tracking_server_gone_for_good_ends_in_one_line_naming_it(data, tmp_path):
     """A real MLflow server, killed mid-run and not restarted: one line naming its URI, the last good
     checkpoint and --no-tracking; MLflow's own retries cut to none (its documented setting) to keep

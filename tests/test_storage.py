@@ -132,3 +132,44 @@ def test_upload_download_round_trip(s3_server: S3Server, tmp_path: Path) -> None
 def test_download_missing_prefix(s3_server: S3Server, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         download_dir(f"s3://{s3_server.bucket}/nothing/here", cache_dir=tmp_path)
+
+
+def test_s3_lease_one_driver_renewed_released_and_taken_over_when_lost(
+    s3_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run on S3 has one driver: a second is refused naming the holder while the holder renews its
+    lease; a released lease is free at once; a killed driver's lease lapses after its TTL and the next
+    driver takes it over, saying whose it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from trm.run_lock import LEASE_FILE, RunLockedError, S3Lease
+
+    root = f"s3://{s3_server.bucket}/runs/leased"
+    with S3Lease(root, "--name", ttl=1.0, settle=0.05):
+        time.sleep(1.6)  # past the first lease's expiry: only the renewal keeps it live
+        with pytest.raises(RunLockedError, match=rf"--name {root}: another driver holds .*pid {os.getpid()} on "):
+            S3Lease(root, "--name", ttl=1.0, settle=0.05).__enter__()
+    with S3Lease(root, "--name", ttl=1.0, settle=0.05):  # released: no wait
+        pass
+
+    # a driver killed with its lease held (kill -9: nothing released)
+    code = (
+        "import sys, time; from trm.run_lock import S3Lease; "
+        f"S3Lease({root!r}, '--name', ttl=1.5, settle=0.05).__enter__(); print('held', flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"pid {p.pid} on"):
+            S3Lease(root, "--name", ttl=1.5, settle=0.05).__enter__()
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    time.sleep(1.7)
+    with caplog.at_level("WARNING", logger="trm.run_lock"), S3Lease(root, "--name", ttl=1.5, settle=0.05) as lease:
+        held = json.loads(s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"runs/leased/{LEASE_FILE}")["Body"].read())
+        assert held["token"] == lease.token and held["pid"] == os.getpid()
+    assert f"taking over the lease of pid {p.pid}" in caplog.text

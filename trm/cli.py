@@ -86,8 +86,8 @@ def _train_run(a: argparse.Namespace) -> None:
     if a.workers < 0:
         raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
     from trm.cli_common import check_max_failures
-    from trm.run_lock import HOLDER_FILE, LOCK_FILE, RunLock
-    from trm.storage import check_local_folder, join
+    from trm.run_lock import HOLDER_FILE, LOCK_FILE, RunLock, S3Lease
+    from trm.storage import check_local_folder, is_s3, join
     from trm.storage import resolve as resolve_storage
 
     check_max_failures(a.max_failures)
@@ -108,6 +108,8 @@ def _train_run(a: argparse.Namespace) -> None:
                     _check_rerun(out, cfg, root)
                 out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(RunLock(out))
+                if is_s3(root):  # the checkpoints' folder, which other machines' drivers may also reach
+                    held.enter_context(S3Lease(root, "--storage"))
                 if a.restart:
                     _restart(Path(root), a, keep=(LOCK_FILE, HOLDER_FILE), run_path=root)
                 cfg.save(out / "config.yaml")

@@ -191,10 +191,14 @@ class CostMeter:
     """Accumulates GPU wall time and dollars across restarts.
 
     Call ``metrics()`` whenever you report; put ``state_dict()`` in the
-    checkpoint and pass it back as ``state=`` after a restart. Time between a
-    preemption and the restart is not seen, so the figure is a lower bound.
-    Dollars accumulate per segment, so a run resumed on another instance type
-    or market keeps the price of what it already used.
+    checkpoint and pass it back as ``state=`` after a restart. The work a
+    restart threw away (wall seconds since the checkpoint it resumed from,
+    measured by the run's ledger, `trm.launch.attempts`) is set as
+    ``lost_seconds``: it is in ``cost/gpu_hours`` and the dollars, and on its
+    own in ``cost/gpu_hours_lost``. Time between a preemption and the restart
+    is not seen, so the figures are a lower bound. Dollars accumulate per
+    segment, so a run resumed on another instance type or market keeps the
+    price of what it already used.
     """
 
     def __init__(
@@ -214,6 +218,7 @@ class CostMeter:
         self.gpu_seconds = 0.0
         self.usd = 0.0
         self.restarts = 0
+        self.lost_seconds = 0.0  # wall seconds of work restarts threw away (set from the run's ledger)
         if state is not None:
             self.load_state_dict(state)
         self._last = clock()
@@ -226,9 +231,14 @@ class CostMeter:
         self.usd += dt * self._usd_per_second
 
     def metrics(self) -> dict[str, float]:
-        """``{"cost/gpu_hours", "cost/usd_estimate"}`` up to now."""
+        """``{"cost/gpu_hours", "cost/usd_estimate", "cost/gpu_hours_lost"}`` up to now, lost work included."""
         self._advance()
-        return {"cost/gpu_hours": self.gpu_seconds / 3600.0, "cost/usd_estimate": self.usd}
+        lost = self.lost_seconds * self.num_gpus
+        return {
+            "cost/gpu_hours": (self.gpu_seconds + lost) / 3600.0,
+            "cost/usd_estimate": self.usd + self.lost_seconds * self._usd_per_second,
+            "cost/gpu_hours_lost": lost / 3600.0,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         self._advance()

@@ -103,7 +103,7 @@ def run_long(
     """Start run `name` under `storage` (or, with resume, continue it) and train until it completes
     or a limit stops it. `cfg` is the config of a new run; on resume the manifest's is used, with
     `overrides` on top. Returns the final metrics, the MLflow run id and the last checkpoint.
-    A run under local storage is held by the run lock of `trm train` (`trm.run_lock`) while it runs."""
+    The run is held while it runs (`trm.run_lock.hold`: the lock of `trm train` locally, a lease on S3)."""
     import contextlib
     from pathlib import Path
 
@@ -147,11 +147,13 @@ def run_long(
     assert uri is not None  # a long run is always tracked
     settings.tracking_uri = uri
     with contextlib.ExitStack() as held:
-        if "://" not in root:  # one writer: a second driver, or `trm train --workers` on this folder, is refused
-            from trm.run_lock import RunLock
+        # one writer: a second driver, or `trm train --workers` on this run, is refused (a lock on a local
+        # folder, a lease on S3 that lapses when this driver is lost, so --resume can take it over)
+        from trm.run_lock import hold
 
+        if "://" not in root:
             Path(root).mkdir(parents=True, exist_ok=True)
-            held.enter_context(RunLock(root, "--name"))
+        held.enter_context(hold(root, "--name"))
         return _run_held(name, storage, root, cfg, settings, spec, limits, manifest, resume, uri, resume_command)
 
 

@@ -82,14 +82,13 @@ class RetriesExhausted(TrmError):
 
 def fit(trainer, max_failures: int, resume_command: str | None, root: str):
     """`trainer.fit()` of the run stored at `root`, as one line when it ends badly: `Diverged` when
-    the loop stopped on a non-finite loss (the worker catches it and leaves its message in
-    root/STOP_FILE), `RetriesExhausted` naming the cause when the workers failed beyond
-    `max_failures`. Inside the run's `runs.guard`: the MLflow run ends FAILED with that error's end
-    reason."""
+    the loop stopped on a non-finite loss, `Stalled` when it restarted too often without advancing a
+    checkpoint (the workers catch both and leave the message in root/STOP_FILE, with this launch's id),
+    `RetriesExhausted` naming the cause when the workers failed beyond `max_failures`. Inside the run's
+    `runs.guard`: the MLflow run ends FAILED with that error's end reason."""
     from ray.train import TrainingFailedError
 
-    from trm.launch.worker import STOP_FILE
-    from trm.storage import join, read_json
+    from trm.launch.attempts import Stalled
     from trm.train.loop import Diverged
 
     try:
@@ -99,11 +98,23 @@ def fit(trainer, max_failures: int, resume_command: str | None, root: str):
         raise RetriesExhausted(
             f"training failed after {max_failures} retries (--max-failures {max_failures}): {failure_cause(e)}{again}"
         ) from e
-    stop = read_json(join(root, STOP_FILE)) or {}
-    # a divergence of this attempt is after its last checkpoint (one of an earlier attempt is before it)
-    if stop.get("reason") == "diverged" and stop.get("step", -1) > (result.metrics or {}).get("step", -1):
-        raise Diverged(str(stop.get("message") or f"diverged at step {stop['step']}"))
+    stop = stop_of_launch(trainer, root)
+    message = str(stop.get("message") or f"{stop.get('reason')} at step {stop.get('step')}")
+    if stop.get("reason") == "diverged":
+        raise Diverged(message)
+    if stop.get("reason") == "stalled":
+        raise Stalled(message + (f"; once fixed, resume with: {resume_command}" if resume_command else ""))
     return result
+
+
+def stop_of_launch(trainer, root: str) -> dict:
+    """Why the workers of `trainer` (this launch) stopped the run stored at `root` without finishing:
+    its STOP_FILE record ({"reason", "step", "message"}), or {} (one of an earlier launch is not this one's)."""
+    from trm.launch.worker import STOP_FILE
+    from trm.storage import join, read_json
+
+    stop = read_json(join(root, STOP_FILE)) or {}
+    return stop if stop.get("launch") == trainer.train_loop_config["run"].launch else {}
 
 
 def failure_cause(error: BaseException) -> str:

@@ -18,12 +18,14 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trm.config import Config
 from trm.cost import RunLimits
+from trm.launch.attempts import STALLED_RESTARTS, Attempts, Stalled
 from trm.launch.cluster import WorkerSpec
 from trm.train import checkpoint as ckpt
 from trm.train.session import TrackedSession
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 # validity, exact accuracy; every one an accuracy, mode "max") also as "score": Ray keeps the best
 # checkpoints by it, and, Train V2's CheckpointManager, always the latest besides (what a resume uses).
 METRIC = "score"
-# in the run's storage folder: why rank 0 stopped without a checkpoint (a divergence), for the driver
-# (trm.launch.single.fit)
+# in the run's storage folder: why rank 0 stopped without a checkpoint (a divergence, restarts that do not
+# advance), for the driver of that launch (trm.launch.single.fit)
 STOP_FILE = "trm_stop.json"
 
 
@@ -51,6 +53,8 @@ class WorkerRun:
     quiet: bool = False  # console: warnings only (a sweep's trials: Ray's per-report and checkpoint lines off)
     system_metrics: bool = True  # rank 0 logs system/* (CPU, memory, GPU) into the run
     checkpoint_root: str | None = None  # storage/name: where Ray puts the run's checkpoints (set by make_trainer)
+    launch: str = ""  # this driver launch (set by make_trainer): its stop file and count of stalled restarts
+    stalled_restarts: int = STALLED_RESTARTS  # restarts in a row from one checkpoint before the run stops
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -71,7 +75,8 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and run.mlflow_run_id:
         assert run.tracking_uri is not None  # every launcher hands the resolved uri with the run id
         tracker = Tracker(run.tracking_uri, run.mlflow_run_id)
-    trainer = Trainer(cfg, RaySession(tracker, run.checkpoint_root), run.limits)
+    attempts = Attempts(run.checkpoint_root, run.launch, run.stalled_restarts) if run.checkpoint_root else None
+    trainer = Trainer(cfg, RaySession(tracker, run.checkpoint_root, attempts), run.limits)
     if tracker is not None:
         trainer.extra["mlflow_run_id"] = run.mlflow_run_id
     if run.quiet:
@@ -83,13 +88,14 @@ def train_loop_per_worker(config: dict) -> None:
         monitor = start_system_metrics(tracker.uri, tracker.run_id)
     try:
         trainer.fit()
-    except Diverged as e:  # reported with stop_reason "diverged" (the launcher's end reason); not retried
+    except (Diverged, Stalled) as e:  # the run stops with this reason (the launcher's end reason); not retried
         log.error("%s", e)
         if rank == 0 and run.checkpoint_root:  # Ray's Result holds the last checkpoint's metrics, not this report's
             from trm.storage import join, write_json
 
             write_json(
-                join(run.checkpoint_root, STOP_FILE), {"reason": "diverged", "step": trainer.step, "message": str(e)}
+                join(run.checkpoint_root, STOP_FILE),
+                {"reason": e.end_reason, "step": trainer.step, "message": str(e), "launch": run.launch},
             )
     finally:
         if monitor is not None:
@@ -145,7 +151,12 @@ def make_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "run": replace(run, threads=max(1, int(spec.cpus_per_worker)), checkpoint_root=join(storage, name))
+            "run": replace(
+                run,
+                threads=max(1, int(spec.cpus_per_worker)),
+                checkpoint_root=join(storage, name),
+                launch=uuid.uuid4().hex,
+            )
         },
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         # Train V2's RunConfig (logging_config, Train callbacks): mypy resolves ray.train's V1 one (ray.air.config)
@@ -191,7 +202,7 @@ def _remove_stale_tmp(root: Path) -> None:
 class RaySession(TrackedSession):
     """Inside `TorchTrainer`'s train_loop_per_worker: Ray persists and restores checkpoints."""
 
-    def __init__(self, tracker=None, checkpoint_root: str | None = None):
+    def __init__(self, tracker=None, checkpoint_root: str | None = None, attempts: Attempts | None = None):
         import ray.train
 
         self._train = ray.train
@@ -199,6 +210,7 @@ class RaySession(TrackedSession):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.tracker = tracker if self.rank == 0 else None
+        self.attempts = attempts if self.rank == 0 else None  # the run's ledger of starts (rank 0 writes it)
         # checkpoint names Ray holds: after resuming below a corrupt one, a new checkpoint under
         # its name would be deleted with it
         self._taken: set[str] = set()
@@ -213,15 +225,35 @@ class RaySession(TrackedSession):
         Ray that does. Rank 0 chooses and every rank opens its choice: ranks must resume together."""
         from ray.train.collective import broadcast_from_rank_zero
 
-        choice = self._choose() if self.rank == 0 else None
-        chosen, self._taken, error = broadcast_from_rank_zero(choice)
+        choice = self._start(*self._choose()) if self.rank == 0 else None
+        chosen, self._taken, error, stalled = broadcast_from_rank_zero(choice)
         if error:
             raise ckpt.CheckpointError(error)
+        if stalled:  # every rank stops: the run fails before it advances
+            raise Stalled(stalled)
         if chosen is None:
             yield None
             return
         with chosen.as_directory() as d:
             yield Path(d)
+
+    def _start(self, chosen, taken: set[str], error: str | None) -> tuple:
+        """Rank 0: this start in the run's ledger (`trm.launch.attempts`), from the chosen checkpoint."""
+        stalled = None
+        if self.attempts is not None and error is None:
+            try:
+                self.attempts.start(ckpt.step_of(Path(chosen.path).name) if chosen is not None else None)
+            except Stalled as e:
+                stalled = str(e)
+        return chosen, taken, error, stalled
+
+    def run_metrics(self) -> dict[str, float]:
+        """Rank 0 under Ray: restarts as the ledger counts them (an attempt that died before its first
+        checkpoint too) and the wall time of work that restarts threw away."""
+        if self.attempts is None:
+            return {}
+        ledger = self.attempts.ledger
+        return {"run/restarts": ledger.starts - 1, "run/lost_seconds": ledger.lost_seconds}
 
     def _choose(self) -> tuple:
         """(checkpoint or None, names Ray holds, error or None), on rank 0."""
@@ -254,6 +286,8 @@ class RaySession(TrackedSession):
             self.tracker.log_metrics(metrics, step)
         if write is None:
             self._train.report(metrics)
+            if self.attempts is not None:
+                self.attempts.beat(step, checkpoint=False)
             return
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         try:
@@ -264,6 +298,8 @@ class RaySession(TrackedSession):
                 n += 1
                 name = f"{ckpt.step_dir_name(step)}-{n}"
             self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+            if self.attempts is not None:  # registered: the work up to here is saved
+                self.attempts.beat(step, checkpoint=True)
             if self.tracker is not None and metrics.get("best/step") == step:  # this evaluation is the best
                 from trm.storage import join
                 from trm.tracking import best_checkpoint_tags

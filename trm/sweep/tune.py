@@ -212,7 +212,10 @@ def validate_space(space: dict[str, Any], base: Config, expander: Expander | Non
 # ---------------------------------------------------------------- one trial
 def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """One Tune trial: a TorchTrainer over the config the searcher proposed."""
+    from trm.launch.attempts import Stalled
+    from trm.launch.single import stop_of_launch
     from trm.launch.worker import WorkerRun, make_trainer
+    from trm.storage import join
 
     if not setup.verbose:
         quiet_loggers()
@@ -233,6 +236,9 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
         in_tune=True,
     )
     trainer.fit()
+    stop = stop_of_launch(trainer, join(setup.trial_storage, ctx.get_trial_id()))
+    if stop.get("reason") == "stalled":  # the trial errors, saying why (a divergence was reported as such)
+        raise Stalled(stop.get("message", "stalled"))
 
 
 class UniqueOptunaSearch(OptunaSearchBase):

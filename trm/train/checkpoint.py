@@ -105,6 +105,12 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:09d}"
 
 
+def step_of(name: str) -> int:
+    """The step of a checkpoint folder named by `step_dir_name` (with a "-N" suffix when one of that step
+    was already taken)."""
+    return int(name.split("_", 1)[1].split("-")[0])
+
+
 def save_local(root: Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
     """Call write(tmp_folder), then publish it as root/step_N atomically; keep the newest `keep`.
     Out of disk space: `DiskFullError` naming the step, the folder and the last good checkpoint."""

@@ -281,8 +281,12 @@ class Trainer:
         m = {
             "run/restarts": self.extra.get("restarts", 0),
             "run/recomputed_steps": self.extra.get("recomputed_steps", 0),
+            **self.session.run_metrics(),  # under Ray: restarts counted truly, run/lost_seconds
         }
-        return {**m, **(self.meter.metrics() if self.meter is not None else {})}
+        if self.meter is not None:  # the work restarts threw away was paid for too
+            self.meter.lost_seconds = m.get("run/lost_seconds", 0.0)
+            m.update(self.meter.metrics())
+        return m
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
         """The dataset kind's evaluation on the EMA weights (trm.evaluate.task, as `trm eval`), reporting

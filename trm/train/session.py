@@ -55,6 +55,10 @@ class Session(Protocol):
         """Rank 0: the run is fine-tuned from the checkpoint `folder` (train.init_from)."""
         ...
 
+    def run_metrics(self) -> dict[str, float]:
+        """Rank 0: run/* figures only the session knows (under Ray: restarts and the work they lost)."""
+        ...
+
 
 class TrackedSession:
     """What a session does through its tracker (an MLflow run, or None: nothing), the same on one
@@ -68,6 +72,9 @@ class TrackedSession:
     def log_params(self, cfg: Config) -> None:
         if self.tracker is not None:
             self.tracker.log_config(cfg)
+
+    def run_metrics(self) -> dict[str, float]:
+        return {}
 
     def set_parent(self, folder: Path) -> None:
         if self.tracker is not None:
@@ -95,7 +102,7 @@ class LocalSession(TrackedSession):
     def restore(self) -> Iterator[Path | None]:
         ckpt.check_resumable(self.out_dir / "checkpoints", f"--out {self.out_dir}")  # never silently from step 0
         folder = ckpt.latest_local(self.out_dir / "checkpoints")
-        self._cut_log(int(folder.name.split("_")[1].split("-")[0]) if folder is not None else 0)
+        self._cut_log(ckpt.step_of(folder.name) if folder is not None else 0)
         yield folder
 
     def _cut_log(self, step: int) -> None:
