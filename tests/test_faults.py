@@ -543,6 +543,54 @@ def test_a_run_that_fails_after_every_restart_stops_with_the_reason(data, tmp_pa
 
 
 @pytest.mark.slow
+def test_a_run_whose_workers_never_get_their_resources_stops_naming_them(data, tmp_path, monkeypatch):
+    """A cluster (here `ray.cluster_utils.Cluster`, one CPU node) that never has the GPU the run asks for:
+    a cluster can autoscale, so the run waits, but only --worker-wait-minutes in all (Train V2's worker-group
+    start timeout, cut to 5 s here, times its retries); then one line naming what the workers asked for and
+    what Ray has free, and nothing trained."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")  # the cluster's processes inherit it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        start = time.time()
+        r = trm("train", "--out", "runs/w", "--workers", "1", "--gpus-per-worker", "1", "--no-tracking",
+                "--worker-wait-minutes", "0.25", "--address", cluster.address, "--set", f"data_path={data}", *TINY,
+                "--set", "steps=4", cwd=tmp_path, env={**RAY_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5"})
+        took = time.time() - start
+    finally:
+        cluster.shutdown()
+    stopped(r, "1 worker(s) of 1 CPU, 1 GPU each did not start within 0.25 minutes (--worker-wait-minutes)",
+            "Ray has 1 of 1 CPU, 0 of 0 GPU free", "resume with: trm train --out runs/w")
+    assert took < 120, took  # 15 s of waiting, not forever
+    assert latest_registered_step(tmp_path / "runs" / "w") == -1
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_worker_count_continues_the_run(data, tmp_path):
+    """Two DDP workers, then the same run resumed on one (a smaller cluster): the weights, optimiser and
+    step carry over; each rank's carried samples cannot (their slots were split over two ranks), so they
+    restart from y_init/z_init with a warning saying why, and the run finishes in its one MLflow run with
+    no step twice."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    args = ["train", "--out", "runs/n", "--set", f"data_path={data}", *TINY, "--tracking-uri", f"sqlite:///{db}"]
+    r = trm(*args, "--workers", "2", "--set", "steps=4", cwd=tmp_path, env=RAY_ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "runs" / "n"
+    (first,) = runs_at(db, folder)
+    assert (folder / "step_000000004" / "rank1.pt").is_file()
+    r = trm(*args, "--workers", "1", "--set", "steps=8", cwd=tmp_path, env=RAY_ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "saved with 2 workers, now 1; carried slots restart" in r.stdout + r.stderr, r.stderr[-3000:]
+    (run,) = runs_at(db, folder)
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    history = [m.step for m in MlflowClient(f"sqlite:///{db}").get_metric_history(run.info.run_id, "train/loss")]
+    assert history == sorted(set(history)) and history[-1] == 8, history
+
+
+@pytest.mark.slow
 def test_a_tracking_server_gone_for_good_ends_in_one_line_naming_it(data, tmp_path):
     """A real MLflow server, killed mid-run and not restarted: one line naming its URI, the last good
     checkpoint and --no-tracking; MLflow's own retries cut to none (its documented setting) to keep

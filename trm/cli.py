@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from trm.cli_common import ArgumentParser, add_flags, overrides_from, run_main
+from trm.cli_common import WORKER_WAIT_MINUTES, ArgumentParser, add_flags, overrides_from, run_main
 
 log = logging.getLogger("trm")
 
@@ -58,6 +58,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_flags(p, "gpus_per_worker", "cpus_per_worker", gpus_per_worker=0.0, cpus_per_worker=1.0)
     add_flags(p, "storage", "address")  # with --workers
     add_flags(p, "max_failures", max_failures=3)  # with --workers
+    add_flags(p, "worker_wait_minutes", worker_wait_minutes=WORKER_WAIT_MINUTES)
     p.add_argument(
         "--restart",
         action="store_true",
@@ -85,12 +86,13 @@ def _train_run(a: argparse.Namespace) -> None:
     cfg = load_config(a.config, overrides)
     if a.workers < 0:
         raise ConfigError(f"--workers {a.workers}: expected 0 (this process) or more workers")
-    from trm.cli_common import check_max_failures
+    from trm.cli_common import check_max_failures, check_worker_wait
     from trm.run_lock import HOLDER_FILE, LOCK_FILE, RunLock, S3Lease
     from trm.storage import check_local_folder, is_s3, join
     from trm.storage import resolve as resolve_storage
 
     check_max_failures(a.max_failures)
+    check_worker_wait(a.worker_wait_minutes)
     out = Path(a.out)
     check_local_folder(out, "--out")
     if a.workers > 0:
@@ -122,6 +124,7 @@ def _train_run(a: argparse.Namespace) -> None:
                 tracking_uri=a.tracking_uri,
                 experiment=a.experiment,
                 max_failures=a.max_failures,
+                worker_wait_minutes=a.worker_wait_minutes,
                 address=a.address,
                 tracking=not a.no_tracking,
                 on_ready=save_config,

@@ -48,6 +48,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- shared flags
+WORKER_WAIT_MINUTES = 10.0  # how long a run or trial waits for its workers, over all its starts (-1: no bound)
 _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "config": ("--config", {"help": "YAML file with model/train/data sections"}),
     "set": (
@@ -78,13 +79,22 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
             "workers from the latest checkpoint; -1: no limit (spot preemptions are always retried)",
         },
     ),
+    "worker_wait_minutes": (  # default WORKER_WAIT_MINUTES where an entry point says so
+        "--worker-wait-minutes",
+        {
+            "type": float,
+            "metavar": "M",
+            "help": "how long the workers may wait for their resources, over all restarts, before the run stops "
+            "saying which it lacks; -1: no bound (a cluster that autoscales or regains spot capacity)",
+        },
+    ),
 }
 
 
 def add_flags(p: argparse.ArgumentParser, *names: str, **defaults: Any) -> None:
     """Add the shared flags `names` (config, set, data, storage, tracking_uri, experiment, address,
-    gpus_per_worker, cpus_per_worker, max_failures), with the same spelling and help everywhere; `defaults`
-    sets an entry point's own default (shown in --help)."""
+    gpus_per_worker, cpus_per_worker, max_failures, worker_wait_minutes), with the same spelling and help
+    everywhere; `defaults` sets an entry point's own default (shown in --help)."""
     for name in names:
         flag, kw = _FLAGS[name]
         kw = dict(kw)
@@ -120,6 +130,16 @@ def check_max_failures(value: int | None) -> None:
 
     if value is not None and value < -1:
         raise ConfigError(f"--max-failures {value}: expected -1 (no limit) or a number of retries >= 0")
+
+
+def check_worker_wait(value: float | None) -> None:
+    """--worker-wait-minutes: -1 (no bound) or minutes > 0."""
+    import math
+
+    from trm.config import ConfigError
+
+    if value is not None and value != -1 and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--worker-wait-minutes {value}: expected -1 (no bound) or a number of minutes > 0")
 
 
 # ---------------------------------------------------------------- running an entry point

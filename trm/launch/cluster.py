@@ -91,7 +91,9 @@ def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = 
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    global OTHERS_AT_START
     if other := other_ray_instances():
+        OTHERS_AT_START = other
         # both see every CPU of this host: trials of this one then wait for workers that the other's hold
         log.warning(
             "another Ray instance runs on this host (%s): this run starts its own, and the two compete for "
@@ -107,6 +109,9 @@ def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = 
         configure_logging=False,
     )
     log.info("started local Ray: %s", ray.cluster_resources())
+
+
+OTHERS_AT_START = ""  # the other Ray instances this process saw on its host when it started its own
 
 
 def other_ray_instances() -> str:

@@ -27,7 +27,15 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from trm.cli_common import ArgumentParser, add_flags, check_max_failures, overrides_from, require_positive, run_main
+from trm.cli_common import (
+    ArgumentParser,
+    add_flags,
+    check_max_failures,
+    check_worker_wait,
+    overrides_from,
+    require_positive,
+    run_main,
+)
 from trm.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from trm.cost import DEFAULT_INSTANCE_TYPE, DEFAULT_MARKET, RunLimits
 from trm.launch.cluster import WorkerSpec
@@ -50,6 +58,7 @@ class LongRunSettings:
     market: str | None = None
     prices: dict | None = None  # instance type -> {"gpus", "on_demand", "spot"}
     max_failures: int | None = None
+    worker_wait_minutes: float | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
 
@@ -61,6 +70,7 @@ DEFAULTS = LongRunSettings(
     instance_type=DEFAULT_INSTANCE_TYPE,
     market=DEFAULT_MARKET,
     max_failures=10,
+    worker_wait_minutes=-1,  # days on spot: capacity comes back when it does (the ledger counts the restarts)
     experiment="trm-long",
 )
 
@@ -216,6 +226,7 @@ def _run_held(
         storage=storage,
         spec=spec,
         max_failures=settings.max_failures,
+        worker_wait_minutes=settings.worker_wait_minutes if settings.worker_wait_minutes is not None else -1,
     )
     with runs.guard(tracker, tag_reason=True):
         result = fit(trainer, settings.max_failures if settings.max_failures is not None else -1, resume_command, root)
@@ -277,6 +288,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--market", choices=["spot", "on_demand"], help=f"for the cost estimate (default {DEFAULT_MARKET})")
     p.add_argument("--prices", help="JSON/YAML price table overriding the defaults (see trm/cost.py)")
     add_flags(p, "max_failures")  # default: the manifest's on --resume, else DEFAULTS (10)
+    add_flags(p, "worker_wait_minutes")  # default: the manifest's on --resume, else DEFAULTS (-1: no bound)
     add_flags(p, "tracking_uri", "experiment", "address")
     return p
 
@@ -294,6 +306,7 @@ def _main(a: argparse.Namespace, base: dict[str, Any]) -> None:
         raise ConfigError("--config with --resume: a resumed run keeps its config; change fields with --set")
     require_positive(a, "--workers")
     check_max_failures(a.max_failures)
+    check_worker_wait(a.worker_wait_minutes)
     if a.budget_gpu_hours is not None and a.budget_gpu_hours <= 0:
         raise ConfigError(f"--budget-gpu-hours {a.budget_gpu_hours}: expected a number > 0")
     # a new run's config; a resumed run takes its manifest's instead (with the --set overrides)
@@ -308,6 +321,7 @@ def _main(a: argparse.Namespace, base: dict[str, Any]) -> None:
         market=a.market,
         prices=load_price_table(a.prices) if a.prices else None,
         max_failures=a.max_failures,
+        worker_wait_minutes=a.worker_wait_minutes,
         tracking_uri=a.tracking_uri,
         experiment=a.experiment,
     )

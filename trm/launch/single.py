@@ -6,10 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trm.cli_common import WORKER_WAIT_MINUTES
 from trm.config import Config
 from trm.errors import TrmError
 from trm.launch.cluster import WorkerSpec, preflight
-from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer
+from trm.launch.worker import WorkerRun, checkpoint_location, make_trainer, start_timeout_s
 
 
 def run_training(
@@ -23,15 +24,17 @@ def run_training(
     max_failures: int = 3,
     mlflow_run_id: str | None = None,
     address: str | None = None,
+    worker_wait_minutes: float = WORKER_WAIT_MINUTES,
     tracking: bool = True,
     on_ready: Callable[[Config], None] | None = None,
     resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Check everything (`preflight`), call `on_ready(cfg)`, train run `name` under `storage`
     (resuming from its latest checkpoint there, into its MLflow run: the one tagged with that
-    location), and return its final metrics, MLflow run id and last checkpoint. A divergence, or
-    worker errors beyond `max_failures`, end the MLflow run FAILED and raise one line
-    (`Diverged`, `RetriesExhausted` naming `resume_command`)."""
+    location), and return its final metrics, MLflow run id and last checkpoint. A divergence, worker
+    errors beyond `max_failures`, or workers that did not start within `worker_wait_minutes`, end the
+    MLflow run FAILED and raise one line (`Diverged`, `RetriesExhausted`, `WorkersUnavailable`, naming
+    `resume_command`)."""
     from trm.storage import join, resolve
     from trm.tracking import runs
 
@@ -58,6 +61,7 @@ def run_training(
         storage=storage,
         spec=spec,
         max_failures=max_failures,
+        worker_wait_minutes=worker_wait_minutes,
     )
     best = None
     with runs.guard(tracker):
@@ -80,6 +84,44 @@ class RetriesExhausted(TrmError):
     end_reason = "error"
 
 
+class WorkersUnavailable(TrmError):
+    """A run's (or trial's) workers could not get their resources within --worker-wait-minutes."""
+
+    end_reason = "no_workers"
+
+
+def workers_unavailable(trainer, error: BaseException, resume_command: str | None = None) -> WorkersUnavailable | None:
+    """The one line for a `TrainingFailedError` that is Ray Train giving up on starting `trainer`'s worker
+    group (its start retries are the wait bound, `worker.start_retries`), naming what the workers asked for
+    and what Ray has free; None for any other failure."""
+    import ray
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError, WorkerGroupStartupTimeoutError
+
+    from trm.launch import cluster
+
+    if not isinstance(
+        getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError | WorkerGroupStartupFailedError
+    ):
+        return None
+    scaling = trainer.scaling_config
+    each = ", ".join(f"{v:g} {k}" for k, v in sorted((scaling.resources_per_worker or {}).items()))
+    free, total = ray.available_resources(), ray.cluster_resources()
+    have = ", ".join(
+        f"{free.get(k, 0):g} of {total.get(k, 0):g} {k}" for k in sorted(scaling.resources_per_worker or {})
+    )
+    waited = (trainer.run_config.failure_config.controller_failure_limit + 1) * start_timeout_s() / 60
+    others = (
+        f"; other Ray instances on this host hold CPUs too ({cluster.OTHERS_AT_START})"
+        if cluster.OTHERS_AT_START
+        else ""
+    )
+    again = f"; once the cluster has room, resume with: {resume_command}" if resume_command else ""
+    return WorkersUnavailable(
+        f"stopped: {scaling.num_workers} worker(s) of {each} each did not start within {waited:g} minutes "
+        f"(--worker-wait-minutes): Ray has {have} free{others}{again}"
+    )
+
+
 def fit(trainer, max_failures: int, resume_command: str | None, root: str):
     """`trainer.fit()` of the run stored at `root`, as one line when it ends badly: `Diverged` when
     the loop stopped on a non-finite loss, `Stalled` when it restarted too often without advancing a
@@ -94,6 +136,8 @@ def fit(trainer, max_failures: int, resume_command: str | None, root: str):
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
+        if (unavailable := workers_unavailable(trainer, e, resume_command)) is not None:
+            raise unavailable from e
         again = f"; resume from the last checkpoint with: {resume_command}" if resume_command else ""
         raise RetriesExhausted(
             f"training failed after {max_failures} retries (--max-failures {max_failures}): {failure_cause(e)}{again}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from trm.cli_common import WORKER_WAIT_MINUTES
 from trm.config import Config
 from trm.cost import RunLimits
 from trm.launch.attempts import STALLED_RESTARTS, Attempts, Stalled
@@ -123,6 +125,23 @@ def _quiet_worker_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def start_retries(wait_minutes: float) -> int:
+    """Train V2 gives a worker group RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) to get its resources, then
+    retries its start up to FailureConfig.controller_failure_limit times (default: forever): the limit that
+    bounds the wait to `wait_minutes` (-1: no bound)."""
+    return -1 if wait_minutes < 0 else max(0, math.ceil(wait_minutes * 60 / start_timeout_s()) - 1)
+
+
+def start_timeout_s() -> float:
+    """How long Train V2 lets one start of a worker group wait for its resources."""
+    from ray.train.v2._internal.constants import (
+        DEFAULT_WORKER_GROUP_START_TIMEOUT_S,
+        WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+    )
+
+    return float(os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
+
+
 def make_trainer(
     run: WorkerRun,
     *,
@@ -134,8 +153,10 @@ def make_trainer(
     metric: str = METRIC,
     in_tune: bool = False,
     max_preemption_failures: int = -1,
+    worker_wait_minutes: float = WORKER_WAIT_MINUTES,
 ):
-    """The TorchTrainer of run `name` under `storage`: `spec.workers` DDP workers running `run`."""
+    """The TorchTrainer of run `name` under `storage`: `spec.workers` DDP workers running `run`, waiting at
+    most `worker_wait_minutes` in all for them to start (`start_retries`)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -168,9 +189,13 @@ def make_trainer(
             checkpoint_config=CheckpointConfig(
                 num_to_keep=num_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order="max"
             ),
-            # worker errors are bounded by max_failures; spot preemptions are retried without limit
-            # (Train V2's FailureConfig has max_preemption_failures; mypy resolves V1's)
-            failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_preemption_failures),  # type: ignore[call-arg]
+            # worker errors are bounded by max_failures; spot preemptions are retried without limit; the wait
+            # for workers by worker_wait_minutes (Train V2's FailureConfig has these fields; mypy resolves V1's)
+            failure_config=FailureConfig(  # type: ignore[call-arg]
+                max_failures=max_failures,
+                max_preemption_failures=max_preemption_failures,
+                controller_failure_limit=start_retries(worker_wait_minutes),
+            ),
         ),
     )
 

@@ -26,6 +26,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
 
 from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides, refuse_replaced
+from trm.errors import TrmError
 from trm.evaluate.objective import Objective, objective_for
 from trm.launch.cluster import WorkerSpec
 from trm.sweep.console import SweepConsole, quiet_loggers, tune_verbosity
@@ -209,11 +210,24 @@ def validate_space(space: dict[str, Any], base: Config, expander: Expander | Non
                 raise ConfigError(f"search space key {key!r} value {v!r}: {e}") from None
 
 
+def _own_end_reason(trial) -> str | None:
+    """The end reason of the TrmError a trial raised (Tune keeps it pickled, wrapped in Ray's task error)."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unreadable error is just "error"
+        return None
+    cause = getattr(error, "cause", None) or error
+    reason = getattr(cause, "end_reason", None)
+    return reason if isinstance(cause, TrmError) and isinstance(reason, str) else None
+
+
 # ---------------------------------------------------------------- one trial
 def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """One Tune trial: a TorchTrainer over the config the searcher proposed."""
+    from ray.train import TrainingFailedError
+
     from trm.launch.attempts import Stalled
-    from trm.launch.single import stop_of_launch
+    from trm.launch.single import stop_of_launch, workers_unavailable
     from trm.launch.worker import WorkerRun, make_trainer
     from trm.storage import join
 
@@ -235,7 +249,12 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
         metric=setup.objective.name,
         in_tune=True,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:  # the trial errors; one that never got its workers says which it lacked
+        if (unavailable := workers_unavailable(trainer, e)) is not None:
+            raise unavailable from e
+        raise
     stop = stop_of_launch(trainer, join(setup.trial_storage, ctx.get_trial_id()))
     if stop.get("reason") == "stalled":  # the trial errors, saying why (a divergence was reported as such)
         raise Stalled(stop.get("message", "stalled"))
@@ -447,6 +466,8 @@ class MlflowTrialCallback(tune.Callback):
 
     def _finish(self, trial, errored: bool) -> None:
         reason = end_reason(trial.trial_id, self.stopper, self.scheduler, errored)
+        if reason == "error":  # a trial that stopped saying why (stalled, no_workers) ends with that reason
+            reason = _own_end_reason(trial) or reason
         self.reasons[trial.trial_id] = reason
         last = trial.last_result or {}
         seconds = float(last.get("time_total_s") or 0.0)
