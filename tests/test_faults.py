@@ -591,6 +591,53 @@ def test_a_resume_with_another_worker_count_continues_the_run(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_full_disk_under_ray_ends_in_one_line_saying_so(data, tmp_path):
+    """`trm train --workers` with its checkpoints on a small tmpfs that fills after the first checkpoint:
+    Ray's copy of the next checkpoint to storage runs out of space; the run ends in one line saying disk
+    full (the retries it had, the resume command), and the last registered checkpoint verifies."""
+    from tests.processes import kill_session
+    from trm.train import checkpoint as ckpt
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN)")
+    try:
+        env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""}
+        args = ["train", "--out", "disk/f", "--workers", "1", "--max-failures", "0", "--set", f"data_path={data}",
+                *TINY, "--set", "steps=100000", "--set", "checkpoint_every=4", "--no-tracking"]
+        proc = subprocess.Popen([sys.executable, "-m", "trm.cli", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        folder = disk / "f"
+        try:
+            deadline = time.time() + 240
+            while latest_registered_step(folder) < 4:
+                assert proc.poll() is None, proc.stderr.read()[-3000:]
+                assert time.time() < deadline, "no checkpoint within 240 s"
+                time.sleep(0.2)
+            kept = latest_registered_step(folder)
+            with open(disk / "filler", "wb") as f:  # the disk fills (another job's files)
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            out, err = proc.communicate(timeout=240)
+        finally:
+            if proc.poll() is None:
+                kill_session(proc.pid)
+        r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        stopped(r, "training failed after 0 retries (--max-failures 0): rank 0: DiskFullError: disk full while "
+                "writing checkpoint", "No space left on device", "resume from the last checkpoint with: trm train")
+        last = latest_registered_step(folder)
+        assert last >= kept
+        ckpt.verify_digests(folder / ckpt.step_dir_name(last))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
 def test_a_tracking_server_gone_for_good_ends_in_one_line_naming_it(data, tmp_path):
     """A real MLflow server, killed mid-run and not restarted: one line naming its URI, the last good
     checkpoint and --no-tracking; MLflow's own retries cut to none (its documented setting) to keep

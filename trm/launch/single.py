@@ -175,6 +175,8 @@ def failure_cause(error: BaseException) -> str:
     text = lines[-1] if lines else ""
     if not text.startswith(type(cause).__name__):
         text = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    if isinstance(cause, TrmError):  # the platform's own one-line reason: whole
+        return where + text
     return where + (text if len(text) <= 200 else text[:197] + "...")
 
 

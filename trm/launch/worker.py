@@ -331,6 +331,14 @@ class RaySession(TrackedSession):
 
                 where = join(self.checkpoint_root, name) if self.checkpoint_root else name
                 self.tracker.set_tags(best_checkpoint_tags(where, metrics["best/score"], step=step))
+        except Exception as e:  # out of space staging it here or in Ray's copy to storage: say so (Ray retries)
+            if isinstance(e, ckpt.DiskFullError) or (cause := ckpt.disk_error(e)) is None:
+                raise
+            raise ckpt.DiskFullError(
+                f"disk full while writing checkpoint {ckpt.step_dir_name(step)} (staged under {tmp.parent}, "
+                f"stored under {self.checkpoint_root}): {os.strerror(cause.errno or 0)}; the last registered "
+                f"checkpoint is kept"
+            ) from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
