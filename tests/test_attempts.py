@@ -29,14 +29,19 @@ def test_restarts_lost_work_and_the_stalled_limit(tmp_path):
     assert (ledger.starts, ledger.stalled, ledger.lost_seconds) == (2, 0, unsaved)
     Attempts(root, launch="a", stalled_limit=3).start(4)  # 1st restart in a row from step 4
     Attempts(root, launch="a", stalled_limit=3).start(4)  # 2nd
-    with pytest.raises(Stalled, match="restarted 3 times in a row from the checkpoint at step 4 without"):
+    with pytest.raises(Stalled, match="3 attempts in a row from the checkpoint at step 4 ended without writing a newer"):
         Attempts(root, launch="a", stalled_limit=3).start(4)
 
     # a new driver (--resume) counts afresh; an attempt that advances the checkpoint resets the count
     assert Attempts(root, launch="b", stalled_limit=3).start(4).stalled == 0
     assert Attempts(root, launch="b", stalled_limit=3).start(4).stalled == 1
+    # an attempt that got past its checkpoint (a beat at step 7) before it died is progress, not a stall
+    moving = Attempts(root, launch="b", stalled_limit=3)
+    moving.start(4)
+    moving.beat(7, checkpoint=False)
+    assert Attempts(root, launch="b", stalled_limit=3).start(4).stalled == 0
     ledger = Attempts(root, launch="b", stalled_limit=3).start(8)
-    assert (ledger.starts, ledger.stalled) == (8, 0)
+    assert (ledger.starts, ledger.stalled) == (10, 0)
 
 
 def test_the_cost_meter_counts_lost_work_as_paid_and_on_its_own():

@@ -148,28 +148,29 @@ def test_s3_lease_one_driver_renewed_released_and_taken_over_when_lost(
     from trm.run_lock import LEASE_FILE, RunLockedError, S3Lease
 
     root = f"s3://{s3_server.bucket}/runs/leased"
-    with S3Lease(root, "--name", ttl=1.0, settle=0.05):
-        time.sleep(1.6)  # past the first lease's expiry: only the renewal keeps it live
+    # TTLs of seconds, not minutes (renewed every TTL/4): long enough for a slow PUT on a loaded machine
+    with S3Lease(root, "--name", ttl=4.0, settle=0.05):
+        time.sleep(5.0)  # past the first lease's expiry: only the renewal keeps it live
         with pytest.raises(RunLockedError, match=rf"--name {root}: another driver holds .*pid {os.getpid()} on "):
-            S3Lease(root, "--name", ttl=1.0, settle=0.05).__enter__()
-    with S3Lease(root, "--name", ttl=1.0, settle=0.05):  # released: no wait
+            S3Lease(root, "--name", ttl=4.0, settle=0.05).__enter__()
+    with S3Lease(root, "--name", ttl=4.0, settle=0.05):  # released: no wait
         pass
 
     # a driver killed with its lease held (kill -9: nothing released)
     code = (
         "import sys, time; from trm.run_lock import S3Lease; "
-        f"S3Lease({root!r}, '--name', ttl=1.5, settle=0.05).__enter__(); print('held', flush=True); time.sleep(60)"
+        f"S3Lease({root!r}, '--name', ttl=4.0, settle=0.05).__enter__(); print('held', flush=True); time.sleep(60)"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"pid {p.pid} on"):
-            S3Lease(root, "--name", ttl=1.5, settle=0.05).__enter__()
+            S3Lease(root, "--name", ttl=4.0, settle=0.05).__enter__()
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-    time.sleep(1.7)
-    with caplog.at_level("WARNING", logger="trm.run_lock"), S3Lease(root, "--name", ttl=1.5, settle=0.05) as lease:
+    time.sleep(4.2)
+    with caplog.at_level("WARNING", logger="trm.run_lock"), S3Lease(root, "--name", ttl=4.0, settle=0.05) as lease:
         held = json.loads(s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"runs/leased/{LEASE_FILE}")["Body"].read())
         assert held["token"] == lease.token and held["pid"] == os.getpid()
     assert f"taking over the lease of pid {p.pid}" in caplog.text

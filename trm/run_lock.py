@@ -173,8 +173,11 @@ class S3Lease:
                 write_json(self.uri, {**self._record(), "expires": 0, "released": _utc(time.time())})
 
 
-def hold(root: str, flag: str) -> RunLock | S3Lease:
-    """The one-writer guard of a run stored at `root`: an OS lock on a local folder, a lease on S3."""
+def hold(root: str, flag: str) -> contextlib.AbstractContextManager:
+    """The one-writer guard of a run stored at `root`: an OS lock on a local folder, a lease on S3 (another
+    object store: none; the storage layer refuses those)."""
     from trm.storage import is_s3
 
-    return S3Lease(root, flag) if is_s3(root) else RunLock(root, flag)
+    if is_s3(root):
+        return S3Lease(root, flag)
+    return RunLock(root, flag) if "://" not in root else contextlib.nullcontext()

@@ -9,20 +9,26 @@ in between. The ledger can:
   lost work    each attempt beats at its reports (the wall time since its newest checkpoint, or since
                it started); a restart adds the previous attempt's last beat to the time lost: work
                computed and thrown away (GPU-hours with the run's cost meter)
-  no progress  starts from the same checkpoint step, one after another, are a run that fails before it
-               advances; after `stalled_limit` of them the run stops with that reason instead of
-               looping (a new driver, `--resume`, begins a fresh count)
+  no progress  an attempt that started from a checkpoint and ended without a newer one or a beat past
+               it failed before it advanced; after `stalled_limit` such attempts in a row the run
+               stops with that reason instead of looping: restarts of spot preemptions have no limit,
+               nor, with --max-failures -1, of errors (a new driver, `--resume`, counts afresh; an
+               attempt that advanced, say up to a preemption without notice, resets the count)
+The ledger is bookkeeping: a failed read or write of it is a warning, never the attempt's failure.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from trm.errors import TrmError
 
 ATTEMPTS = "trm_attempts.json"
-STALLED_RESTARTS = 3  # restarts in a row from one checkpoint step before a run stops
+log = logging.getLogger(__name__)
+
+STALLED_RESTARTS = 3  # attempts in a row that end where they started before a run stops
 BEAT_EVERY_S = 30.0  # at most one beat per this many seconds (a PUT on S3), and at every checkpoint
 
 
@@ -37,7 +43,7 @@ class Ledger:
     starts: int = 0  # worker-group starts, this one included
     launch: str = ""  # the driver launch the current count of stalled starts belongs to
     resume_step: int = -1  # the checkpoint step the latest start resumed from (-1: none)
-    stalled: int = 0  # consecutive restarts from resume_step
+    stalled: int = 0  # attempts in a row that started from resume_step and ended without advancing
     lost_seconds: float = 0.0  # work thrown away by restarts, wall seconds
     beat: dict = field(default_factory=dict)  # the latest attempt's last beat: step, seconds of unsaved work
 
@@ -55,25 +61,32 @@ class Attempts:
 
     def start(self, step: int | None) -> Ledger:
         """Record this attempt's start from checkpoint `step` (None: from scratch); raise `Stalled` when
-        it is the `stalled_limit`-th restart in a row from that step."""
-        from trm.storage import read_json, write_json
+        the `stalled_limit` attempts before it, in a row in this launch, started from that step and ended
+        without advancing (no newer checkpoint, no beat past it)."""
+        from trm.storage import read_json
 
-        found = read_json(self.uri)
-        ledger = Ledger(**found) if found else Ledger()
+        try:
+            found = read_json(self.uri) or {}
+        except Exception as e:  # noqa: BLE001 - unreadable: this start is counted afresh
+            log.warning("could not read the run's ledger %s (%s): counting restarts afresh", self.uri, e)
+            found = {}
+        known = {f.name for f in fields(Ledger)}
+        ledger = Ledger(**{k: v for k, v in found.items() if k in known})
         at = -1 if step is None else step
         restart = ledger.starts > 0
         if restart:
             ledger.lost_seconds += float(ledger.beat.get("unsaved_s", 0.0))
-        same = restart and ledger.launch == self.launch and at == ledger.resume_step
+        advanced = int(ledger.beat.get("step", -1)) > ledger.resume_step
+        same = restart and ledger.launch == self.launch and at == ledger.resume_step and not advanced
         ledger.stalled = ledger.stalled + 1 if same else 0
         ledger.starts += 1
         ledger.launch, ledger.resume_step, ledger.beat = self.launch, at, {}
-        write_json(self.uri, asdict(ledger))
         self.ledger = ledger
+        self._write()
         if ledger.stalled >= self.stalled_limit:
             where = f"the checkpoint at step {step}" if step is not None else "the start (no checkpoint yet)"
             raise Stalled(
-                f"stopped: restarted {ledger.stalled} times in a row from {where} without writing a newer "
+                f"stopped: {ledger.stalled} attempts in a row from {where} ended without writing a newer "
                 f"checkpoint; the run fails before it advances: see the workers' errors above"
             )
         self._since = time.monotonic()
@@ -82,8 +95,6 @@ class Attempts:
     def beat(self, step: int, checkpoint: bool) -> None:
         """At a report: the work since the newest checkpoint (none after a checkpoint), written at most
         every BEAT_EVERY_S and at every checkpoint."""
-        from trm.storage import write_json
-
         now = time.monotonic()
         if checkpoint:
             self._since = now
@@ -91,4 +102,12 @@ class Attempts:
             return
         self._last_beat = now
         self.ledger.beat = {"step": step, "unsaved_s": round(now - self._since, 3), "at": time.time()}
-        write_json(self.uri, asdict(self.ledger))
+        self._write()
+
+    def _write(self) -> None:
+        from trm.storage import write_json
+
+        try:
+            write_json(self.uri, asdict(self.ledger))
+        except Exception as e:  # noqa: BLE001 - a passing S3 error or a full disk must not fail the attempt
+            log.warning("could not write the run's ledger %s: %s", self.uri, e)

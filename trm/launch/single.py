@@ -95,14 +95,12 @@ def workers_unavailable(trainer, error: BaseException, resume_command: str | Non
     group (its start retries are the wait bound, `worker.start_retries`), naming what the workers asked for
     and what Ray has free; None for any other failure."""
     import ray
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError, WorkerGroupStartupTimeoutError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
     from trm.launch import cluster
 
-    if not isinstance(
-        getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError | WorkerGroupStartupFailedError
-    ):
-        return None
+    if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return None  # a worker that died starting is a failure with a cause (`failure_cause`), not a wait
     scaling = trainer.scaling_config
     each = ", ".join(f"{v:g} {k}" for k, v in sorted((scaling.resources_per_worker or {}).items()))
     free, total = ray.available_resources(), ray.cluster_resources()
@@ -117,7 +115,7 @@ def workers_unavailable(trainer, error: BaseException, resume_command: str | Non
     )
     again = f"; once the cluster has room, resume with: {resume_command}" if resume_command else ""
     return WorkersUnavailable(
-        f"stopped: {scaling.num_workers} worker(s) of {each} each did not start within {waited:g} minutes "
+        f"stopped: {scaling.num_workers} worker(s) of {each} each did not start within {waited:g} min "
         f"(--worker-wait-minutes): Ray has {have} free{others}{again}"
     )
 

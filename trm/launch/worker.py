@@ -176,7 +176,8 @@ def make_trainer(
                 run,
                 threads=max(1, int(spec.cpus_per_worker)),
                 checkpoint_root=join(storage, name),
-                launch=uuid.uuid4().hex,
+                # a Tune trial's retry continues its launch: the stalled count goes on, not afresh
+                launch=name if in_tune else uuid.uuid4().hex,
             )
         },
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),

@@ -25,10 +25,11 @@ from typing import Any, Protocol
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch as OptunaSearchBase
 
+from trm.cli_common import WORKER_WAIT_MINUTES
 from trm.config import FIELD_OWNER, Config, ConfigError, apply_overrides, refuse_replaced
 from trm.errors import TrmError
 from trm.evaluate.objective import Objective, objective_for
-from trm.launch.cluster import WorkerSpec
+from trm.launch.cluster import WorkerSpec, is_remote
 from trm.sweep.console import SweepConsole, quiet_loggers, tune_verbosity
 from trm.sweep.presets import PRESETS, Preset
 from trm.sweep.stopping import OverfitStopper, RecordingASHA, end_reason
@@ -87,6 +88,8 @@ class TrialSetup:
     objective: Objective  # the sweep's: Ray keeps each trial's best checkpoints by it too
     verbose: bool = False
     expander: Expander | None = None
+    # how long a trial waits for its workers: on a cluster that autoscales, queued trials wait for nodes
+    worker_wait_minutes: float = WORKER_WAIT_MINUTES
 
     def config(self, proposed: dict[str, Any]) -> Config:
         return with_values(self.base, proposed, self.expander)
@@ -211,10 +214,15 @@ def validate_space(space: dict[str, Any], base: Config, expander: Expander | Non
 
 
 def _own_end_reason(trial) -> str | None:
-    """The end reason of the TrmError a trial raised (Tune keeps it pickled, wrapped in Ray's task error)."""
+    """The end reason of the TrmError a trial raised. Tune pickles it (unwrapped from Ray's task error
+    where it can) into the trial's local folder before calling the callbacks: read there, since the copy
+    in storage is synced later."""
+    import cloudpickle
+
     try:
-        error = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - an unreadable error is just "error"
+        with open(trial.pickled_error_file, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - no readable error: just "error"
         return None
     cause = getattr(error, "cause", None) or error
     reason = getattr(cause, "end_reason", None)
@@ -248,6 +256,7 @@ def _trial(config: dict[str, Any], setup: TrialSetup) -> None:
         spec=setup.spec,
         metric=setup.objective.name,
         in_tune=True,
+        worker_wait_minutes=setup.worker_wait_minutes,
     )
     try:
         trainer.fit()
@@ -514,7 +523,7 @@ def trial_cost(seconds: float, spec: WorkerSpec, prices: dict | None = None) -> 
 # ---------------------------------------------------------------- the sweep
 def _default_concurrency(opts: SweepOptions) -> int:
     """Trials at once: as many as the cluster's CPUs and GPUs hold now."""
-    from trm.launch.cluster import cluster_capacity, is_remote
+    from trm.launch.cluster import cluster_capacity
 
     cap, spec = cluster_capacity(), opts.spec
     n = int(cap.get("CPU", 1) // max(spec.cpus, 1e-9))
@@ -525,7 +534,7 @@ def _default_concurrency(opts: SweepOptions) -> int:
     need = spec.describe("--workers-per-trial")
     if is_remote(opts.address):
         # an autoscaling cluster starts with no GPU workers: trials wait in PENDING while it adds
-        # nodes, and Ray Train retries its worker-group start until they come
+        # nodes, and Ray Train retries its worker-group start until they come (no wait bound there)
         log.warning("%s does not fit the cluster's current %s; trials will wait for the autoscaler", need, cap)
         return opts.num_samples or PRESETS[opts.preset].num_samples
     raise ConfigError(f"{need} does not fit this machine's {cap}")
@@ -685,7 +694,15 @@ def run_sweep(
     callback.memory = memory_path(sweep_path)
     console = SweepConsole(objective, stopper, scheduler, num_samples, verbose=opts.verbose)
     setup = TrialSetup(
-        base, uri, parent.run_id, f"{sweep_path}-trials", opts.spec, objective, opts.verbose, opts.expander
+        base,
+        uri,
+        parent.run_id,
+        f"{sweep_path}-trials",
+        opts.spec,
+        objective,
+        opts.verbose,
+        opts.expander,
+        worker_wait_minutes=-1 if is_remote(opts.address) else WORKER_WAIT_MINUTES,
     )
     trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup), {"cpu": 0, DRIVER_RESOURCE: 0.01})
 
