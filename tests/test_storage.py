@@ -138,39 +138,82 @@ def test_s3_lease_one_driver_renewed_released_and_taken_over_when_lost(
     s3_server: S3Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A run on S3 has one driver: a second is refused naming the holder while the holder renews its
-    lease; a released lease is free at once; a killed driver's lease lapses after its TTL and the next
-    driver takes it over, saying whose it was."""
+    lease; a released lease is free at once; of two drivers racing for a free lease, the conditional
+    write lets one in; a killed driver's lease is taken over at once on its own host, and on another once
+    it lapses, saying whose it was; and the driver whose lease was taken over stops, saying by whom."""
     import os
     import signal
+    import socket
     import subprocess
     import sys
 
     from trm.run_lock import LEASE_FILE, RunLockedError, S3Lease
 
     root = f"s3://{s3_server.bucket}/runs/leased"
+    key = f"runs/leased/{LEASE_FILE}"
     # TTLs of seconds, not minutes (renewed every TTL/4): long enough for a slow PUT on a loaded machine
-    with S3Lease(root, "--name", ttl=4.0, settle=0.05):
+    with S3Lease(root, "--name", ttl=4.0):
         time.sleep(5.0)  # past the first lease's expiry: only the renewal keeps it live
         with pytest.raises(RunLockedError, match=rf"--name {root}: another driver holds .*pid {os.getpid()} on "):
-            S3Lease(root, "--name", ttl=4.0, settle=0.05).__enter__()
-    with S3Lease(root, "--name", ttl=4.0, settle=0.05):  # released: no wait
+            S3Lease(root, "--name", ttl=4.0).__enter__()
+    with S3Lease(root, "--name", ttl=4.0):  # released: no wait
         pass
 
-    # a driver killed with its lease held (kill -9: nothing released)
+    # two drivers see a free lease at once: the second write is refused by S3 (If-Match on what it read)
+    late = S3Lease(root, "--name", ttl=4.0)
+    _, seen = late._get()
+    with S3Lease(root, "--name", ttl=4.0) as first:
+        assert late._put(late._record(), seen) is None
+        held = json.loads(s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
+        assert held["token"] == first.token
+
+    # a driver killed with its lease held (kill -9: nothing released): refused while it lives; once it is
+    # gone, a driver on the same host takes over at once (no wait for the lapse)
     code = (
         "import sys, time; from trm.run_lock import S3Lease; "
-        f"S3Lease({root!r}, '--name', ttl=4.0, settle=0.05).__enter__(); print('held', flush=True); time.sleep(60)"
+        f"S3Lease({root!r}, '--name', ttl=60.0).__enter__(); print('held', flush=True); time.sleep(60)"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"pid {p.pid} on"):
-            S3Lease(root, "--name", ttl=4.0, settle=0.05).__enter__()
+            S3Lease(root, "--name", ttl=4.0).__enter__()
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-    time.sleep(4.2)
-    with caplog.at_level("WARNING", logger="trm.run_lock"), S3Lease(root, "--name", ttl=4.0, settle=0.05) as lease:
-        held = json.loads(s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"runs/leased/{LEASE_FILE}")["Body"].read())
+    with caplog.at_level("WARNING", logger="trm.run_lock"), S3Lease(root, "--name", ttl=4.0) as lease:
+        held = json.loads(s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
         assert held["token"] == lease.token and held["pid"] == os.getpid()
-    assert f"taking over the lease of pid {p.pid}" in caplog.text
+    assert f"taking over the lease of pid {p.pid} on {socket.gethostname()}, whose process has ended" in caplog.text
+
+    # a driver on another machine: its lease holds until it lapses, then it is taken over
+    def elsewhere(expires: float) -> None:
+        lease = {"token": "x", "host": "elsewhere", "pid": 7, "since": "then", "expires": expires}
+        s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=json.dumps(lease).encode())
+
+    elsewhere(time.time() + 60)
+    with pytest.raises(RunLockedError, match="pid 7 on elsewhere"):
+        S3Lease(root, "--name", ttl=4.0).__enter__()
+    elsewhere(time.time() - 1)
+    with caplog.at_level("WARNING", logger="trm.run_lock"), S3Lease(root, "--name", ttl=4.0):
+        pass
+    assert "taking over the lease of pid 7 on elsewhere, which lapsed at" in caplog.text
+
+    # a driver whose lease another took over (as after a lapse: here the object is simply replaced) stops
+    code = (
+        "import time; from trm.run_lock import S3Lease\n"
+        f"with S3Lease({root!r}, '--name', ttl=2.0):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "held"
+        other = {"token": "other", "host": "elsewhere", "pid": 4242, "since": "now", "expires": time.time() + 60}
+        s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=json.dumps(other).encode())
+        _, err = p.communicate(timeout=20)  # within a renewal (0.5 s), not the 60 s sleep
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0 and "LeaseLost: --name" in err, err[-2000:]
+    assert "pid 4242 on elsewhere took the run over" in err, err[-2000:]

@@ -79,26 +79,53 @@ def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
+def _gone_here(held: dict) -> bool:
+    """A lease held by a process of this host that no longer runs (a driver killed here: no need to wait
+    for its lease to lapse before resuming)."""
+    import psutil
+
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:  # a killed process its parent has not reaped yet is a zombie: gone too
+        return psutil.Process(held["pid"]).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:  # another user's process: alive
+        return False
+
+
+class LeaseLost(TrmError):
+    """Another driver took over this run's S3 lease (ours had lapsed): this driver stopped."""
+
+    end_reason = "lease_lost"
+
+
 class S3Lease:
     """One writer per run stored on S3: a lease object `ROOT/trm_lease.json` naming its holder (host,
     pid, since when), renewed by a daemon thread every `ttl`/4 and lapsing `ttl` seconds after its last
     renewal. A second driver is refused while the lease is live, naming the holder; once a lost driver's
-    lease has lapsed, `--resume` (or the same command) takes it over, saying whose it was.
+    lease has lapsed, or at once when that driver was a process of this host that has ended, `--resume`
+    (or the same command) takes it over, saying whose it was.
 
-    S3 offers no lock: two drivers starting within the same second could both write a lease. Each
-    re-reads its lease after `settle` seconds (S3 reads are strongly consistent) and only the one whose
-    lease is there goes on; a renewal that finds another holder's lease says so in the log."""
+    Every write is conditional (S3's If-None-Match / If-Match on PutObject): a lease is created only
+    where there is none, and taken over, renewed or released only as the version this driver last saw.
+    Of two drivers racing, one write fails and that driver is refused. A driver whose lease was taken
+    over (its renewals failed for `ttl`: S3 unreachable, the machine suspended) learns it at its next
+    renewal and stops: the main thread gets SIGINT (as from Ctrl-C) and leaves with `LeaseLost`."""
 
-    def __init__(self, root: str, flag: str, ttl: float = LEASE_TTL_S, settle: float = 1.0):
-        from trm.storage import join
+    def __init__(self, root: str, flag: str, ttl: float = LEASE_TTL_S):
+        from trm.storage import split_s3
 
-        self.root, self.flag, self.ttl, self.settle = root, flag, ttl, settle
-        self.uri = join(root, LEASE_FILE)
+        self.root, self.flag, self.ttl = root, flag, ttl
+        bucket, prefix = split_s3(root)
+        self.bucket, self.key = bucket, f"{prefix}/{LEASE_FILE}" if prefix else LEASE_FILE
         self.token = uuid.uuid4().hex
         self.since = time.time()
-        self.lost = threading.Event()  # another driver's lease replaced ours (set by the renewal)
+        self.etag: str | None = None  # the version of the lease this driver wrote last
+        self.lost: dict | None = None  # the lease that replaced ours (set by the renewal)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._client = None
 
     def _record(self) -> dict:
         now = time.time()
@@ -111,6 +138,40 @@ class S3Lease:
             "expires": now + self.ttl,
         }
 
+    def _s3(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def _get(self) -> tuple[dict | None, str | None]:
+        """The lease there now and its ETag, or (None, None)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self._s3().get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        return json.loads(r["Body"].read()), r["ETag"]
+
+    def _put(self, record: dict, etag: str | None) -> str | None:
+        """Write `record` if the lease is still version `etag` (None: if there is none); its new ETag,
+        or None when another driver's write came first."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            r = self._s3().put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(record).encode(), **condition)
+        except ClientError as e:
+            # 412: the condition failed; 409: a concurrent conditional write to the same key won
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return None
+            raise
+        return r["ETag"]
+
     def _refuse(self, held: dict, why: str) -> RunLockedError:
         return RunLockedError(
             f"{self.flag} {self.root}: another driver {why} (pid {held.get('pid')} on {held.get('host')}, since "
@@ -119,58 +180,54 @@ class S3Lease:
         )
 
     def __enter__(self) -> Self:
-        from trm.storage import read_json, write_json
-
-        held = read_json(self.uri)
-        if held and held.get("token") != self.token and float(held.get("expires", 0)) > time.time():
+        held, etag = self._get()
+        gone = held is not None and _gone_here(held)
+        if held and held.get("token") != self.token and float(held.get("expires", 0)) > time.time() and not gone:
             raise self._refuse(held, "holds this run's lease")
         if held and not held.get("released"):
             log.warning(
-                "%s: taking over the lease of pid %s on %s, which lapsed at %s (that driver is gone)",
+                "%s: taking over the lease of pid %s on %s, %s (that driver is gone)",
                 self.root,
                 held.get("pid"),
                 held.get("host"),
-                _utc(float(held.get("expires", 0))),
+                "whose process has ended" if gone else f"which lapsed at {_utc(float(held.get('expires', 0)))}",
             )
-        write_json(self.uri, self._record())
-        time.sleep(self.settle)
-        now = read_json(self.uri) or {}
-        if now.get("token") != self.token:
-            raise self._refuse(now, "took this run's lease at the same moment")
+        self.etag = self._put(self._record(), etag)
+        if self.etag is None:
+            raise self._refuse(self._get()[0] or {}, "took this run's lease at the same moment")
         self._thread = threading.Thread(target=self._renew, name="trm-s3-lease", daemon=True)
         self._thread.start()
         return self
 
     def _renew(self) -> None:
-        from trm.storage import read_json, write_json
+        import signal
 
         while not self._stop.wait(self.ttl / 4):
             try:
-                held = read_json(self.uri) or {}
-                if held.get("token") not in (None, self.token):
-                    self.lost.set()
-                    log.error(
-                        "%s: the run's lease was taken by pid %s on %s (since %s): this driver is no longer "
-                        "its only writer",
-                        self.root,
-                        held.get("pid"),
-                        held.get("host"),
-                        held.get("since"),
-                    )
-                    return
-                write_json(self.uri, self._record())
+                etag = self._put(self._record(), self.etag)
             except Exception as e:  # S3 unreachable for a while: the lease may lapse; try again next time
                 log.warning("%s: could not renew the run's lease: %s", self.root, e)
+                continue
+            if etag is None:  # ours lapsed and another driver took it: two writers now, so this one stops
+                self.lost = self._get()[0] or {}
+                # a real SIGINT to the main thread: it wakes from a sleep or a wait, as Ctrl-C would
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                return
+            self.etag = etag
 
-    def __exit__(self, *exc) -> None:
-        from trm.storage import read_json, write_json
-
+    def __exit__(self, exc_type, exc, tb) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.lost is not None:
+            held = self.lost
+            raise LeaseLost(
+                f"{self.flag} {self.root}: stopped: this driver's lease lapsed (not renewed for {self.ttl:g} s) and "
+                f"pid {held.get('pid')} on {held.get('host')} took the run over at {held.get('since')}; one "
+                f"driver writes a run, so this one ended (its last checkpoint is the other's resume point)"
+            ) from exc
         with contextlib.suppress(Exception):  # S3 gone: the lease lapses by itself
-            if (read_json(self.uri) or {}).get("token") == self.token and not self.lost.is_set():
-                write_json(self.uri, {**self._record(), "expires": 0, "released": _utc(time.time())})
+            self._put({**self._record(), "expires": 0, "released": _utc(time.time())}, self.etag)
 
 
 def hold(root: str, flag: str) -> contextlib.AbstractContextManager:

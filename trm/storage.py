@@ -61,7 +61,8 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://BUCKET/PREFIX -> (BUCKET, PREFIX without slashes at its ends)."""
     rest = uri[len("s3://") :].split("?", 1)[0]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
@@ -111,7 +112,7 @@ def check_storage(uri: str, timeout_s: float = 3.0) -> None:
         ReadTimeoutError,
     )
 
-    bucket, prefix = _split_s3(uri)
+    bucket, prefix = split_s3(uri)
     key = f"{prefix}/{probe}" if prefix else probe
     # One attempt, short timeouts: botocore's defaults (several retries, 60 s
     # timeouts) hang for minutes on a wrong endpoint before saying anything.
@@ -286,7 +287,7 @@ def download_dir(
 
     if not is_s3(uri):
         return _local_path(uri)
-    bucket, prefix = _split_s3(uri)
+    bucket, prefix = split_s3(uri)
     if local_dir is not None:
         dest = Path(local_dir).expanduser().resolve()
     else:

@@ -275,7 +275,9 @@ def bar_chart(results: list[RowResult], metric: str):
 SMALL_PRESETS = ("smoke", "tiny")
 SMALL_DEPTH = {"layers": 1, "n": 2, "T": 2}
 # The smoke preset's budget for the tables: 400 steps (evaluated and checkpointed every 200) instead of
-# its 500, so that both tables with 3 seeds (31 trials) fit in about 40 minutes on 2 CPU cores.
+# its 500: both tables with 3 seeds (11 rows, 33 trials, two at a time) took 55 minutes on 2 CPU cores
+# (about 30 s of each trial is starting Ray Train's workers; steps run ~1.7x slower beside Ray's own
+# processes than alone); fewer steps would leave most rows at 0 exact, which compares nothing.
 SMOKE_BUDGET = {"steps": 400, "eval_every": 200, "checkpoint_every": 200}
 
 
